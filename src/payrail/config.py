@@ -1,0 +1,110 @@
+"""Settings: PAYRAIL_* environment variables through one object, safe sandbox defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SANDBOX_API_KEY = "test_api_key_12345"
+DEFAULT_ADMIN_KEY = "sandbox_admin_key_change_me"
+DEFAULT_DATABASE_URL = "sqlite:///" + str(Path("var") / "payrail.db")
+SANDBOX_PROJECT_ID = "project_test_001"
+SANDBOX_PROJECT_FUNDING_SATS = 100_000
+
+
+class UnsafeSettings(Exception):
+    """Production settings that would lose money or leak access; the server refuses to start."""
+
+
+def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UnsafeSettings(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise UnsafeSettings(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "sandbox"
+    host: str = "127.0.0.1"
+    port: int = 3000
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_key: str = DEFAULT_ADMIN_KEY
+    sandbox_api_key: str = DEFAULT_SANDBOX_API_KEY
+    lightning_backend: str = "simulated"  # simulated | lnd
+    lnd_url: str = ""
+    lnd_macaroon_hex: str = ""
+    settle_wait_ms: int = 5_000  # how long POST /payouts waits for a final answer
+    node_timeout_ms: int = 10_000  # our bound on one node call; past it the outcome is unknown
+    lease_ms: int = 30_000  # a job's lease; must exceed node_timeout_ms
+    worker_poll_ms: int = 200
+    worker_batch_max: int = 50
+    worker_concurrency_max: int = 32
+    rate_limit_per_hour: int = 10
+    body_max_bytes: int = 64 * 1024
+    db_pool_size: int = 20
+    sim_seed: int | None = None
+    run_worker: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sandbox(self) -> bool:
+        return self.mode == "sandbox"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        mode = env.get("PAYRAIL_MODE", "sandbox")
+        if mode not in ("sandbox", "production"):
+            raise UnsafeSettings(f"PAYRAIL_MODE must be sandbox or production, got {mode!r}")
+        seed = env.get("PAYRAIL_SIM_SEED")
+        settings = cls(
+            mode=mode,
+            host=env.get("PAYRAIL_HOST", "127.0.0.1"),
+            port=_int(env, "PAYRAIL_PORT", 3000, 1, 65_535),
+            database_url=env.get("PAYRAIL_DATABASE_URL", DEFAULT_DATABASE_URL),
+            admin_key=env.get("PAYRAIL_ADMIN_KEY", DEFAULT_ADMIN_KEY),
+            sandbox_api_key=env.get("PAYRAIL_SANDBOX_API_KEY", DEFAULT_SANDBOX_API_KEY),
+            lightning_backend=env.get(
+                "PAYRAIL_LIGHTNING_BACKEND", "simulated" if mode == "sandbox" else "lnd"
+            ),
+            lnd_url=env.get("PAYRAIL_LND_URL", ""),
+            lnd_macaroon_hex=env.get("PAYRAIL_LND_MACAROON_HEX", ""),
+            settle_wait_ms=_int(env, "PAYRAIL_SETTLE_WAIT_MS", 5_000, 0, 60_000),
+            node_timeout_ms=_int(env, "PAYRAIL_NODE_TIMEOUT_MS", 10_000, 100, 120_000),
+            lease_ms=_int(env, "PAYRAIL_LEASE_MS", 30_000, 1_000, 600_000),
+            worker_poll_ms=_int(env, "PAYRAIL_WORKER_POLL_MS", 200, 10, 60_000),
+            rate_limit_per_hour=_int(env, "PAYRAIL_RATE_LIMIT_PER_HOUR", 10, 1, 1_000_000),
+            db_pool_size=_int(env, "PAYRAIL_DB_POOL_SIZE", 20, 1, 500),
+            sim_seed=int(seed) if seed else None,
+            run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.lease_ms <= self.node_timeout_ms:
+            raise UnsafeSettings(
+                "PAYRAIL_LEASE_MS must exceed PAYRAIL_NODE_TIMEOUT_MS, or a live node call could "
+                "be resent by another worker"
+            )
+        if self.mode != "production":
+            return
+        problems = []
+        if self.admin_key == DEFAULT_ADMIN_KEY or len(self.admin_key) < 24:
+            problems.append("PAYRAIL_ADMIN_KEY must be set to a secret of 24+ characters")
+        if not self.database_url.startswith(("postgresql://", "postgres://")):
+            problems.append("production needs PostgreSQL (PAYRAIL_DATABASE_URL=postgresql://...)")
+        if self.lightning_backend == "simulated":
+            problems.append("the simulated Lightning node cannot be used in production")
+        if self.lightning_backend == "lnd" and not (self.lnd_url and self.lnd_macaroon_hex):
+            problems.append("PAYRAIL_LND_URL and PAYRAIL_LND_MACAROON_HEX are required")
+        if problems:
+            raise UnsafeSettings("refusing to start in production: " + "; ".join(problems))

@@ -1,0 +1,181 @@
+"""Schema. Times are epoch milliseconds (BIGINT): portable across SQLite and PostgreSQL.
+
+Changing a table here needs a new Alembic revision in migrations/versions.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# TigerBeetle-style accounts. The CHECK is invariant 1, enforced by the database itself.
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("code", Integer, nullable=False),
+    Column("currency", String(8), nullable=False),
+    Column("debits_pending", BigInteger, nullable=False, default=0),
+    Column("debits_posted", BigInteger, nullable=False, default=0),
+    Column("credits_pending", BigInteger, nullable=False, default=0),
+    Column("credits_posted", BigInteger, nullable=False, default=0),
+    Column("allow_negative", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint(
+        "allow_negative OR debits_posted + debits_pending <= credits_posted", name="no_overdraft"
+    ),
+    CheckConstraint(
+        "debits_pending >= 0 AND debits_posted >= 0 AND credits_pending >= 0 "
+        "AND credits_posted >= 0",
+        name="non_negative_columns",
+    ),
+)
+
+# Append-only. A post/void row names its pending transfer; the unique pending_id means
+# a pending transfer is resolved exactly once, whatever the application does.
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", String(120), primary_key=True),
+    Column("debit_account_id", String(80), nullable=False),
+    Column("credit_account_id", String(80), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("pending_id", String(120), nullable=True, unique=True),
+    Column("kind", String(8), nullable=False),
+    Column("timeout_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint("amount > 0", name="positive_amount"),
+    CheckConstraint("kind IN ('single','pending','post','void')", name="kind"),
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("api_key_hash", String(64), nullable=False, unique=True),
+    Column("account_id", String(80), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+payouts = Table(
+    "payouts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("gamertag", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("fee", BigInteger, nullable=False),
+    Column("internal_id", String(128), nullable=True),
+    Column("description", String(144), nullable=True),
+    Column("callback_url", Text, nullable=True),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("failure_code", String(32), nullable=True),
+    Column("failure_reason", Text, nullable=True),
+    Column("charge_posted", Boolean, nullable=False, default=False),
+    Column("expires_in", Integer, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("settled_at", BigInteger, nullable=True),
+    UniqueConstraint("project_id", "idempotency_key"),
+    Index("ix_payouts_rate", "project_id", "gamertag", "created_at"),
+    Index("ix_payouts_list", "project_id", "created_at", "id"),
+    Index("ix_payouts_internal", "project_id", "internal_id"),
+    Index("ix_payouts_state", "state", "expires_at"),
+)
+
+# One row per (project, gamertag): locking it serialises the rate-limit count, so it is exact.
+gamertag_locks = Table(
+    "gamertag_locks",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("gamertag", String(64), primary_key=True),
+    Column("touched_at", BigInteger, nullable=False),
+)
+
+# The durable queue (transactional outbox). A job is available when state='queued',
+# run_at has passed and no live lease holds it.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("run_at", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False),
+    Column("lease_until", BigInteger, nullable=True),
+    Column("locked_by", String(120), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint("state IN ('queued','done','dead')", name="state"),
+    Index("ix_jobs_due", "state", "run_at"),
+)
+
+# Sandbox fault-injection settings, in the database so every process sees the same ones.
+sandbox_settings = Table(
+    "sandbox_settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# The simulated Lightning node's own record of payments. Written in the node's own
+# transactions, never inside payrail's, as a separate system's database would be.
+sim_node_payments = Table(
+    "sim_node_payments",
+    metadata,
+    Column("payment_id", String(64), primary_key=True),
+    Column("destination", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("failure_reason", String(64), nullable=True),
+    Column("settle_at", BigInteger, nullable=True),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Outbound callback deliveries, enqueued with the status change that causes them.
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("payout_id", String(36), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("sent_at", BigInteger, nullable=True),
+    Index("ix_callbacks_project", "project_id", "created_at"),
+)

@@ -1,0 +1,88 @@
+"""Typed domain errors. Each carries a stable machine code; HTTP mapping lives in api/errors.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PayrailError(Exception):
+    """Base for every error a caller can act on. `extra` is merged into the envelope's data."""
+
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class ValidationError(PayrailError):
+    code = "VALIDATION_ERROR"
+
+
+class InvalidAmount(PayrailError):
+    code = "INVALID_AMOUNT"
+
+
+class DescriptionTooLong(PayrailError):
+    code = "DESCRIPTION_TOO_LONG"
+
+
+class InvalidCallbackUrl(PayrailError):
+    code = "INVALID_CALLBACK_URL"
+
+
+class InvalidStatus(PayrailError):
+    code = "INVALID_STATUS"
+
+
+class Unauthorized(PayrailError):
+    code = "UNAUTHORIZED"
+
+
+class Forbidden(PayrailError):
+    code = "FORBIDDEN"
+
+
+class NotFound(PayrailError):
+    code = "NOT_FOUND"
+
+
+class ProjectNotFound(NotFound):
+    code = "PROJECT_NOT_FOUND"
+
+
+class PayoutNotFound(NotFound):
+    code = "PAYOUT_NOT_FOUND"
+
+
+class ProjectExists(PayrailError):
+    code = "PROJECT_EXISTS"
+
+
+class IdempotencyKeyReused(PayrailError):
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class RateLimitExceeded(PayrailError):
+    code = "RATE_LIMIT_EXCEEDED"
+
+
+class InsufficientBalance(PayrailError):
+    code = "INSUFFICIENT_BALANCE"
+
+
+class InvalidStatusTransition(PayrailError):
+    code = "INVALID_STATUS_TRANSITION"
+
+
+class PayloadTooLarge(PayrailError):
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class MethodNotAllowed(PayrailError):
+    code = "METHOD_NOT_ALLOWED"
+
+
+class ServiceUnavailable(PayrailError):
+    code = "SERVICE_UNAVAILABLE"

@@ -1,0 +1,264 @@
+"""Double-entry ledger with two-phase transfers, modelled on TigerBeetle.
+
+Every function takes the caller's connection: the caller's unit of work owns the transaction,
+so a ledger change commits atomically with the state change that caused it.
+
+Row-lock order is always: the debited account first (it carries the balance check), then the
+credited accounts sorted by id. One order everywhere means no deadlocks between transactions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from payrail.db.tables import accounts, transfers
+from payrail.ledger.accounts import CURRENCY_SATS, SYSTEM_ACCOUNTS, Code
+
+A = accounts.c
+
+
+class LedgerError(Exception):
+    """A ledger rule would be broken. Callers map the specific subclasses they expect."""
+
+
+class InsufficientFunds(LedgerError):
+    def __init__(self, account_id: str, available: int, required: int) -> None:
+        super().__init__(f"{account_id}: available {available}, required {required}")
+        self.available = available
+        self.required = required
+
+
+class AlreadyResolved(LedgerError):
+    """A pending transfer was already posted or voided; a second resolution is refused."""
+
+
+@dataclass(frozen=True)
+class Transfer:
+    id: str
+    debit_account_id: str
+    credit_account_id: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Balance:
+    account_id: str
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+
+    @property
+    def available(self) -> int:
+        return self.credits_posted - self.debits_posted - self.debits_pending
+
+
+async def ensure_account(
+    conn: AsyncConnection, account_id: str, code: int, now_ms: int, allow_negative: bool = False
+) -> None:
+    exists = await conn.scalar(select(A.id).where(A.id == account_id))
+    if exists is None:
+        await conn.execute(
+            insert(accounts).values(
+                id=account_id,
+                code=int(code),
+                currency=CURRENCY_SATS,
+                debits_pending=0,
+                debits_posted=0,
+                credits_pending=0,
+                credits_posted=0,
+                allow_negative=allow_negative,
+                created_at=now_ms,
+            )
+        )
+
+
+async def ensure_system_accounts(conn: AsyncConnection, now_ms: int) -> None:
+    for account_id, (code, allow_negative) in SYSTEM_ACCOUNTS.items():
+        await ensure_account(conn, account_id, code, now_ms, allow_negative)
+
+
+async def balance(conn: AsyncConnection, account_id: str) -> Balance | None:
+    row = (
+        await conn.execute(
+            select(A.debits_pending, A.debits_posted, A.credits_pending, A.credits_posted).where(
+                A.id == account_id
+            )
+        )
+    ).first()
+    return Balance(account_id, *row) if row else None
+
+
+def _available() -> object:
+    return A.credits_posted - A.debits_posted - A.debits_pending
+
+
+async def _debit(conn: AsyncConnection, account_id: str, amount: int, *, pending: bool) -> None:
+    """Debit with the balance check in the same statement: no read-then-write window."""
+    column = "debits_pending" if pending else "debits_posted"
+    result = await conn.execute(
+        update(accounts)
+        .where(and_(A.id == account_id, (A.allow_negative | (_available() >= amount))))
+        .values({column: getattr(A, column) + amount})
+    )
+    if result.rowcount == 1:
+        return
+    current = await balance(conn, account_id)
+    if current is None:
+        raise LedgerError(f"unknown account {account_id}")
+    raise InsufficientFunds(account_id, current.available, amount)
+
+
+async def _credit(conn: AsyncConnection, amounts: dict[str, int], *, pending: bool) -> None:
+    column = "credits_pending" if pending else "credits_posted"
+    for account_id in sorted(amounts):
+        result = await conn.execute(
+            update(accounts)
+            .where(A.id == account_id)
+            .values({column: getattr(A, column) + amounts[account_id]})
+        )
+        if result.rowcount != 1:
+            raise LedgerError(f"unknown account {account_id}")
+
+
+def _credits_by_account(items: Iterable[Transfer]) -> dict[str, int]:
+    sums: dict[str, int] = defaultdict(int)
+    for t in items:
+        sums[t.credit_account_id] += t.amount
+    return dict(sums)
+
+
+def _single_debit_account(items: Sequence[Transfer]) -> str:
+    debit_ids = {t.debit_account_id for t in items}
+    assert len(debit_ids) == 1, "linked transfers share one debit account"
+    assert all(t.amount > 0 for t in items), "transfer amounts are positive"
+    return debit_ids.pop()
+
+
+async def transfer(conn: AsyncConnection, t: Transfer, now_ms: int) -> None:
+    """A single-phase transfer, posted at once (funding)."""
+    await _debit(conn, t.debit_account_id, t.amount, pending=False)
+    await _credit(conn, {t.credit_account_id: t.amount}, pending=False)
+    await conn.execute(insert(transfers).values(_row(t, "single", None, None, now_ms)))
+
+
+async def reserve(
+    conn: AsyncConnection, linked: Sequence[Transfer], now_ms: int, timeout_at_ms: int | None
+) -> None:
+    """Linked pending transfers from one account: all reserved, or none (InsufficientFunds)."""
+    debit_id = _single_debit_account(linked)
+    await _debit(conn, debit_id, sum(t.amount for t in linked), pending=True)
+    await conn.execute(
+        insert(transfers), [_row(t, "pending", None, timeout_at_ms, now_ms) for t in linked]
+    )
+    await _credit(conn, _credits_by_account(linked), pending=True)
+
+
+async def post(conn: AsyncConnection, pending_ids: Sequence[str], now_ms: int) -> None:
+    """Post pending transfers in full: pending columns move to posted, exactly once."""
+    await _resolve(conn, pending_ids, "post", now_ms)
+
+
+async def void(conn: AsyncConnection, pending_ids: Sequence[str], now_ms: int) -> None:
+    """Void pending transfers: the reservation is released, exactly once."""
+    await _resolve(conn, pending_ids, "void", now_ms)
+
+
+async def _resolve(
+    conn: AsyncConnection, pending_ids: Sequence[str], kind: str, now_ms: int
+) -> None:
+    T = transfers.c
+    rows = (
+        await conn.execute(
+            select(T.id, T.debit_account_id, T.credit_account_id, T.amount, T.kind).where(
+                T.id.in_(pending_ids)
+            )
+        )
+    ).all()
+    pending = [Transfer(r.id, r.debit_account_id, r.credit_account_id, r.amount) for r in rows]
+    if len(pending) != len(pending_ids) or any(r.kind != "pending" for r in rows):
+        raise LedgerError(f"not pending transfers: {sorted(pending_ids)}")
+    resolved = await conn.scalar(select(T.id).where(T.pending_id.in_(pending_ids)).limit(1))
+    if resolved is not None:
+        raise AlreadyResolved(f"{kind}: pending transfers already resolved: {sorted(pending_ids)}")
+    debit_id = _single_debit_account(pending)
+    total = sum(t.amount for t in pending)
+    debit_values = {"debits_pending": A.debits_pending - total}
+    if kind == "post":
+        debit_values["debits_posted"] = A.debits_posted + total
+    await conn.execute(update(accounts).where(A.id == debit_id).values(debit_values))
+    for account_id, amount in sorted(_credits_by_account(pending).items()):
+        credit_values = {"credits_pending": A.credits_pending - amount}
+        if kind == "post":
+            credit_values["credits_posted"] = A.credits_posted + amount
+        await conn.execute(update(accounts).where(A.id == account_id).values(credit_values))
+    await conn.execute(
+        insert(transfers),
+        [
+            _row(
+                Transfer(f"{t.id}:{kind}", t.debit_account_id, t.credit_account_id, t.amount),
+                kind,
+                t.id,
+                None,
+                now_ms,
+            )
+            for t in pending
+        ],
+    )
+
+
+def _row(
+    t: Transfer, kind: str, pending_id: str | None, timeout_at: int | None, now_ms: int
+) -> dict:
+    return {
+        "id": t.id,
+        "debit_account_id": t.debit_account_id,
+        "credit_account_id": t.credit_account_id,
+        "amount": t.amount,
+        "pending_id": pending_id,
+        "kind": kind,
+        "timeout_at": timeout_at,
+        "created_at": now_ms,
+    }
+
+
+@dataclass(frozen=True)
+class LedgerTotals:
+    """Sums over all accounts, for the conservation invariant."""
+
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+    overdrawn_accounts: list[str]
+
+
+async def totals(conn: AsyncConnection) -> LedgerTotals:
+    from sqlalchemy import func
+
+    row = (
+        await conn.execute(
+            select(
+                func.coalesce(func.sum(A.debits_pending), 0),
+                func.coalesce(func.sum(A.debits_posted), 0),
+                func.coalesce(func.sum(A.credits_pending), 0),
+                func.coalesce(func.sum(A.credits_posted), 0),
+            )
+        )
+    ).one()
+    overdrawn = (
+        await conn.execute(
+            select(A.id).where(
+                ~A.allow_negative, A.debits_posted + A.debits_pending > A.credits_posted
+            )
+        )
+    ).scalars()
+    return LedgerTotals(*(int(v) for v in row), overdrawn_accounts=list(overdrawn))
+
+
+__all__ = ["Code", "Transfer", "Balance", "reserve", "post", "void", "transfer", "totals"]

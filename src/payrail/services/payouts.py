@@ -1,0 +1,574 @@
+"""Payout use cases: create (reserve), settle (the saga), expire, sandbox status changes.
+
+The saga, in DESIGN.md's words:
+
+    create   tx1: idempotency → rate limit → reserve → payout row (reserved) → settle job  COMMIT
+    settle   tx:  reserved → in_flight (the send intent)                                 COMMIT
+             node.pay(payout id)          no transaction is open during the call
+             succeeded      tx2: post both transfers, completed, job done
+             failed         tx2: void both transfers, failed, job done
+             unknown        job rescheduled; node.status() is asked until it is definite
+
+A guarded UPDATE (`WHERE state = <expected>`) makes every transition happen at most once,
+whoever races for it: the inline path, a worker that found an expired lease, or expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from payrail.clock import iso
+from payrail.db.tables import gamertag_locks, payouts, projects
+from payrail.domain import errors
+from payrail.domain.money import fee_sats
+from payrail.domain.payouts import (
+    FINAL_STATES,
+    PUBLIC_STATUS,
+    FailureCode,
+    PayoutRequest,
+    State,
+    Status,
+    check_transition,
+    states_for,
+)
+from payrail.jobs import queue
+from payrail.ledger import accounts as acct
+from payrail.ledger import ledger
+from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
+from payrail.services import callbacks
+from payrail.services.runtime import Runtime, SimulatedCrash
+
+log = structlog.get_logger("payrail.payouts")
+P = payouts.c
+
+SETTLE_JOB = "settle_payout"
+SETTLE_ATTEMPTS_MAX = 2_000  # with the 60 s backoff cap: more than a day of asking the node
+RATE_WINDOW_MS = 3_600_000
+REPLAY_POLL_MS = 20
+LIST_LIMIT_DEFAULT = 20
+LIST_LIMIT_MAX = 100
+
+
+def settle_job_id(payout_id: str) -> str:
+    return f"settle:{payout_id}"
+
+
+def transfer_ids(payout_id: str) -> list[str]:
+    """The two linked pending transfers of a payout: the amount and the fee."""
+    return [f"{payout_id}:amount", f"{payout_id}:fee"]
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    payout: RowMapping
+    replay: bool
+
+
+# ---------------------------------------------------------------- reads
+
+
+async def load(conn: AsyncConnection, payout_id: str) -> RowMapping | None:
+    return (await conn.execute(select(payouts).where(P.id == payout_id))).mappings().first()
+
+
+async def get_payout(rt: Runtime, payout_id: str) -> RowMapping:
+    async with rt.engine.connect() as conn:
+        row = await load(conn, payout_id)
+    if row is None:
+        raise errors.PayoutNotFound(f"No payout with id {payout_id}.")
+    return row
+
+
+async def get_by_internal_id(rt: Runtime, project_id: str, internal_id: str) -> RowMapping:
+    async with rt.engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    select(payouts)
+                    .where(P.project_id == project_id, P.internal_id == internal_id)
+                    .order_by(P.created_at.desc())
+                    .limit(1)
+                )
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise errors.PayoutNotFound(f"No payout with internalId {internal_id} in this project.")
+    return row
+
+
+def _encode_cursor(row: RowMapping) -> str:
+    return base64.urlsafe_b64encode(f"{row['created_at']}:{row['id']}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        created_at, payout_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
+        return int(created_at), payout_id
+    except (ValueError, UnicodeDecodeError):
+        raise errors.ValidationError("cursor is not one this API returned.") from None
+
+
+async def list_payouts(
+    rt: Runtime,
+    project_id: str | None,
+    status: Status | None,
+    limit: int = LIST_LIMIT_DEFAULT,
+    cursor: str | None = None,
+) -> tuple[list[RowMapping], str | None]:
+    """Newest first; the cursor is (created_at, id) so pages never skip or repeat a payout."""
+    query = select(payouts).order_by(P.created_at.desc(), P.id.desc()).limit(limit + 1)
+    if project_id is not None:
+        query = query.where(P.project_id == project_id)
+    if status is not None:
+        query = query.where(P.state.in_([s.value for s in states_for(status)]))
+    if cursor:
+        created_at, payout_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(P.created_at < created_at, and_(P.created_at == created_at, P.id < payout_id))
+        )
+    async with rt.engine.connect() as conn:
+        rows = list((await conn.execute(query)).mappings())
+    page = rows[:limit]
+    return page, (_encode_cursor(page[-1]) if len(rows) > limit else None)
+
+
+def view(row: RowMapping) -> dict[str, Any]:
+    """The public payout object of API.md (camelCase, ISO 8601 UTC times)."""
+    state = State(row["state"])
+    return {
+        "id": row["id"],
+        "internalId": row["internal_id"],
+        "gamertag": row["gamertag"],
+        "amount": row["amount"],
+        "fee": row["fee"],
+        "totalCost": row["amount"] + row["fee"],
+        "projectId": row["project_id"],
+        "idempotencyKey": row["idempotency_key"],
+        "description": row["description"],
+        "callbackUrl": row["callback_url"],
+        "status": PUBLIC_STATUS[state].value,
+        "expiresIn": row["expires_in"],
+        "expiresAt": iso(row["expires_at"]),
+        "createdAt": iso(row["created_at"]),
+        "updatedAt": iso(row["updated_at"]),
+        "settledAt": iso(row["settled_at"]),
+        "failureReason": row["failure_reason"],
+    }
+
+
+# ---------------------------------------------------------------- create
+
+
+async def _by_key(conn: AsyncConnection, project_id: str, key: str) -> RowMapping | None:
+    return (
+        (
+            await conn.execute(
+                select(payouts).where(P.project_id == project_id, P.idempotency_key == key)
+            )
+        )
+        .mappings()
+        .first()
+    )
+
+
+class _ReplayInstead(Exception):
+    def __init__(self, row: RowMapping) -> None:
+        self.row = row
+
+
+async def _lock_gamertag(conn: AsyncConnection, project_id: str, gamertag: str, now: int) -> None:
+    """Take the (project, gamertag) row lock so concurrent rate-limit counts are serialised."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(gamertag_locks).values(
+        project_id=project_id, gamertag=gamertag, touched_at=now
+    )
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["project_id", "gamertag"], set_={"touched_at": now}
+        )
+    )
+
+
+async def _check_rate(rt: Runtime, conn: AsyncConnection, req: PayoutRequest, now: int) -> None:
+    limit = rt.settings.rate_limit_per_hour
+    # The limit-th newest payout in the window: when it leaves the window, a slot frees.
+    oldest_counted = await conn.scalar(
+        select(P.created_at)
+        .where(
+            P.project_id == req.project_id,
+            P.gamertag == req.gamertag,
+            P.created_at > now - RATE_WINDOW_MS,
+        )
+        .order_by(P.created_at.desc())
+        .offset(limit - 1)
+        .limit(1)
+    )
+    if oldest_counted is None:
+        return
+    retry_after_s = max(1, math.ceil((oldest_counted + RATE_WINDOW_MS - now) / 1000))
+    raise errors.RateLimitExceeded(
+        f"More than {limit} payouts to gamertag {req.gamertag} in an hour; "
+        f"retry in {retry_after_s} s.",
+        retryAfter=retry_after_s,
+        limit=limit,
+    )
+
+
+async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
+    """Reserve and settle a payout; answers a replay for a key already used in this project."""
+    async with rt.engine.connect() as conn:
+        exists = await conn.scalar(select(projects.c.id).where(projects.c.id == req.project_id))
+        existing = (
+            await _by_key(conn, req.project_id, req.idempotency_key)
+            if exists and req.idempotency_key
+            else None
+        )
+    if not exists:
+        raise errors.ProjectNotFound(f"No project with id {req.project_id}.")
+    if existing is not None:
+        return await _replay(rt, existing, req)
+    try:
+        payout_id = await _reserve(rt, req)
+    except _ReplayInstead as other:
+        return await _replay(rt, other.row, req)
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer like a replay.
+        async with rt.engine.connect() as conn:
+            row = await _by_key(conn, req.project_id, req.idempotency_key or "")
+        if row is None:
+            raise
+        return await _replay(rt, row, req)
+    rt.crashpoint("after_reserve")
+    task = rt.spawn(settle_payout(rt, payout_id, job_leased=True))
+    await asyncio.wait({task}, timeout=rt.settings.settle_wait_ms / 1000)
+    if task.done() and isinstance(task.exception(), SimulatedCrash):
+        raise task.exception()  # type: ignore[misc]
+    return CreateOutcome(await get_payout(rt, payout_id), replay=False)
+
+
+async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
+    """tx1: rate limit, reservation, payout row and its settle job, all or nothing."""
+    now = rt.clock.now_ms()
+    payout_id = str(uuid.uuid4())
+    fee = fee_sats(req.amount_sats)
+    account = acct.project_account(req.project_id)
+    expires_at = now + req.expires_in_s * 1000
+    async with rt.engine.begin() as conn:
+        await _lock_gamertag(conn, req.project_id, req.gamertag, now)
+        try:
+            await _check_rate(rt, conn, req, now)
+            amount_id, fee_id = transfer_ids(payout_id)
+            await ledger.reserve(
+                conn,
+                [
+                    ledger.Transfer(amount_id, account, acct.LIGHTNING_OUTBOUND, req.amount_sats),
+                    ledger.Transfer(fee_id, account, acct.FEES, fee),
+                ],
+                now,
+                expires_at,
+            )
+        except (errors.RateLimitExceeded, ledger.InsufficientFunds) as refusal:
+            # A same-key request may have committed while we waited for the lock: replay wins.
+            if req.idempotency_key:
+                row = await _by_key(conn, req.project_id, req.idempotency_key)
+                if row is not None:
+                    raise _ReplayInstead(row) from None
+            if isinstance(refusal, ledger.InsufficientFunds):
+                raise _insufficient(req.amount_sats, fee, refusal.available) from None
+            raise
+        await conn.execute(
+            insert(payouts).values(
+                id=payout_id,
+                project_id=req.project_id,
+                gamertag=req.gamertag,
+                amount=req.amount_sats,
+                fee=fee,
+                internal_id=req.internal_id,
+                description=req.description,
+                callback_url=req.callback_url,
+                idempotency_key=req.idempotency_key,
+                request_hash=req.fingerprint(),
+                state=State.RESERVED.value,
+                charge_posted=False,
+                expires_in=req.expires_in_s,
+                expires_at=expires_at,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await queue.enqueue(
+            conn,
+            SETTLE_JOB,
+            {"payoutId": payout_id},
+            now,
+            job_id=settle_job_id(payout_id),
+            max_attempts=SETTLE_ATTEMPTS_MAX,
+            leased_by=rt.worker_id,
+            lease_ms=rt.settings.lease_ms,
+        )
+        row = await load(conn, payout_id)
+        assert row is not None
+        await callbacks.on_status_change(conn, row, view(row), now)
+    log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id)
+    return payout_id
+
+
+def _insufficient(amount: int, fee: int, available: int) -> errors.InsufficientBalance:
+    total = amount + fee
+    return errors.InsufficientBalance(
+        f"Insufficient balance: the payout of {amount} sats plus the {fee} sat fee needs "
+        f"{total} sats, and {max(available, 0)} sats are available.",
+        requiredAmount=amount,
+        fee=fee,
+        totalCost=total,
+        currentBalance=available,
+    )
+
+
+async def _replay(rt: Runtime, row: RowMapping, req: PayoutRequest) -> CreateOutcome:
+    """Same key, same body: the original payout (once final, within the wait window)."""
+    if row["request_hash"] != req.fingerprint():
+        raise errors.IdempotencyKeyReused(
+            "This idempotencyKey was already used with a different request body in this "
+            "project. Use a new key for a new payout.",
+            payoutId=row["id"],
+        )
+    deadline = rt.clock.now_ms() + rt.settings.settle_wait_ms
+    while State(row["state"]) not in FINAL_STATES and rt.clock.now_ms() < deadline:
+        await asyncio.sleep(REPLAY_POLL_MS / 1000)
+        row = await get_payout(rt, row["id"])
+    return CreateOutcome(row, replay=True)
+
+
+# ---------------------------------------------------------------- settle (the saga)
+
+
+async def settle_payout(rt: Runtime, payout_id: str, *, job_leased: bool = False) -> None:
+    """Drive one payout toward a final state; safe to run again at any point after a crash."""
+    try:
+        await _settle(rt, payout_id)
+    except (SimulatedCrash, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # the job row keeps the saga: hand it to the worker, with backoff
+        log.warning("settle_error", payout_id=payout_id, error=type(exc).__name__)
+        if not job_leased:
+            raise
+        async with rt.engine.begin() as conn:
+            now = rt.clock.now_ms()
+            await queue.reschedule(
+                conn, settle_job_id(payout_id), now + queue.backoff_ms(1), now, repr(exc)
+            )
+
+
+async def _settle(rt: Runtime, payout_id: str) -> None:
+    row = await get_payout(rt, payout_id)
+    state = State(row["state"])
+    if state in FINAL_STATES:
+        async with rt.engine.begin() as conn:
+            await queue.complete(conn, settle_job_id(payout_id), rt.clock.now_ms())
+        return
+    if state == State.RESERVED:
+        if rt.clock.now_ms() >= row["expires_at"]:
+            await _expire_if_reserved(rt, payout_id)
+            return
+        async with rt.engine.begin() as conn:
+            moved = await _transition(conn, row, State.IN_FLIGHT, rt.clock.now_ms())
+        if not moved:  # someone else moved it (expiry, another worker): look again
+            return await _settle(rt, payout_id)
+        rt.crashpoint("after_mark_in_flight")
+        result = await _node_call(rt, rt.node.pay(payout_id, row["gamertag"], row["amount"]))
+    else:
+        # In flight after a crash or an unknown outcome: ask before sending again.
+        result = await _node_call(rt, rt.node.status(payout_id))
+        if result is not None and result.status == NodeStatus.NOT_FOUND:
+            result = await _node_call(rt, rt.node.pay(payout_id, row["gamertag"], row["amount"]))
+    rt.crashpoint("after_node_call")
+    await _apply_outcome(rt, payout_id, result)
+
+
+async def _node_call(rt: Runtime, call: Any) -> PaymentResult | None:
+    """Bound the node call; None means the outcome is unknown (never a failure)."""
+    try:
+        return await asyncio.wait_for(call, rt.settings.node_timeout_ms / 1000)
+    except (TimeoutError, UnknownOutcome, OSError) as exc:
+        log.info("node_outcome_unknown", error=type(exc).__name__)
+        return None
+
+
+async def _apply_outcome(rt: Runtime, payout_id: str, result: PaymentResult | None) -> None:
+    now = rt.clock.now_ms()
+    if result is None or result.status in (NodeStatus.IN_FLIGHT, NodeStatus.NOT_FOUND):
+        async with rt.engine.begin() as conn:
+            attempts = await conn.scalar(
+                select(queue.J.attempts).where(queue.J.id == settle_job_id(payout_id))
+            )
+            await queue.reschedule(
+                conn,
+                settle_job_id(payout_id),
+                now + queue.backoff_ms(attempts or 1),
+                now,
+                "node outcome unknown; will ask the node again",
+            )
+        return
+    legacy_charge = False
+    if result.status == NodeStatus.FAILED and result.failure_reason == FailureReason.TIMEOUT:
+        legacy_charge = rt.settings.sandbox and not (await rt.faults.get()).rollbackOnTimeout
+    async with rt.engine.begin() as conn:
+        row = await load(conn, payout_id)
+        if row is None or row["state"] != State.IN_FLIGHT:
+            return  # another actor finalised it; the guarded update below would refuse anyway
+        if result.status == NodeStatus.SUCCEEDED:
+            await _finalize(conn, row, State.COMPLETED, now, charge=True)
+        else:
+            code = (
+                FailureCode.GATEWAY_TIMEOUT
+                if result.failure_reason == FailureReason.TIMEOUT
+                else FailureCode.PAYMENT_FAILED
+            )
+            await _finalize(
+                conn,
+                row,
+                State.FAILED,
+                now,
+                charge=legacy_charge,
+                failure_code=code,
+                failure_reason=f"node: {result.failure_reason or 'failed'}",
+            )
+    log.info("payout_final", payout_id=payout_id, node_status=result.status.value)
+
+
+async def _transition(
+    conn: AsyncConnection, row: RowMapping, target: State, now: int, **values: Any
+) -> bool:
+    """The guarded state change: legal by the table, and only from the state we read."""
+    current = State(row["state"])
+    check_transition(current, target)
+    result = await conn.execute(
+        update(payouts)
+        .where(P.id == row["id"], P.state == current.value)
+        .values(state=target.value, updated_at=now, **values)
+    )
+    return result.rowcount == 1
+
+
+async def _finalize(
+    conn: AsyncConnection,
+    row: RowMapping,
+    target: State,
+    now: int,
+    *,
+    charge: bool,
+    failure_code: FailureCode | None = None,
+    failure_reason: str | None = None,
+) -> bool:
+    """Final transition + ledger post (charge) or void + job done + callback, in one tx."""
+    assert target in FINAL_STATES
+    values: dict[str, Any] = {"charge_posted": charge}
+    if target == State.COMPLETED:
+        values["settled_at"] = now
+    if failure_code is not None:
+        values["failure_code"] = failure_code.value
+        values["failure_reason"] = failure_reason
+    if not await _transition(conn, row, target, now, **values):
+        return False
+    if charge:
+        await ledger.post(conn, transfer_ids(row["id"]), now)
+    else:
+        await ledger.void(conn, transfer_ids(row["id"]), now)
+    await queue.complete(conn, settle_job_id(row["id"]), now)
+    final = await load(conn, row["id"])
+    assert final is not None
+    await callbacks.on_status_change(conn, final, view(final), now)
+    return True
+
+
+# ---------------------------------------------------------------- expiry and sandbox changes
+
+
+async def _expire_if_reserved(rt: Runtime, payout_id: str) -> bool:
+    async with rt.engine.begin() as conn:
+        row = await load(conn, payout_id)
+        if row is None or row["state"] != State.RESERVED:
+            return False
+        return await _finalize(conn, row, State.EXPIRED, rt.clock.now_ms(), charge=False)
+
+
+async def expire_due(rt: Runtime, batch_max: int = 100) -> int:
+    """Expire reserved payouts that were never sent before expires_at. Returns how many."""
+    async with rt.engine.connect() as conn:
+        due = list(
+            (
+                await conn.execute(
+                    select(P.id)
+                    .where(P.state == State.RESERVED.value, P.expires_at <= rt.clock.now_ms())
+                    .limit(batch_max)
+                )
+            ).scalars()
+        )
+    expired = 0
+    for payout_id in due:
+        expired += await _expire_if_reserved(rt, payout_id)
+    return expired
+
+
+async def expire_now(rt: Runtime, payout_id: str) -> RowMapping:
+    """Sandbox: expire a pending payout now. Only a never-sent one can expire (it may be paid)."""
+    row = await get_payout(rt, payout_id)
+    check_transition(State(row["state"]), State.EXPIRED)
+    if not await _expire_if_reserved(rt, payout_id):
+        row = await get_payout(rt, payout_id)
+        check_transition(State(row["state"]), State.EXPIRED)
+    return await get_payout(rt, payout_id)
+
+
+_TARGET_STATE = {
+    Status.COMPLETED: State.COMPLETED,
+    Status.ERROR: State.FAILED,
+    Status.EXPIRED: State.EXPIRED,
+    Status.PENDING: State.RESERVED,
+}
+
+
+async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
+    """Sandbox: move a payout through the real state machine (illegal → 409)."""
+    row = await get_payout(rt, payout_id)
+    current = State(row["state"])
+    if PUBLIC_STATUS[current] == status:
+        return row
+    target = _TARGET_STATE[status]
+    now = rt.clock.now_ms()
+    async with rt.engine.begin() as conn:
+        if current == State.RESERVED and target == State.COMPLETED:
+            if not await _transition(conn, row, State.IN_FLIGHT, now):
+                raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
+            row = await load(conn, payout_id)
+            assert row is not None
+        else:
+            check_transition(State(row["state"]), target)
+        done = await _finalize(
+            conn,
+            row,
+            target,
+            now,
+            charge=target == State.COMPLETED,
+            failure_code=FailureCode.PAYMENT_FAILED if target == State.FAILED else None,
+            failure_reason="set by the sandbox status endpoint" if target == State.FAILED else None,
+        )
+        if not done:
+            raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
+    return await get_payout(rt, payout_id)
