@@ -16,18 +16,19 @@ class SystemClock:
         return time.time_ns() // 1_000_000
 
 
-class FakeClock:
-    """A clock tests move by hand; starts at the real time so ISO strings look sane."""
+class ShiftableClock:
+    """Real time plus an offset tests move by hand: saga code keeps running normally while a
+    test jumps past a lease, an expiry or a rate-limit window without sleeping."""
 
-    def __init__(self, start_ms: int | None = None) -> None:
-        self._now_ms = start_ms if start_ms is not None else SystemClock().now_ms()
+    def __init__(self) -> None:
+        self._offset_ms = 0
 
     def now_ms(self) -> int:
-        return self._now_ms
+        return SystemClock().now_ms() + self._offset_ms
 
     def advance(self, ms: int) -> None:
         assert ms >= 0, "time only moves forward"
-        self._now_ms += ms
+        self._offset_ms += ms
 
 
 def iso(ms: int | None) -> str | None:
