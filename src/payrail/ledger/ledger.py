@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail.db.tables import accounts, transfers
@@ -183,9 +184,24 @@ async def _resolve(
     pending = [Transfer(r.id, r.debit_account_id, r.credit_account_id, r.amount) for r in rows]
     if len(pending) != len(pending_ids) or any(r.kind != "pending" for r in rows):
         raise LedgerError(f"not pending transfers: {sorted(pending_ids)}")
-    resolved = await conn.scalar(select(T.id).where(T.pending_id.in_(pending_ids)).limit(1))
-    if resolved is not None:
-        raise AlreadyResolved(f"{kind}: pending transfers already resolved: {sorted(pending_ids)}")
+    # The unique pending_id refuses a second resolution even if a caller's guard failed;
+    # the caller's transaction then rolls back whole.
+    try:
+        await conn.execute(
+            insert(transfers),
+            [
+                _row(
+                    Transfer(f"{t.id}:{kind}", t.debit_account_id, t.credit_account_id, t.amount),
+                    kind,
+                    t.id,
+                    None,
+                    now_ms,
+                )
+                for t in pending
+            ],
+        )
+    except IntegrityError:
+        raise AlreadyResolved(f"{kind}: already resolved: {sorted(pending_ids)}") from None
     debit_id = _single_debit_account(pending)
     total = sum(t.amount for t in pending)
     debit_values = {"debits_pending": A.debits_pending - total}
@@ -197,19 +213,6 @@ async def _resolve(
         if kind == "post":
             credit_values["credits_posted"] = A.credits_posted + amount
         await conn.execute(update(accounts).where(A.id == account_id).values(credit_values))
-    await conn.execute(
-        insert(transfers),
-        [
-            _row(
-                Transfer(f"{t.id}:{kind}", t.debit_account_id, t.credit_account_id, t.amount),
-                kind,
-                t.id,
-                None,
-                now_ms,
-            )
-            for t in pending
-        ],
-    )
 
 
 def _row(

@@ -272,25 +272,11 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
         await _lock_gamertag(conn, req.project_id, req.gamertag, now)
         try:
             await _check_rate(rt, conn, req, now)
-            amount_id, fee_id = transfer_ids(payout_id)
-            await ledger.reserve(
-                conn,
-                [
-                    ledger.Transfer(amount_id, account, acct.LIGHTNING_OUTBOUND, req.amount_sats),
-                    ledger.Transfer(fee_id, account, acct.FEES, fee),
-                ],
-                now,
-                expires_at,
-            )
-        except (errors.RateLimitExceeded, ledger.InsufficientFunds) as refusal:
-            # A same-key request may have committed while we waited for the lock: replay wins.
-            if req.idempotency_key:
-                row = await _by_key(conn, req.project_id, req.idempotency_key)
-                if row is not None:
-                    raise _ReplayInstead(row) from None
-            if isinstance(refusal, ledger.InsufficientFunds):
-                raise _insufficient(req.amount_sats, fee, refusal.available) from None
+        except errors.RateLimitExceeded:
+            await _replay_if_key_taken(conn, req)
             raise
+        # The payout row first: a same-key race fails here (unique index), before any lock on
+        # the shared system accounts is taken.
         await conn.execute(
             insert(payouts).values(
                 id=payout_id,
@@ -321,11 +307,34 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
             leased_by=rt.worker_id,
             lease_ms=rt.settings.lease_ms,
         )
-        row = await load(conn, payout_id)
-        assert row is not None
-        await callbacks.on_status_change(conn, row, view(row), now)
+        if req.callback_url:
+            row = await load(conn, payout_id)
+            assert row is not None
+            await callbacks.on_status_change(conn, row, view(row), now)
+        # Last: the reservation. Its credit side locks the hot system accounts until COMMIT.
+        amount_id, fee_id = transfer_ids(payout_id)
+        try:
+            await ledger.reserve(
+                conn,
+                [
+                    ledger.Transfer(amount_id, account, acct.LIGHTNING_OUTBOUND, req.amount_sats),
+                    ledger.Transfer(fee_id, account, acct.FEES, fee),
+                ],
+                now,
+                expires_at,
+            )
+        except ledger.InsufficientFunds as refusal:
+            raise _insufficient(req.amount_sats, fee, refusal.available) from None
     log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id)
     return payout_id
+
+
+async def _replay_if_key_taken(conn: AsyncConnection, req: PayoutRequest) -> None:
+    """A same-key request may have committed while we waited for the lock: replay wins."""
+    if req.idempotency_key:
+        row = await _by_key(conn, req.project_id, req.idempotency_key)
+        if row is not None:
+            raise _ReplayInstead(row)
 
 
 def _insufficient(amount: int, fee: int, available: int) -> errors.InsufficientBalance:
@@ -486,14 +495,16 @@ async def _finalize(
         values["failure_reason"] = failure_reason
     if not await _transition(conn, row, target, now, **values):
         return False
+    await queue.complete(conn, settle_job_id(row["id"]), now)
+    if row["callback_url"]:
+        final = await load(conn, row["id"])
+        assert final is not None
+        await callbacks.on_status_change(conn, final, view(final), now)
+    # Last: the ledger, whose credit side locks the hot system accounts until COMMIT.
     if charge:
         await ledger.post(conn, transfer_ids(row["id"]), now)
     else:
         await ledger.void(conn, transfer_ids(row["id"]), now)
-    await queue.complete(conn, settle_job_id(row["id"]), now)
-    final = await load(conn, row["id"])
-    assert final is not None
-    await callbacks.on_status_change(conn, final, view(final), now)
     return True
 
 
