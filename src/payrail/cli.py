@@ -1,4 +1,4 @@
-"""payrail command line: serve · worker · migrate · recover · bench."""
+"""payrail command line: serve · worker · migrate · recover · reconcile · bench."""
 
 from __future__ import annotations
 
@@ -121,6 +121,44 @@ def recover() -> None:
 
     ran = asyncio.run(main())
     console.print(f"ran {ran} due jobs")
+
+
+@app.command()
+def reconcile(
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Check every invariant and the ledger against the node. Exit 0 only when clean."""
+    import json
+
+    from rich.table import Table
+
+    from payrail.services import reconcile as rec
+    from payrail.services.runtime import build_runtime
+
+    configure("warning")
+    settings = _settings()
+
+    async def main() -> rec.Report:
+        rt = build_runtime(settings)
+        try:
+            return await rec.reconcile(rt)
+        finally:
+            await rt.aclose()
+
+    report = asyncio.run(main())
+    if as_json:
+        print(json.dumps(rec.report_dict(report), indent=2))
+    else:
+        out = Console()
+        if report.clean:
+            out.print(f"[green]clean[/green]: {report.payouts_checked} payouts checked")
+        else:
+            table = Table("kind", "detail", "ids", "amount", title="discrepancies")
+            for d in report.discrepancies:
+                table.add_row(d.kind, d.detail, ", ".join(d.ids), str(d.amount))
+            out.print(table)
+            out.print(f"[red]{len(report.discrepancies)} discrepancies[/red]: {report.kinds()}")
+    raise typer.Exit(0 if report.clean else 1)
 
 
 @app.command()

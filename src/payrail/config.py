@@ -52,6 +52,7 @@ class Settings:
     db_pool_size: int = 20
     sim_seed: int | None = None
     run_worker: bool = True
+    reconcile_interval_s: int = 60
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -85,6 +86,7 @@ class Settings:
             db_pool_size=_int(env, "PAYRAIL_DB_POOL_SIZE", 20, 1, 500),
             sim_seed=int(seed) if seed else None,
             run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),
+            reconcile_interval_s=_int(env, "PAYRAIL_RECONCILE_INTERVAL_S", 60, 0, 86_400),
         )
         settings.check()
         return settings

@@ -31,7 +31,7 @@ from payrail.domain.payouts import (
     parse_status,
 )
 from payrail.jobs import worker
-from payrail.services import callbacks, payouts, projects
+from payrail.services import callbacks, payouts, projects, reconcile
 from payrail.services.runtime import Runtime, build_runtime
 
 log = structlog.get_logger("payrail.api")
@@ -51,15 +51,21 @@ def create_app(
             migrate.upgrade(settings.database_url)
         if settings.sandbox:
             await projects.seed_sandbox(rt)
-        worker_task = (
-            asyncio.create_task(worker.run_forever(rt, stop)) if settings.run_worker else None
-        )
+        background = []
+        if settings.run_worker:
+            background.append(asyncio.create_task(worker.run_forever(rt, stop)))
+            if settings.reconcile_interval_s:
+                background.append(
+                    asyncio.create_task(
+                        reconcile.run_periodically(rt, stop, settings.reconcile_interval_s)
+                    )
+                )
         try:
             yield
         finally:
             stop.set()
-            if worker_task is not None:
-                await worker_task
+            for task in background:
+                await task
             if runtime is None:
                 await rt.aclose()
 
@@ -174,6 +180,17 @@ def create_app(
         data = await projects.fund(rt, project_id, amount, request.headers.get("idempotency-key"))
         message = "Funding already processed" if data["replayed"] else "Project funded"
         return envelope(True, message, data, 200)
+
+    # ------------------------------------------------------------ admin
+
+    @api.get("/admin/reconciliation")
+    async def reconciliation(request: Request) -> JSONResponse:
+        who = await principal(request)
+        who.require_admin()
+        report = await reconcile.reconcile(rt)
+        reconcile.export_metrics(report, rt.clock.now_ms() / 1000)
+        message = "Ledger and node agree" if report.clean else "Discrepancies found"
+        return envelope(True, message, reconcile.report_dict(report), 200)
 
     # ------------------------------------------------------------ reference and health
 

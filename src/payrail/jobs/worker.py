@@ -4,7 +4,6 @@ and sweeps for payouts that must expire. Runs inside the server, or alone (`payr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,7 +11,7 @@ import structlog
 
 from payrail.jobs import queue
 from payrail.services import callbacks, payouts
-from payrail.services.runtime import Runtime, SimulatedCrash
+from payrail.services.runtime import Runtime, SimulatedCrash, wait_or_stop
 
 log = structlog.get_logger("payrail.worker")
 
@@ -97,5 +96,4 @@ async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
             log.warning("worker_round_failed", error=type(exc).__name__)
             ran = 0
         if ran == 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), rt.settings.worker_poll_ms / 1000)
+            await wait_or_stop(stop, rt.settings.worker_poll_ms / 1000)

@@ -10,6 +10,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import structlog
 from sqlalchemy import func, select
 
 from payrail.db.tables import accounts, payouts, transfers
@@ -18,8 +19,9 @@ from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import NodeStatus
 from payrail.services.payouts import transfer_ids
-from payrail.services.runtime import Runtime
+from payrail.services.runtime import Runtime, wait_or_stop
 
+log = structlog.get_logger("payrail.reconcile")
 NODE_QUERIES_CONCURRENT_MAX = 16
 
 
@@ -140,6 +142,39 @@ async def reconcile(rt: Runtime) -> Report:
                 )
             )
     return Report(found, len(rows))
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    return {
+        "clean": report.clean,
+        "payoutsChecked": report.payouts_checked,
+        "counts": report.kinds(),
+        "discrepancies": [d.to_dict() for d in report.discrepancies],
+    }
+
+
+def export_metrics(report: Report, now_s: float) -> None:
+    """Publish the result so an alert can fire on any mismatch."""
+    from payrail import metrics
+
+    counts = report.kinds()
+    for kind in set(metrics.DISCREPANCY_KINDS) | set(counts):
+        metrics.RECONCILIATION_DISCREPANCIES.labels(kind=kind).set(counts.get(kind, 0))
+    metrics.RECONCILIATION_RUNS.labels(result="clean" if report.clean else "discrepancies").inc()
+    metrics.RECONCILIATION_LAST_RUN.set(now_s)
+
+
+async def run_periodically(rt: Runtime, stop: asyncio.Event, interval_s: float) -> None:
+    """The server's periodic reconciliation; its result is the metric above."""
+    while not stop.is_set():
+        try:
+            report = await reconcile(rt)
+            export_metrics(report, rt.clock.now_ms() / 1000)
+            if not report.clean:
+                log.error("reconciliation_discrepancies", counts=report.kinds())
+        except Exception as exc:
+            log.warning("reconciliation_failed", error=type(exc).__name__)
+        await wait_or_stop(stop, interval_s)
 
 
 async def _node_statuses(rt: Runtime, payout_ids: list[str]) -> dict[str, NodeStatus]:

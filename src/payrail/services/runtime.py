@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -61,6 +62,12 @@ class Runtime:
         await self.drain()
         await self.node.aclose()
         await self.engine.dispose()
+
+
+async def wait_or_stop(stop: asyncio.Event, timeout_s: float) -> None:
+    """Sleep between rounds of a background loop, waking at once when asked to stop."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout_s)
 
 
 def new_worker_id() -> str:
