@@ -338,3 +338,31 @@ async def test_expire_pending_payout_releases_reservation(client, rt):
     payout_id = response.json()["data"]["id"]
     assert (await client.post(f"/test/expire/{payout_id}")).status_code == 409
     assert await balance_of(client) == start - 1020
+
+
+async def test_production_mode_hides_every_sandbox_endpoint(settings, rt):
+    from dataclasses import replace
+
+    import httpx
+
+    from payrail.api.app import create_app
+
+    production = replace(settings, mode="production")
+    app = create_app(production, runtime=rt, migrate_db=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://test/api/v1", headers={"apikey": ADMIN_KEY}
+    ) as c:
+        payout = (await c.post("/payouts", json=payout_body())).json()["data"]
+        calls = [
+            ("GET", "/test/failure-injection"),
+            ("POST", "/test/failure-injection"),
+            ("DELETE", "/test/reset"),
+            ("POST", f"/test/expire/{payout['id']}"),
+            ("PATCH", f"/payouts/{payout['id']}/status"),
+            ("GET", "/test/callbacks"),
+        ]
+        for method, path in calls:
+            response = await c.request(method, path, json={"status": "error"})
+            assert response.status_code == 404, (method, path)
+        assert (await c.get(f"/payouts/{payout['id']}")).json()["data"]["status"] == "completed"

@@ -11,6 +11,7 @@ DEFAULT_ADMIN_KEY = "sandbox_admin_key_change_me"
 DEFAULT_DATABASE_URL = "sqlite:///" + str(Path("var") / "payrail.db")
 SANDBOX_PROJECT_ID = "project_test_001"
 SANDBOX_PROJECT_FUNDING_SATS = 100_000
+DEFAULT_SANDBOX_WEBHOOK_SECRET = "whsec_test_sandbox"  # documented: sandbox only
 
 
 class UnsafeSettings(Exception):
@@ -41,6 +42,8 @@ class Settings:
     lightning_backend: str = "simulated"  # simulated | lnd
     lnd_url: str = ""
     lnd_macaroon_hex: str = ""
+    lnd_tls_cert_path: str = ""
+    lnd_preimage_secret: str = ""  # fixed secret: payment hashes must survive macaroon rotation
     settle_wait_ms: int = 5_000  # how long POST /payouts waits for a final answer
     node_timeout_ms: int = 10_000  # our bound on one node call; past it the outcome is unknown
     lease_ms: int = 30_000  # a job's lease; must exceed node_timeout_ms
@@ -53,6 +56,10 @@ class Settings:
     sim_seed: int | None = None
     run_worker: bool = True
     reconcile_interval_s: int = 60
+    callback_timeout_ms: int = 5_000  # one callback attempt, connect to last byte read
+    webhook_secret_grace_s: int = 86_400  # a rotated-out webhook secret keeps signing this long
+    sandbox_webhook_secret: str = DEFAULT_SANDBOX_WEBHOOK_SECRET
+    callback_allow_hosts: tuple[str, ...] = ()  # hosts/CIDRs exempt from the private-address ban
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -78,6 +85,8 @@ class Settings:
             ),
             lnd_url=env.get("PAYRAIL_LND_URL", ""),
             lnd_macaroon_hex=env.get("PAYRAIL_LND_MACAROON_HEX", ""),
+            lnd_tls_cert_path=env.get("PAYRAIL_LND_TLS_CERT_PATH", ""),
+            lnd_preimage_secret=env.get("PAYRAIL_LND_PREIMAGE_SECRET", ""),
             settle_wait_ms=_int(env, "PAYRAIL_SETTLE_WAIT_MS", 5_000, 0, 60_000),
             node_timeout_ms=_int(env, "PAYRAIL_NODE_TIMEOUT_MS", 10_000, 100, 120_000),
             lease_ms=_int(env, "PAYRAIL_LEASE_MS", 30_000, 1_000, 600_000),
@@ -87,6 +96,18 @@ class Settings:
             sim_seed=int(seed) if seed else None,
             run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),
             reconcile_interval_s=_int(env, "PAYRAIL_RECONCILE_INTERVAL_S", 60, 0, 86_400),
+            callback_timeout_ms=_int(env, "PAYRAIL_CALLBACK_TIMEOUT_MS", 5_000, 100, 60_000),
+            webhook_secret_grace_s=_int(
+                env, "PAYRAIL_WEBHOOK_SECRET_GRACE_S", 86_400, 0, 30 * 86_400
+            ),
+            sandbox_webhook_secret=env.get(
+                "PAYRAIL_SANDBOX_WEBHOOK_SECRET", DEFAULT_SANDBOX_WEBHOOK_SECRET
+            ),
+            callback_allow_hosts=tuple(
+                h.strip().lower()
+                for h in env.get("PAYRAIL_CALLBACK_ALLOW_HOSTS", "").split(",")
+                if h.strip()
+            ),
         )
         settings.check()
         return settings
@@ -96,6 +117,11 @@ class Settings:
             raise UnsafeSettings(
                 "PAYRAIL_LEASE_MS must exceed PAYRAIL_NODE_TIMEOUT_MS, or a live node call could "
                 "be resent by another worker"
+            )
+        if self.lease_ms <= self.callback_timeout_ms:
+            raise UnsafeSettings(
+                "PAYRAIL_LEASE_MS must exceed PAYRAIL_CALLBACK_TIMEOUT_MS, or a callback still "
+                "being sent could be sent again by another worker"
             )
         if self.mode != "production":
             return
@@ -108,5 +134,10 @@ class Settings:
             problems.append("the simulated Lightning node cannot be used in production")
         if self.lightning_backend == "lnd" and not (self.lnd_url and self.lnd_macaroon_hex):
             problems.append("PAYRAIL_LND_URL and PAYRAIL_LND_MACAROON_HEX are required")
+        if self.lightning_backend == "lnd" and len(self.lnd_preimage_secret) < 32:
+            problems.append(
+                "PAYRAIL_LND_PREIMAGE_SECRET (32+ chars) is required: payout ids map to payment "
+                "hashes through it, and a changed secret could pay an unresolved payout twice"
+            )
         if problems:
             raise UnsafeSettings("refusing to start in production: " + "; ".join(problems))

@@ -99,5 +99,11 @@ def _make_node(settings: Settings, engine: AsyncEngine, clock: Clock, faults: Fa
     if settings.lightning_backend == "lnd":
         from payrail.lightning.lnd import LndRestBackend
 
-        return LndRestBackend(settings.lnd_url, settings.lnd_macaroon_hex, settings.node_timeout_ms)
+        return LndRestBackend(
+            settings.lnd_url,
+            settings.lnd_macaroon_hex,
+            settings.node_timeout_ms,
+            tls_cert_path=settings.lnd_tls_cert_path or None,
+            preimage_secret=settings.lnd_preimage_secret.encode() or None,
+        )
     raise ValueError(f"unknown lightning backend {settings.lightning_backend!r}")

@@ -1,0 +1,62 @@
+"""Settings: safe sandbox defaults, and production refuses unsafe configurations."""
+
+from __future__ import annotations
+
+import pytest
+
+from payrail.config import Settings, UnsafeSettings
+
+GOOD_PRODUCTION = {
+    "PAYRAIL_MODE": "production",
+    "PAYRAIL_ADMIN_KEY": "a" * 32,
+    "PAYRAIL_DATABASE_URL": "postgresql://payrail@127.0.0.1:5432/payrail",
+    "PAYRAIL_LND_URL": "https://127.0.0.1:8080",
+    "PAYRAIL_LND_MACAROON_HEX": "ab" * 32,
+    "PAYRAIL_LND_PREIMAGE_SECRET": "s" * 32,
+}
+
+
+def test_sandbox_defaults_listen_on_loopback_port_3000_with_sqlite():
+    s = Settings.from_env({})
+    assert (s.mode, s.host, s.port, s.lightning_backend) == (
+        "sandbox",
+        "127.0.0.1",
+        3000,
+        "simulated",
+    )
+    assert s.database_url.startswith("sqlite:///")
+    assert s.sandbox_api_key == "test_api_key_12345"
+
+
+def test_a_complete_production_configuration_is_accepted():
+    assert Settings.from_env(GOOD_PRODUCTION).lightning_backend == "lnd"
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"PAYRAIL_ADMIN_KEY": ""}, "PAYRAIL_ADMIN_KEY"),
+        ({"PAYRAIL_LIGHTNING_BACKEND": "simulated"}, "simulated"),
+        ({"PAYRAIL_DATABASE_URL": "sqlite:///x.db"}, "PostgreSQL"),
+        ({"PAYRAIL_LND_MACAROON_HEX": ""}, "MACAROON"),
+        ({"PAYRAIL_LND_PREIMAGE_SECRET": "short"}, "PREIMAGE_SECRET"),
+    ],
+)
+def test_production_refuses_to_start_on_unsafe_settings(change, complaint):
+    env = {**GOOD_PRODUCTION, **change}
+    env = {k: v for k, v in env.items() if v != ""}
+    with pytest.raises(UnsafeSettings, match=complaint):
+        Settings.from_env(env)
+
+
+def test_lease_must_outlast_a_node_call():
+    with pytest.raises(UnsafeSettings, match="LEASE"):
+        Settings.from_env({"PAYRAIL_LEASE_MS": "5000", "PAYRAIL_NODE_TIMEOUT_MS": "10000"})
+
+
+@pytest.mark.parametrize(
+    "bad", [{"PAYRAIL_PORT": "abc"}, {"PAYRAIL_PORT": "0"}, {"PAYRAIL_MODE": "prod"}]
+)
+def test_malformed_settings_are_refused_with_the_variable_named(bad):
+    with pytest.raises(UnsafeSettings, match=next(iter(bad))):
+        Settings.from_env(bad)
