@@ -178,5 +178,123 @@ def bench(
     )
 
 
+callbacks_app = typer.Typer(help="Callback deliveries: list them, replay dead ones.")
+app.add_typer(callbacks_app, name="callbacks")
+
+
+@callbacks_app.command("list")
+def callbacks_list(
+    status: str | None = typer.Option(None, help="pending | delivered | dead"),
+    project: str | None = typer.Option(None, help="only this project's deliveries"),
+    limit: int = typer.Option(50, min=1, max=200, help="newest first, at most this many"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """List callback deliveries, newest first."""
+    import json
+
+    from rich.table import Table
+
+    from payrail.domain.errors import PayrailError
+    from payrail.services import callbacks as cb
+    from payrail.services.runtime import build_runtime
+
+    configure("warning")
+    settings = _settings()
+    try:
+        wanted = cb.parse_status(status)
+    except PayrailError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+
+    async def main() -> list[dict[str, object]]:
+        rt = build_runtime(settings)
+        try:
+            rows, _ = await cb.list_callbacks(rt, project, wanted, limit)
+            return [cb.view(r) for r in rows]
+        finally:
+            await rt.aclose()
+
+    rows = asyncio.run(main())
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "project", "payout", "seq", "status", "attempts", "next attempt", "last")
+    for r in rows:
+        last = r["lastError"] or (str(r["lastStatusCode"]) if r["lastStatusCode"] else "")
+        table.add_row(
+            str(r["id"]),
+            str(r["projectId"]),
+            str(r["payoutId"]),
+            str(r["sequence"]),
+            str(r["status"]),
+            f"{r['attempts']}/{r['attemptsMax']}",
+            str(r["nextAttemptAt"] or ""),
+            str(last)[:60],
+        )
+    Console().print(table)
+
+
+@callbacks_app.command("replay")
+def callbacks_replay(callback_id: str) -> None:
+    """Queue a dead callback delivery again, with a fresh set of attempts."""
+    from payrail.domain.errors import PayrailError
+    from payrail.services import callbacks as cb
+    from payrail.services.runtime import build_runtime
+
+    configure("warning")
+    settings = _settings()
+
+    async def main() -> None:
+        rt = build_runtime(settings)
+        try:
+            await cb.replay(rt, callback_id, None)
+        finally:
+            await rt.aclose()
+
+    try:
+        asyncio.run(main())
+    except PayrailError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]callback {callback_id} queued for delivery again[/green]")
+
+
+@app.command()
+def loadtest(
+    scenario: str = typer.Option(
+        ...,
+        help="gaming_rewards | rate_limit_stress | "
+        "duplicate_detection | expiration_test | callback_test | timeout_recovery | spike_timeouts",
+    ),
+    url: str = typer.Option("http://127.0.0.1:3000", help="the server; loopback only"),
+    duration_scale: float = typer.Option(1.0, help="multiplies durations and the spike size"),
+    report: str | None = typer.Option(None, help="directory for report.json and report.html"),
+    api_key: str | None = typer.Option(None, help="key for the sandbox /test endpoints"),
+    admin_key: str | None = typer.Option(None, help="admin key (creates projects, reconciles)"),
+    threshold: list[str] | None = typer.Option(None, help="e.g. p95<500; repeatable"),  # noqa: B008
+    legacy: bool = typer.Option(False, help="rollbackOnTimeout=false: the run must fail"),
+    start_server: bool = typer.Option(False, help="start payrail serve on a fresh database"),
+    database_url: str | None = typer.Option(None, help="with --start-server; it is recreated"),
+) -> None:
+    """Load and chaos scenarios on Locust, with money invariants. Exit 0 only if all hold."""
+    from pathlib import Path
+
+    from payrail.loadtest.command import Arguments, run
+
+    args = Arguments(
+        scenario=scenario,
+        url=url,
+        duration_scale=duration_scale,
+        report_dir=Path(report) if report else None,
+        api_key=api_key,
+        admin_key=admin_key,
+        thresholds=threshold or [],
+        legacy=legacy,
+        start_server=start_server,
+        database_url=database_url,
+    )
+    raise typer.Exit(run(args))
+
+
 if __name__ == "__main__":
     app()

@@ -19,6 +19,7 @@ from payrail.api import errors as api_errors
 from payrail.api.auth import KeyCache, Principal, authenticate
 from payrail.api.errors import envelope, read_json
 from payrail.api.limits import BodyLimit
+from payrail.clock import iso
 from payrail.config import Settings
 from payrail.db import migrate
 from payrail.domain import errors
@@ -31,7 +32,14 @@ from payrail.domain.payouts import (
     parse_status,
 )
 from payrail.jobs import worker
-from payrail.services import callbacks, payouts, projects, reconcile
+from payrail.services import (
+    callback_urls,
+    callbacks,
+    payouts,
+    projects,
+    reconcile,
+    webhook_secrets,
+)
 from payrail.services.runtime import Runtime, build_runtime
 
 log = structlog.get_logger("payrail.api")
@@ -94,7 +102,13 @@ def create_app(
     @api.post("/payouts")
     async def create_payout(request: Request) -> JSONResponse:
         who = await principal(request)
-        req = parse_payout_request(await read_json(request), request.headers.get("idempotency-key"))
+        body = await read_json(request)
+        refusal = await callback_urls.refusal_at_creation(  # production: DNS, so not in domain
+            settings, body.get("callbackUrl") if isinstance(body, dict) else None
+        )
+        req = parse_payout_request(
+            body, request.headers.get("idempotency-key"), callback_url_refusal=refusal
+        )
         who.require(req.project_id)
         outcome = await payouts.create_payout(rt, req)
         return _payout_answer(outcome)
@@ -159,10 +173,62 @@ def create_app(
         who.require_admin()
         project_id, name = projects.parse_new_project(await read_json(request))
         new = await projects.create_project(rt, project_id, name)
-        data = {"project": projects.project_view(new.row), "apiKey": new.api_key}
+        data = {
+            "project": projects.project_view(new.row),
+            "apiKey": new.api_key,
+            "webhookSecret": new.webhook_secret,
+        }
         return envelope(
-            True, "Project created. Store the API key now: it is shown once.", data, 201
+            True,
+            "Project created. Store the API key and webhook secret now: they are shown once.",
+            data,
+            201,
         )
+
+    @api.post("/projects/{project_id}/webhook-secret/rotate")
+    async def rotate_webhook_secret(project_id: str, request: Request) -> JSONResponse:
+        who = await principal(request)
+        who.require_admin()
+        grace_s = webhook_secrets.parse_rotation(
+            await read_json(request), settings.webhook_secret_grace_s
+        )
+        rotation = await webhook_secrets.rotate_project_secret(rt, project_id, grace_s)
+        data = {
+            "projectId": rotation.project_id,
+            "webhookSecret": rotation.secret,
+            "previousSecretExpiresAt": iso(rotation.previous_expires_at_ms),
+        }
+        return envelope(True, "Webhook secret rotated. Store it now: it is shown once.", data, 200)
+
+    # ------------------------------------------------------------ callbacks
+
+    @api.get("/callbacks")
+    async def list_callbacks(request: Request) -> JSONResponse:
+        who = await principal(request)
+        q = request.query_params
+        project_id = q.get("projectId") or who.project_id
+        if project_id is not None:
+            who.require(project_id)
+        status = callbacks.parse_status(q.get("status"))
+        limit = _int_param(
+            q.get("limit"), "limit", callbacks.LIST_LIMIT_DEFAULT, 1, callbacks.LIST_LIMIT_MAX
+        )
+        page, cursor = await callbacks.list_callbacks(
+            rt, project_id, status, limit, q.get("cursor")
+        )
+        data = {
+            "callbacks": [callbacks.view(r) for r in page],
+            "count": len(page),
+            "nextCursor": cursor,
+            "hasMore": cursor is not None,
+        }
+        return envelope(True, "Callbacks", data, 200)
+
+    @api.post("/callbacks/{callback_id}/replay")
+    async def replay_callback(callback_id: str, request: Request) -> JSONResponse:
+        who = await principal(request)
+        row = await callbacks.replay(rt, callback_id, None if who.admin else who.project_id)
+        return envelope(True, "Callback queued for delivery again", callbacks.view(row), 200)
 
     @api.get("/projects/{project_id}/balance")
     async def balance(project_id: str, request: Request) -> JSONResponse:
@@ -263,8 +329,8 @@ def create_app(
     @api.get("/test/callbacks")
     async def callback_log(request: Request) -> JSONResponse:
         sandbox_only()
-        await principal(request)
-        log_rows = await callbacks.delivery_log(rt)
+        who = await principal(request)
+        log_rows = await callbacks.delivery_log(rt, who.project_id)
         return envelope(
             True, "Callback deliveries", {"callbacks": log_rows, "count": len(log_rows)}, 200
         )

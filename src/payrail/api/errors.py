@@ -28,6 +28,7 @@ HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.MethodNotAllowed: 405,
     errors.ProjectExists: 409,
     errors.InvalidStatusTransition: 409,
+    errors.CallbackNotDead: 409,
     errors.PayloadTooLarge: 413,
     errors.IdempotencyKeyReused: 422,
     errors.RateLimitExceeded: 429,

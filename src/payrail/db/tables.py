@@ -177,5 +177,39 @@ callbacks = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("sent_at", BigInteger, nullable=True),
+    # Per payout, 1, 2, …: receivers ignore an event older than one they already applied.
+    Column("sequence", Integer, nullable=False, server_default="1"),
+    Column("next_attempt_at", BigInteger, nullable=True),
+    Column("delivered_at", BigInteger, nullable=True),
+    Column("updated_at", BigInteger, nullable=True),
     Index("ix_callbacks_project", "project_id", "created_at"),
+    Index("ix_callbacks_status", "status", "created_at"),
+    UniqueConstraint("payout_id", "sequence"),
+)
+
+# One row per delivery attempt, written as 'started' before the request is sent, so an
+# attempt cut short by a crash still counts towards the bound and shows in the log.
+callback_attempts = Table(
+    "callback_attempts",
+    metadata,
+    Column("callback_id", String(36), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("outcome", String(12), nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("duration_ms", Integer, nullable=True),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+)
+
+# Webhook signing secrets. Kept in the clear because signing needs them (as Stripe does);
+# a rotated-out secret signs alongside the new one until expires_at.
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    Index("ix_webhook_secrets_project", "project_id", "created_at"),
 )

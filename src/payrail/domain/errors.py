@@ -56,6 +56,16 @@ class PayoutNotFound(NotFound):
     code = "PAYOUT_NOT_FOUND"
 
 
+class CallbackNotFound(NotFound):
+    code = "CALLBACK_NOT_FOUND"
+
+
+class CallbackNotDead(PayrailError):
+    """Only a dead callback delivery can be replayed; a pending one is still being retried."""
+
+    code = "CALLBACK_NOT_DEAD"
+
+
 class ProjectExists(PayrailError):
     code = "PROJECT_EXISTS"
 

@@ -139,8 +139,17 @@ def validate_callback_url(value: Any) -> str | None:
     return value
 
 
-def parse_payout_request(body: Any, header_idempotency_key: str | None = None) -> PayoutRequest:
-    """Validate a create-payout body in API.md's order; raise the first error found."""
+def parse_payout_request(
+    body: Any,
+    header_idempotency_key: str | None = None,
+    *,
+    callback_url_refusal: str | None = None,
+) -> PayoutRequest:
+    """Validate a create-payout body in API.md's order; raise the first error found.
+
+    `callback_url_refusal` is the services layer's verdict on where callbackUrl resolves
+    (production only: that needs DNS), reported here as check 4.
+    """
     if not isinstance(body, dict):
         raise errors.ValidationError("Request body must be a JSON object.")
     missing = [f for f in REQUIRED_FIELDS if body.get(f) in (None, "")]
@@ -167,6 +176,8 @@ def parse_payout_request(body: Any, header_idempotency_key: str | None = None) -
                 maxLength=DESCRIPTION_MAX_CHARS,
             )
     callback_url = validate_callback_url(body.get("callbackUrl"))
+    if callback_url is not None and callback_url_refusal is not None:
+        raise errors.InvalidCallbackUrl(callback_url_refusal)
     gamertag = body["gamertag"]
     if not isinstance(gamertag, str) or not GAMERTAG_RE.match(gamertag):
         raise errors.ValidationError(

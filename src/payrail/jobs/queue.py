@@ -136,6 +136,21 @@ async def reschedule(
     return state
 
 
+async def bury(conn: AsyncConnection, job_id: str, now_ms: int, error: str) -> None:
+    """Give up on a job now (its handler decided no retry can help); replay revives it."""
+    await conn.execute(
+        update(jobs)
+        .where(J.id == job_id, J.state == "queued")
+        .values(
+            state="dead",
+            lease_until=None,
+            locked_by=None,
+            last_error=error[:LAST_ERROR_MAX_CHARS],
+            updated_at=now_ms,
+        )
+    )
+
+
 async def replay(conn: AsyncConnection, job_id: str, now_ms: int) -> bool:
     """Give a dead job a fresh set of attempts."""
     result = await conn.execute(

@@ -26,6 +26,9 @@ async def _deliver(rt: Runtime, payload: dict[str, Any]) -> None:
     await callbacks.deliver(rt, payload["callbackId"])
 
 
+# These finish (or reschedule) their job row in their own transaction, with their outcome.
+SELF_COMPLETING = frozenset({payouts.SETTLE_JOB, callbacks.CALLBACK_JOB})
+
 HANDLERS: dict[str, Handler] = {
     payouts.SETTLE_JOB: _settle,
     callbacks.CALLBACK_JOB: _deliver,
@@ -38,7 +41,7 @@ async def _run_job(rt: Runtime, job: queue.Job) -> None:
         if handler is None:
             raise LookupError(f"no handler for job kind {job.kind!r}")
         await handler(rt, job.payload)
-        if job.kind != payouts.SETTLE_JOB:  # settle completes its job in its own transaction
+        if job.kind not in SELF_COMPLETING:
             async with rt.engine.begin() as conn:
                 await queue.complete(conn, job.id, rt.clock.now_ms())
     except (SimulatedCrash, asyncio.CancelledError):

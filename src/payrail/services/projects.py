@@ -19,6 +19,7 @@ from payrail.domain import errors
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.sandbox import FailureInjection
+from payrail.services import webhook_secrets
 from payrail.services.runtime import Runtime
 
 PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{3,64}$")
@@ -35,6 +36,7 @@ def hash_key(api_key: str) -> str:
 class NewProject:
     row: RowMapping
     api_key: str
+    webhook_secret: str  # shown once, like the API key
 
 
 def project_view(row: RowMapping) -> dict[str, Any]:
@@ -80,7 +82,11 @@ def parse_new_project(body: Any) -> tuple[str | None, str | None]:
 
 
 async def create_project(
-    rt: Runtime, project_id: str | None, name: str | None, api_key: str | None = None
+    rt: Runtime,
+    project_id: str | None,
+    name: str | None,
+    api_key: str | None = None,
+    webhook_secret: str | None = None,
 ) -> NewProject:
     project_id = project_id or f"project_{secrets.token_hex(8)}"
     api_key = api_key or f"pk_{secrets.token_urlsafe(24)}"
@@ -100,9 +106,10 @@ async def create_project(
             await ledger.ensure_account(
                 conn, acct.project_account(project_id), acct.Code.PROJECT, now
             )
+            webhook_secret = await webhook_secrets.add_secret(conn, project_id, now, webhook_secret)
     except IntegrityError:
         raise errors.ProjectExists(f"A project with id {project_id} already exists.") from None
-    return NewProject(await get_project(rt, project_id), api_key)
+    return NewProject(await get_project(rt, project_id), api_key, webhook_secret)
 
 
 async def balance(rt: Runtime, project_id: str) -> dict[str, Any]:
@@ -162,11 +169,20 @@ async def fund(
 
 async def seed_sandbox(rt: Runtime) -> None:
     """The sandbox's starting state: project_test_001 with 100,000 sats and the sandbox key."""
-    if await project_for_key(rt, rt.settings.sandbox_api_key) is not None:
+    seeded = await project_for_key(rt, rt.settings.sandbox_api_key)
+    if seeded is not None:
+        async with rt.engine.begin() as conn:  # a database from before webhook secrets
+            await webhook_secrets.ensure_secret(
+                conn, seeded, rt.settings.sandbox_webhook_secret, rt.clock.now_ms()
+            )
         return
     try:
         await create_project(
-            rt, SANDBOX_PROJECT_ID, "Sandbox test project", api_key=rt.settings.sandbox_api_key
+            rt,
+            SANDBOX_PROJECT_ID,
+            "Sandbox test project",
+            api_key=rt.settings.sandbox_api_key,
+            webhook_secret=rt.settings.sandbox_webhook_secret,
         )
     except errors.ProjectExists:
         return
