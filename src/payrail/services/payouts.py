@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, false, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
@@ -231,17 +231,6 @@ async def _check_rate(rt: Runtime, conn: AsyncConnection, req: PayoutRequest, no
 
 async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     """Reserve and settle a payout; answers a replay for a key already used in this project."""
-    async with rt.engine.connect() as conn:
-        exists = await conn.scalar(select(projects.c.id).where(projects.c.id == req.project_id))
-        existing = (
-            await _by_key(conn, req.project_id, req.idempotency_key)
-            if exists and req.idempotency_key
-            else None
-        )
-    if not exists:
-        raise errors.ProjectNotFound(f"No project with id {req.project_id}.")
-    if existing is not None:
-        return await _replay(rt, existing, req)
     try:
         payout_id = await _reserve(rt, req)
     except _ReplayInstead as other:
@@ -256,8 +245,11 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     rt.crashpoint("after_reserve")
     task = rt.spawn(settle_payout(rt, payout_id, job_leased=True))
     await asyncio.wait({task}, timeout=rt.settings.settle_wait_ms / 1000)
-    if task.done() and isinstance(task.exception(), SimulatedCrash):
-        raise task.exception()  # type: ignore[misc]
+    if task.done():
+        if isinstance(task.exception(), SimulatedCrash):
+            raise task.exception()  # type: ignore[misc]
+        if task.exception() is None and task.result() is not None:
+            return CreateOutcome(task.result(), replay=False)
     return CreateOutcome(await get_payout(rt, payout_id), replay=False)
 
 
@@ -269,6 +261,7 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
     account = acct.project_account(req.project_id)
     expires_at = now + req.expires_in_s * 1000
     async with rt.engine.begin() as conn:
+        await _check_project_and_key(conn, req)
         await _lock_gamertag(conn, req.project_id, req.gamertag, now)
         try:
             await _check_rate(rt, conn, req, now)
@@ -329,6 +322,31 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
     return payout_id
 
 
+async def _check_project_and_key(conn: AsyncConnection, req: PayoutRequest) -> None:
+    """One query: the project exists (else 404) and the key is unused (else replay)."""
+    key_match = and_(
+        P.project_id == projects.c.id,
+        # Without a key nothing may match (`== None` would compile to IS NULL).
+        P.idempotency_key == req.idempotency_key if req.idempotency_key else false(),
+    )
+    row = (
+        (
+            await conn.execute(
+                select(projects.c.id.label("found_project_id"), *payouts.c)
+                .select_from(projects.outerjoin(payouts, key_match))
+                .where(projects.c.id == req.project_id)
+                .limit(1)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise errors.ProjectNotFound(f"No project with id {req.project_id}.")
+    if row["id"] is not None:
+        raise _ReplayInstead(row)
+
+
 async def _replay_if_key_taken(conn: AsyncConnection, req: PayoutRequest) -> None:
     """A same-key request may have committed while we waited for the lock: replay wins."""
     if req.idempotency_key:
@@ -367,10 +385,15 @@ async def _replay(rt: Runtime, row: RowMapping, req: PayoutRequest) -> CreateOut
 # ---------------------------------------------------------------- settle (the saga)
 
 
-async def settle_payout(rt: Runtime, payout_id: str, *, job_leased: bool = False) -> None:
-    """Drive one payout toward a final state; safe to run again at any point after a crash."""
+async def settle_payout(
+    rt: Runtime, payout_id: str, *, job_leased: bool = False
+) -> RowMapping | None:
+    """Drive one payout toward a final state; safe to run again at any point after a crash.
+
+    Returns the payout's row when this call made it final, else None.
+    """
     try:
-        await _settle(rt, payout_id)
+        return await _settle(rt, payout_id)
     except (SimulatedCrash, asyncio.CancelledError):
         raise
     except Exception as exc:  # the job row keeps the saga: hand it to the worker, with backoff
@@ -382,32 +405,39 @@ async def settle_payout(rt: Runtime, payout_id: str, *, job_leased: bool = False
             await queue.reschedule(
                 conn, settle_job_id(payout_id), now + queue.backoff_ms(1), now, repr(exc)
             )
+        return None
 
 
-async def _settle(rt: Runtime, payout_id: str) -> None:
+async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
+    now = rt.clock.now_ms()
+    # The common case first, with no read before it: record the send intent of a payout
+    # that is reserved and not yet expired.
+    async with rt.engine.begin() as conn:
+        sending = await _transition(
+            conn, payout_id, State.RESERVED, State.IN_FLIGHT, now, P.expires_at > now
+        )
+    if sending is not None:
+        rt.crashpoint("after_mark_in_flight")
+        pay = rt.node.pay(payout_id, sending["gamertag"], sending["amount"])
+        result = await _node_call(rt, pay)
+        rt.crashpoint("after_node_call")
+        return await _apply_outcome(rt, payout_id, result)
     row = await get_payout(rt, payout_id)
     state = State(row["state"])
     if state in FINAL_STATES:
         async with rt.engine.begin() as conn:
             await queue.complete(conn, settle_job_id(payout_id), rt.clock.now_ms())
-        return
-    if state == State.RESERVED:
-        if rt.clock.now_ms() >= row["expires_at"]:
-            await _expire_if_reserved(rt, payout_id)
-            return
-        async with rt.engine.begin() as conn:
-            moved = await _transition(conn, row, State.IN_FLIGHT, rt.clock.now_ms())
-        if not moved:  # someone else moved it (expiry, another worker): look again
-            return await _settle(rt, payout_id)
-        rt.crashpoint("after_mark_in_flight")
-        result = await _node_call(rt, rt.node.pay(payout_id, row["gamertag"], row["amount"]))
+        return None
+    if state == State.RESERVED:  # not sent before expires_at: release it, never send late
+        await _expire_if_reserved(rt, payout_id)
+        return None
     else:
         # In flight after a crash or an unknown outcome: ask before sending again.
         result = await _node_call(rt, rt.node.status(payout_id))
         if result is not None and result.status == NodeStatus.NOT_FOUND:
             result = await _node_call(rt, rt.node.pay(payout_id, row["gamertag"], row["amount"]))
     rt.crashpoint("after_node_call")
-    await _apply_outcome(rt, payout_id, result)
+    return await _apply_outcome(rt, payout_id, result)
 
 
 async def _node_call(rt: Runtime, call: Any) -> PaymentResult | None:
@@ -419,7 +449,9 @@ async def _node_call(rt: Runtime, call: Any) -> PaymentResult | None:
         return None
 
 
-async def _apply_outcome(rt: Runtime, payout_id: str, result: PaymentResult | None) -> None:
+async def _apply_outcome(
+    rt: Runtime, payout_id: str, result: PaymentResult | None
+) -> RowMapping | None:
     now = rt.clock.now_ms()
     if result is None or result.status in (NodeStatus.IN_FLIGHT, NodeStatus.NOT_FOUND):
         async with rt.engine.begin() as conn:
@@ -433,25 +465,26 @@ async def _apply_outcome(rt: Runtime, payout_id: str, result: PaymentResult | No
                 now,
                 "node outcome unknown; will ask the node again",
             )
-        return
+        return None
     legacy_charge = False
     if result.status == NodeStatus.FAILED and result.failure_reason == FailureReason.TIMEOUT:
         legacy_charge = rt.settings.sandbox and not (await rt.faults.get()).rollbackOnTimeout
     async with rt.engine.begin() as conn:
-        row = await load(conn, payout_id)
-        if row is None or row["state"] != State.IN_FLIGHT:
-            return  # another actor finalised it; the guarded update below would refuse anyway
+        # The guarded update refuses if another actor already finalised it.
         if result.status == NodeStatus.SUCCEEDED:
-            await _finalize(conn, row, State.COMPLETED, now, charge=True)
+            final = await _finalize(
+                conn, payout_id, State.IN_FLIGHT, State.COMPLETED, now, charge=True
+            )
         else:
             code = (
                 FailureCode.GATEWAY_TIMEOUT
                 if result.failure_reason == FailureReason.TIMEOUT
                 else FailureCode.PAYMENT_FAILED
             )
-            await _finalize(
+            final = await _finalize(
                 conn,
-                row,
+                payout_id,
+                State.IN_FLIGHT,
                 State.FAILED,
                 now,
                 charge=legacy_charge,
@@ -459,32 +492,43 @@ async def _apply_outcome(rt: Runtime, payout_id: str, result: PaymentResult | No
                 failure_reason=f"node: {result.failure_reason or 'failed'}",
             )
     log.info("payout_final", payout_id=payout_id, node_status=result.status.value)
+    return final
 
 
 async def _transition(
-    conn: AsyncConnection, row: RowMapping, target: State, now: int, **values: Any
-) -> bool:
-    """The guarded state change: legal by the table, and only from the state we read."""
-    current = State(row["state"])
+    conn: AsyncConnection,
+    payout_id: str,
+    current: State,
+    target: State,
+    now: int,
+    *conditions: Any,
+    **values: Any,
+) -> RowMapping | None:
+    """The guarded state change: legal by the table, and only from `current`.
+
+    Returns the updated row, or None when the payout was not in `current` (someone else won).
+    """
     check_transition(current, target)
     result = await conn.execute(
         update(payouts)
-        .where(P.id == row["id"], P.state == current.value)
+        .where(P.id == payout_id, P.state == current.value, *conditions)
         .values(state=target.value, updated_at=now, **values)
+        .returning(*payouts.c)
     )
-    return result.rowcount == 1
+    return result.mappings().first()
 
 
 async def _finalize(
     conn: AsyncConnection,
-    row: RowMapping,
+    payout_id: str,
+    current: State,
     target: State,
     now: int,
     *,
     charge: bool,
     failure_code: FailureCode | None = None,
     failure_reason: str | None = None,
-) -> bool:
+) -> RowMapping | None:
     """Final transition + ledger post (charge) or void + job done + callback, in one tx."""
     assert target in FINAL_STATES
     values: dict[str, Any] = {"charge_posted": charge}
@@ -493,19 +537,18 @@ async def _finalize(
     if failure_code is not None:
         values["failure_code"] = failure_code.value
         values["failure_reason"] = failure_reason
-    if not await _transition(conn, row, target, now, **values):
-        return False
-    await queue.complete(conn, settle_job_id(row["id"]), now)
-    if row["callback_url"]:
-        final = await load(conn, row["id"])
-        assert final is not None
+    final = await _transition(conn, payout_id, current, target, now, **values)
+    if final is None:
+        return None
+    await queue.complete(conn, settle_job_id(payout_id), now)
+    if final["callback_url"]:
         await callbacks.on_status_change(conn, final, view(final), now)
     # Last: the ledger, whose credit side locks the hot system accounts until COMMIT.
     if charge:
-        await ledger.post(conn, transfer_ids(row["id"]), now)
+        await ledger.post(conn, transfer_ids(payout_id), now)
     else:
-        await ledger.void(conn, transfer_ids(row["id"]), now)
-    return True
+        await ledger.void(conn, transfer_ids(payout_id), now)
+    return final
 
 
 # ---------------------------------------------------------------- expiry and sandbox changes
@@ -513,10 +556,10 @@ async def _finalize(
 
 async def _expire_if_reserved(rt: Runtime, payout_id: str) -> bool:
     async with rt.engine.begin() as conn:
-        row = await load(conn, payout_id)
-        if row is None or row["state"] != State.RESERVED:
-            return False
-        return await _finalize(conn, row, State.EXPIRED, rt.clock.now_ms(), charge=False)
+        final = await _finalize(
+            conn, payout_id, State.RESERVED, State.EXPIRED, rt.clock.now_ms(), charge=False
+        )
+    return final is not None
 
 
 async def expire_due(rt: Runtime, batch_max: int = 100) -> int:
@@ -562,24 +605,24 @@ async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
     if PUBLIC_STATUS[current] == status:
         return row
     target = _TARGET_STATE[status]
+    if not (current == State.RESERVED and target == State.COMPLETED):
+        check_transition(current, target)  # 409 before anything is written
     now = rt.clock.now_ms()
     async with rt.engine.begin() as conn:
         if current == State.RESERVED and target == State.COMPLETED:
-            if not await _transition(conn, row, State.IN_FLIGHT, now):
+            if await _transition(conn, payout_id, current, State.IN_FLIGHT, now) is None:
                 raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
-            row = await load(conn, payout_id)
-            assert row is not None
-        else:
-            check_transition(State(row["state"]), target)
-        done = await _finalize(
+            current = State.IN_FLIGHT
+        final = await _finalize(
             conn,
-            row,
+            payout_id,
+            current,
             target,
             now,
             charge=target == State.COMPLETED,
             failure_code=FailureCode.PAYMENT_FAILED if target == State.FAILED else None,
             failure_reason="set by the sandbox status endpoint" if target == State.FAILED else None,
         )
-        if not done:
+        if final is None:
             raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
-    return await get_payout(rt, payout_id)
+    return final
