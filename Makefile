@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint format clean
+.PHONY: run test bench chaos lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/payrail serve
 
+# The whole suite: lint, unit/integration tests on SQLite and PostgreSQL, then the chaos runs
+# against a real server on PostgreSQL (including the legacy run that must fail).
 test: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
+	scripts/chaos_ci.sh
 
 bench: $(STAMP)
 	$(BIN)/payrail bench
+
+# Chaos runs on PostgreSQL (timeout_recovery, duplicate_detection, spike_timeouts), then a
+# legacy-mode run that must fail: docs/loadtest.md.
+chaos: $(STAMP)
+	scripts/chaos_ci.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
