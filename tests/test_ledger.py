@@ -20,8 +20,8 @@ async def _setup(rt, funded: int) -> str:
 
 def _pair(account: str, prefix: str, amount: int, fee: int) -> list[ledger.Transfer]:
     return [
-        ledger.Transfer(f"{prefix}:a", account, acct.LIGHTNING_OUTBOUND, amount),
-        ledger.Transfer(f"{prefix}:f", account, acct.FEES, fee),
+        ledger.Transfer(f"{prefix}:a", account, acct.lightning_outbound(prefix), amount),
+        ledger.Transfer(f"{prefix}:f", account, acct.fees(prefix), fee),
     ]
 
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import BigInteger, and_, case, insert, literal, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -80,8 +80,12 @@ async def ensure_account(
 
 
 async def ensure_system_accounts(conn: AsyncConnection, now_ms: int) -> None:
+    existing = set(
+        (await conn.execute(select(A.id).where(A.id.in_(list(SYSTEM_ACCOUNTS))))).scalars()
+    )
     for account_id, (code, allow_negative) in SYSTEM_ACCOUNTS.items():
-        await ensure_account(conn, account_id, code, now_ms, allow_negative)
+        if account_id not in existing:
+            await ensure_account(conn, account_id, code, now_ms, allow_negative)
 
 
 async def balance(conn: AsyncConnection, account_id: str) -> Balance | None:
@@ -117,14 +121,36 @@ async def _debit(conn: AsyncConnection, account_id: str, amount: int, *, pending
 
 async def _credit(conn: AsyncConnection, amounts: dict[str, int], *, pending: bool) -> None:
     column = "credits_pending" if pending else "credits_posted"
-    for account_id in sorted(amounts):
-        result = await conn.execute(
-            update(accounts)
-            .where(A.id == account_id)
-            .values({column: getattr(A, column) + amounts[account_id]})
-        )
-        if result.rowcount != 1:
-            raise LedgerError(f"unknown account {account_id}")
+    await _add(conn, {column: amounts})
+
+
+async def _add(conn: AsyncConnection, deltas: dict[str, dict[str, int]]) -> None:
+    """Add per-account amounts to balance columns, all accounts in ONE statement.
+
+    deltas maps column → {account id → amount}. The rows are locked in id order first (a
+    locking subquery; SQLite has no row locks and serialises writers anyway), so the lock order
+    stays the ledger's one order however the planner scans the table.
+    """
+    ids = sorted({account_id for amounts in deltas.values() for account_id in amounts})
+    if len(ids) == 1:
+        (account_id,) = ids
+        values = {c: getattr(A, c) + amounts[account_id] for c, amounts in deltas.items()}
+        where = A.id == account_id
+    else:
+        values = {
+            c: getattr(A, c)
+            + case(
+                {a: literal(v, BigInteger) for a, v in amounts.items()},
+                value=A.id,
+                else_=literal(0, BigInteger),
+            )
+            for c, amounts in deltas.items()
+        }
+        locked = select(A.id).where(A.id.in_(ids)).order_by(A.id).with_for_update()
+        where = A.id.in_(locked.scalar_subquery())
+    result = await conn.execute(update(accounts).where(where).values(values))
+    if result.rowcount != len(ids):
+        raise LedgerError(f"unknown account among {ids}")
 
 
 def _credits_by_account(items: Iterable[Transfer]) -> dict[str, int]:
@@ -174,45 +200,53 @@ async def _resolve(
     conn: AsyncConnection, pending_ids: Sequence[str], kind: str, now_ms: int
 ) -> None:
     T = transfers.c
-    rows = (
-        await conn.execute(
-            select(T.id, T.debit_account_id, T.credit_account_id, T.amount, T.kind).where(
-                T.id.in_(pending_ids)
-            )
-        )
-    ).all()
-    pending = [Transfer(r.id, r.debit_account_id, r.credit_account_id, r.amount) for r in rows]
-    if len(pending) != len(pending_ids) or any(r.kind != "pending" for r in rows):
-        raise LedgerError(f"not pending transfers: {sorted(pending_ids)}")
-    # The unique pending_id refuses a second resolution even if a caller's guard failed;
-    # the caller's transaction then rolls back whole.
+    # One statement copies the pending transfers into their resolutions and hands back what
+    # was resolved. The unique pending_id refuses a second resolution even if a caller's guard
+    # failed; the caller's transaction then rolls back whole.
+    resolving = select(
+        T.id + literal(f":{kind}"),
+        T.debit_account_id,
+        T.credit_account_id,
+        T.amount,
+        T.id,
+        literal(kind),
+        null(),
+        literal(now_ms, BigInteger),
+    ).where(T.id.in_(pending_ids), T.kind == "pending")
+    columns = [
+        "id",
+        "debit_account_id",
+        "credit_account_id",
+        "amount",
+        "pending_id",
+        "kind",
+        "timeout_at",
+        "created_at",
+    ]
     try:
-        await conn.execute(
-            insert(transfers),
-            [
-                _row(
-                    Transfer(f"{t.id}:{kind}", t.debit_account_id, t.credit_account_id, t.amount),
-                    kind,
-                    t.id,
-                    None,
-                    now_ms,
-                )
-                for t in pending
-            ],
-        )
+        rows = (
+            await conn.execute(
+                insert(transfers)
+                .from_select(columns, resolving)
+                .returning(T.debit_account_id, T.credit_account_id, T.amount)
+            )
+        ).all()
     except IntegrityError:
         raise AlreadyResolved(f"{kind}: already resolved: {sorted(pending_ids)}") from None
+    if len(rows) != len(pending_ids):
+        raise LedgerError(f"not pending transfers: {sorted(pending_ids)}")
+    pending = [Transfer("", r.debit_account_id, r.credit_account_id, r.amount) for r in rows]
     debit_id = _single_debit_account(pending)
     total = sum(t.amount for t in pending)
     debit_values = {"debits_pending": A.debits_pending - total}
     if kind == "post":
         debit_values["debits_posted"] = A.debits_posted + total
     await conn.execute(update(accounts).where(A.id == debit_id).values(debit_values))
-    for account_id, amount in sorted(_credits_by_account(pending).items()):
-        credit_values = {"credits_pending": A.credits_pending - amount}
-        if kind == "post":
-            credit_values["credits_posted"] = A.credits_posted + amount
-        await conn.execute(update(accounts).where(A.id == account_id).values(credit_values))
+    credits = _credits_by_account(pending)
+    credit_deltas = {"credits_pending": {a: -amount for a, amount in credits.items()}}
+    if kind == "post":
+        credit_deltas["credits_posted"] = credits
+    await _add(conn, credit_deltas)
 
 
 def _row(

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payrail.clock import Clock
+from payrail.db.engine import single_statement
 from payrail.db.tables import sim_node_payments
 from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
 from payrail.sandbox import FaultStore
@@ -79,7 +80,7 @@ class SimulatedNode:
         """Insert the payment once; False if another call recorded it first (the resend race)."""
         now = self._clock.now_ms()
         try:
-            async with self._engine.begin() as conn:
+            async with single_statement(self._engine) as conn:
                 await conn.execute(
                     insert(sim_node_payments).values(
                         payment_id=payment_id,
@@ -115,7 +116,7 @@ class SimulatedNode:
         return PaymentResult(status, row.failure_reason)
 
     async def _settle(self, payment_id: str) -> None:
-        async with self._engine.begin() as conn:
+        async with single_statement(self._engine) as conn:
             await conn.execute(
                 update(sim_node_payments)
                 .where(P.payment_id == payment_id, P.status == NodeStatus.IN_FLIGHT.value)
@@ -124,7 +125,7 @@ class SimulatedNode:
 
     async def force(self, payment_id: str, status: NodeStatus) -> None:
         """Sandbox/test hook: settle or fail an in-flight payment now."""
-        async with self._engine.begin() as conn:
+        async with single_statement(self._engine) as conn:
             await conn.execute(
                 update(sim_node_payments)
                 .where(P.payment_id == payment_id, P.status == NodeStatus.IN_FLIGHT.value)

@@ -304,14 +304,17 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
             row = await load(conn, payout_id)
             assert row is not None
             await callbacks.on_status_change(conn, row, view(row), now)
-        # Last: the reservation. Its credit side locks the hot system accounts until COMMIT.
+        # Last: the reservation. Its row locks (the project's account, then this payout's
+        # system-account shards) are held until COMMIT.
         amount_id, fee_id = transfer_ids(payout_id)
         try:
             await ledger.reserve(
                 conn,
                 [
-                    ledger.Transfer(amount_id, account, acct.LIGHTNING_OUTBOUND, req.amount_sats),
-                    ledger.Transfer(fee_id, account, acct.FEES, fee),
+                    ledger.Transfer(
+                        amount_id, account, acct.lightning_outbound(payout_id), req.amount_sats
+                    ),
+                    ledger.Transfer(fee_id, account, acct.fees(payout_id), fee),
                 ],
                 now,
                 expires_at,
