@@ -127,7 +127,9 @@ def recover() -> None:
 def reconcile(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Check every invariant and the ledger against the node. Exit 0 only when clean."""
+    """Check every invariant and the ledger against the node.
+
+    Exit 0 clean, 1 discrepancies found, 2 the checks could not run (e.g. no database)."""
     import json
 
     from rich.table import Table
@@ -145,7 +147,13 @@ def reconcile(
         finally:
             await rt.aclose()
 
-    report = asyncio.run(main())
+    try:
+        report = asyncio.run(main())
+    except Exception as exc:  # no verdict: the checks could not run (exit 2, not 1)
+        Console(stderr=True).print(
+            f"[red]reconcile could not run[/red]: {type(exc).__name__}: {exc}"
+        )
+        raise typer.Exit(2) from None
     if as_json:
         print(json.dumps(rec.report_dict(report), indent=2))
     else:

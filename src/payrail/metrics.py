@@ -19,6 +19,8 @@ DISCREPANCY_KINDS = (
     "charged-not-paid",
     "paid-not-charged",
     "double-resolution",
+    "double-payment",
+    "orphaned-charge",
     "imbalance",
     "overdraft",
     "balance-mismatch",

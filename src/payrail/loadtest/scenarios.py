@@ -598,8 +598,10 @@ class CallbackTest(Scenario):
     refuse_first_every = 5
     USERS = 5
     CALLBACK_WAIT_S = 90.0  # a refused delivery is retried after about a minute
+    # Its ambiguous payouts answer 202 only after the server's settle wait (about 1 s), by
+    # design, so k6's p95<1000 would fail on the scenario's own faults.
     defaults = (
-        "p95<1000",
+        "p95<2500",
         "server_errors<10",
         "balance_rollback_failures==0",
         "callbacks_missing==0",

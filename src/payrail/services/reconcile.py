@@ -27,7 +27,9 @@ NODE_QUERIES_CONCURRENT_MAX = 16
 
 @dataclass(frozen=True)
 class Discrepancy:
-    kind: str  # charged-not-paid | paid-not-charged | double-resolution | imbalance | overdraft …
+    kind: (
+        str  # charged-not-paid | paid-not-charged | double-payment | orphaned-charge | imbalance …
+    )
     detail: str
     ids: list[str] = field(default_factory=list)
     amount: int = 0
@@ -65,6 +67,23 @@ async def reconcile(rt: Runtime) -> Report:
                 )
             )
         }
+        charge_counts = {
+            r.pending_id: int(r.n)
+            for r in await conn.execute(
+                select(transfers.c.pending_id, func.count().label("n"))
+                .where(transfers.c.pending_id.is_not(None), transfers.c.kind == "post")
+                .group_by(transfers.c.pending_id)
+                .having(func.count() > 1)
+            )
+        }
+        project_charges = [
+            (r.id, int(r.amount))
+            for r in await conn.execute(
+                select(transfers.c.id, transfers.c.amount)
+                .join(accounts, accounts.c.id == transfers.c.debit_account_id)
+                .where(accounts.c.code == int(acct.Code.PROJECT), transfers.c.kind == "pending")
+            )
+        ]
         project_accounts = {
             r.id: r
             for r in await conn.execute(
@@ -90,6 +109,16 @@ async def reconcile(rt: Runtime) -> Report:
         diff = totals.credits_pending - totals.debits_pending
         found.append(Discrepancy("imbalance", f"pending credits − debits = {diff}", amount=diff))
 
+    # A charge on a studio's balance must belong to a payout (no charge without its payout) and
+    # be posted at most once (the unique pending_id makes it so; checked, not trusted).
+    payout_transfers = {t for r in rows for t in transfer_ids(r["id"])}
+    for transfer_id, amount in project_charges:
+        if transfer_id not in payout_transfers:
+            found.append(
+                Discrepancy("orphaned-charge", "charge with no payout", [transfer_id], amount)
+            )
+    for transfer_id, count in charge_counts.items():
+        found.append(Discrepancy("double-payment", f"posted {count} times", [transfer_id], count))
     node_status = await _node_statuses(rt, [r["id"] for r in rows])
     expected_balance: dict[str, int] = dict(funded)
     for row in rows:
