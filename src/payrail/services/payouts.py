@@ -220,7 +220,10 @@ async def _check_rate(rt: Runtime, conn: AsyncConnection, req: PayoutRequest, no
     )
     if oldest_counted is None:
         return
-    retry_after_s = max(1, math.ceil((oldest_counted + RATE_WINDOW_MS - now) / 1000))
+    # A concurrent request may have stamped created_at a moment after our `now`: clamp to
+    # the window so the answer never exceeds it.
+    wait_ms = min(RATE_WINDOW_MS, oldest_counted + RATE_WINDOW_MS - now)
+    retry_after_s = max(1, math.ceil(wait_ms / 1000))
     raise errors.RateLimitExceeded(
         f"More than {limit} payouts to gamertag {req.gamertag} in an hour; "
         f"retry in {retry_after_s} s.",
