@@ -129,6 +129,14 @@ def create_app(
         row = await _visible_payout(who, payout_id)
         return envelope(True, "Payout found", payouts.view(row), 200)
 
+    @api.get("/payouts/{payout_id}/history")
+    async def payout_history(payout_id: str, request: Request) -> JSONResponse:
+        who = await principal(request)
+        await _visible_payout(who, payout_id)
+        events = await payouts.history(rt, payout_id)
+        data = {"payoutId": payout_id, "events": events, "count": len(events)}
+        return envelope(True, "Payout history", data, 200)
+
     @api.get("/payouts")
     async def list_payouts(request: Request) -> JSONResponse:
         who = await principal(request)

@@ -48,7 +48,7 @@ from payrail.jobs import queue
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
-from payrail.services import callbacks
+from payrail.services import audit, callbacks
 from payrail.services.runtime import Runtime, SimulatedCrash
 
 log = structlog.get_logger("payrail.payouts")
@@ -109,6 +109,16 @@ async def get_by_internal_id(rt: Runtime, project_id: str, internal_id: str) -> 
     if row is None:
         raise errors.PayoutNotFound(f"No payout with internalId {internal_id} in this project.")
     return row
+
+
+async def history(rt: Runtime, payout_id: str) -> list[dict[str, Any]]:
+    """Every transition of a payout, oldest first: internal state, public status, cause, time."""
+    async with rt.engine.connect() as conn:
+        events = await audit.payout_history(conn, payout_id)
+    for event in events:
+        event["fromStatus"] = PUBLIC_STATUS[State(event["from"])].value if event["from"] else None
+        event["toStatus"] = PUBLIC_STATUS[State(event["to"])].value
+    return events
 
 
 def _encode_cursor(row: RowMapping) -> str:
@@ -290,6 +300,9 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
                 updated_at=now,
             )
         )
+        await audit.record_payout_transition(
+            conn, payout_id, None, State.RESERVED.value, "api: payout created", now
+        )
         await queue.enqueue(
             conn,
             SETTLE_JOB,
@@ -414,7 +427,13 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
     # that is reserved and not yet expired.
     async with rt.engine.begin() as conn:
         sending = await _transition(
-            conn, payout_id, State.RESERVED, State.IN_FLIGHT, now, P.expires_at > now
+            conn,
+            payout_id,
+            State.RESERVED,
+            State.IN_FLIGHT,
+            now,
+            P.expires_at > now,
+            cause="saga: sent to the node",
         )
     if sending is not None:
         rt.crashpoint("after_mark_in_flight")
@@ -429,7 +448,7 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
             await queue.complete(conn, settle_job_id(payout_id), rt.clock.now_ms())
         return None
     if state == State.RESERVED:  # not sent before expires_at: release it, never send late
-        await _expire_if_reserved(rt, payout_id)
+        await _expire_if_reserved(rt, payout_id, "saga: not sent before expiresAt")
         return None
     else:
         # In flight after a crash or an unknown outcome: ask before sending again.
@@ -473,7 +492,13 @@ async def _apply_outcome(
         # The guarded update refuses if another actor already finalised it.
         if result.status == NodeStatus.SUCCEEDED:
             final = await _finalize(
-                conn, payout_id, State.IN_FLIGHT, State.COMPLETED, now, charge=True
+                conn,
+                payout_id,
+                State.IN_FLIGHT,
+                State.COMPLETED,
+                now,
+                charge=True,
+                cause="node: payment succeeded",
             )
         else:
             code = (
@@ -488,6 +513,7 @@ async def _apply_outcome(
                 State.FAILED,
                 now,
                 charge=legacy_charge,
+                cause=f"node: payment failed ({result.failure_reason or 'failed'})",
                 failure_code=code,
                 failure_reason=f"node: {result.failure_reason or 'failed'}",
             )
@@ -502,11 +528,13 @@ async def _transition(
     target: State,
     now: int,
     *conditions: Any,
+    cause: str,
     **values: Any,
 ) -> RowMapping | None:
-    """The guarded state change: legal by the table, and only from `current`.
+    """The guarded state change: legal by the table, and only from `current`; audited.
 
     Returns the updated row, or None when the payout was not in `current` (someone else won).
+    The audit row is one INSERT in the same transaction, written only by the winner.
     """
     check_transition(current, target)
     result = await conn.execute(
@@ -515,7 +543,12 @@ async def _transition(
         .values(state=target.value, updated_at=now, **values)
         .returning(*payouts.c)
     )
-    return result.mappings().first()
+    row = result.mappings().first()
+    if row is not None:
+        await audit.record_payout_transition(
+            conn, payout_id, current.value, target.value, cause, now
+        )
+    return row
 
 
 async def _finalize(
@@ -526,6 +559,7 @@ async def _finalize(
     now: int,
     *,
     charge: bool,
+    cause: str,
     failure_code: FailureCode | None = None,
     failure_reason: str | None = None,
 ) -> RowMapping | None:
@@ -537,7 +571,7 @@ async def _finalize(
     if failure_code is not None:
         values["failure_code"] = failure_code.value
         values["failure_reason"] = failure_reason
-    final = await _transition(conn, payout_id, current, target, now, **values)
+    final = await _transition(conn, payout_id, current, target, now, cause=cause, **values)
     if final is None:
         return None
     await queue.complete(conn, settle_job_id(payout_id), now)
@@ -554,10 +588,16 @@ async def _finalize(
 # ---------------------------------------------------------------- expiry and sandbox changes
 
 
-async def _expire_if_reserved(rt: Runtime, payout_id: str) -> bool:
+async def _expire_if_reserved(rt: Runtime, payout_id: str, cause: str) -> bool:
     async with rt.engine.begin() as conn:
         final = await _finalize(
-            conn, payout_id, State.RESERVED, State.EXPIRED, rt.clock.now_ms(), charge=False
+            conn,
+            payout_id,
+            State.RESERVED,
+            State.EXPIRED,
+            rt.clock.now_ms(),
+            charge=False,
+            cause=cause,
         )
     return final is not None
 
@@ -576,7 +616,7 @@ async def expire_due(rt: Runtime, batch_max: int = 100) -> int:
         )
     expired = 0
     for payout_id in due:
-        expired += await _expire_if_reserved(rt, payout_id)
+        expired += await _expire_if_reserved(rt, payout_id, "expiry: expiresAt passed")
     return expired
 
 
@@ -584,11 +624,13 @@ async def expire_now(rt: Runtime, payout_id: str) -> RowMapping:
     """Sandbox: expire a pending payout now. Only a never-sent one can expire (it may be paid)."""
     row = await get_payout(rt, payout_id)
     check_transition(State(row["state"]), State.EXPIRED)
-    if not await _expire_if_reserved(rt, payout_id):
+    if not await _expire_if_reserved(rt, payout_id, "sandbox: POST /test/expire"):
         row = await get_payout(rt, payout_id)
         check_transition(State(row["state"]), State.EXPIRED)
     return await get_payout(rt, payout_id)
 
+
+SANDBOX_STATUS_CAUSE = "sandbox: PATCH /payouts/{id}/status"
 
 _TARGET_STATE = {
     Status.COMPLETED: State.COMPLETED,
@@ -610,7 +652,10 @@ async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
     now = rt.clock.now_ms()
     async with rt.engine.begin() as conn:
         if current == State.RESERVED and target == State.COMPLETED:
-            if await _transition(conn, payout_id, current, State.IN_FLIGHT, now) is None:
+            sending = await _transition(
+                conn, payout_id, current, State.IN_FLIGHT, now, cause=SANDBOX_STATUS_CAUSE
+            )
+            if sending is None:
                 raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
             current = State.IN_FLIGHT
         final = await _finalize(
@@ -620,6 +665,7 @@ async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
             target,
             now,
             charge=target == State.COMPLETED,
+            cause=SANDBOX_STATUS_CAUSE,
             failure_code=FailureCode.PAYMENT_FAILED if target == State.FAILED else None,
             failure_reason="set by the sandbox status endpoint" if target == State.FAILED else None,
         )
