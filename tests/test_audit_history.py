@@ -7,7 +7,9 @@ from conftest import ADMIN_KEY, payout_body
 from sqlalchemy import select
 
 from payrail.db.tables import payout_events
+from payrail.domain.payouts import parse_payout_request
 from payrail.jobs import worker
+from payrail.services import payouts
 from payrail.services.runtime import SimulatedCrash
 
 
@@ -57,7 +59,7 @@ async def test_expiry_and_sandbox_changes_are_audited_with_their_cause(client, r
     await set_faults(client, enabled=False)
     rt.crashpoints.add("after_reserve")
     with pytest.raises(SimulatedCrash):
-        await client.post("/payouts", json=payout_body(gamertag="exp"))
+        await payouts.create_payout(rt, parse_payout_request(payout_body(gamertag="exp")))
     rt.crashpoints.clear()
     async with rt.engine.connect() as conn:
         reserved_id = await conn.scalar(
