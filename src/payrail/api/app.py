@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,10 +12,10 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from payrail import __version__
+from payrail import __version__, metrics
 from payrail.api import errors as api_errors
 from payrail.api.auth import KeyCache, Principal, authenticate
 from payrail.api.errors import envelope, read_json
@@ -35,6 +36,7 @@ from payrail.jobs import worker
 from payrail.services import (
     callback_urls,
     callbacks,
+    ops_metrics,
     payouts,
     projects,
     reconcile,
@@ -296,8 +298,8 @@ def create_app(
     app.add_api_route("/health", health, methods=["GET"])
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics_endpoint() -> Response:
+        return Response(await ops_metrics.render(rt), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------ sandbox-only
 
@@ -347,17 +349,53 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)
 
     @app.middleware("http")
-    async def request_id(request: Request, call_next: Any) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+    async def observe(request: Request, call_next: Any) -> Response:
+        """Request id in every log line; one access log line and HTTP metrics per request."""
+        rid = _request_id(request.headers.get("x-request-id"))
         structlog.contextvars.bind_contextvars(request_id=rid)
+        started = time.perf_counter()
+        status = 500
         try:
             response = await call_next(request)
+            status = response.status_code
         finally:
+            elapsed_s = time.perf_counter() - started
+            # The route template, never the raw path: ids in paths would make labels unbounded.
+            matched = request.scope.get("route")
+            route = getattr(matched, "path", None) or "unmatched"
+            method = request.method if request.method in _METHODS else "OTHER"
+            metrics.HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+            metrics.HTTP_SECONDS.labels(route=route, method=method).observe(elapsed_s)
+            if route == f"{API_PREFIX}/payouts" and method == "POST":
+                metrics.PAYOUT_API_SECONDS.labels(code=str(status)).observe(elapsed_s)
+            if route != "/metrics":
+                log.info(
+                    "http_request",
+                    method=method,
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed_s * 1000, 1),
+                )
             structlog.contextvars.unbind_contextvars("request_id")
         response.headers["x-request-id"] = rid
         return response
 
     return app
+
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+REQUEST_ID_MAX_CHARS = 64
+
+
+def _request_id(given: str | None) -> str:
+    """The caller's X-Request-Id if it is a sane token, else a new one (logs stay clean)."""
+    if (
+        given
+        and len(given) <= REQUEST_ID_MAX_CHARS
+        and all(c.isalnum() or c in "-_.:" for c in given)
+    ):
+        return given
+    return uuid.uuid4().hex
 
 
 def _int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from payrail import metrics
 from payrail.clock import iso
 from payrail.db.tables import gamertag_locks, payouts, projects
 from payrail.domain import errors
@@ -438,7 +440,7 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
     if sending is not None:
         rt.crashpoint("after_mark_in_flight")
         pay = rt.node.pay(payout_id, sending["gamertag"], sending["amount"])
-        result = await _node_call(rt, pay)
+        result = await _node_call(rt, "pay", pay)
         rt.crashpoint("after_node_call")
         return await _apply_outcome(rt, payout_id, result)
     row = await get_payout(rt, payout_id)
@@ -452,20 +454,52 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
         return None
     else:
         # In flight after a crash or an unknown outcome: ask before sending again.
-        result = await _node_call(rt, rt.node.status(payout_id))
+        result = await _node_call(rt, "status", rt.node.status(payout_id))
         if result is not None and result.status == NodeStatus.NOT_FOUND:
-            result = await _node_call(rt, rt.node.pay(payout_id, row["gamertag"], row["amount"]))
+            resend = rt.node.pay(payout_id, row["gamertag"], row["amount"])
+            result = await _node_call(rt, "pay", resend)
     rt.crashpoint("after_node_call")
     return await _apply_outcome(rt, payout_id, result)
 
 
-async def _node_call(rt: Runtime, call: Any) -> PaymentResult | None:
+async def _node_call(rt: Runtime, operation: str, call: Any) -> PaymentResult | None:
     """Bound the node call; None means the outcome is unknown (never a failure)."""
+    started = time.perf_counter()
     try:
-        return await asyncio.wait_for(call, rt.settings.node_timeout_ms / 1000)
+        result: PaymentResult | None = await asyncio.wait_for(
+            call, rt.settings.node_timeout_ms / 1000
+        )
     except (TimeoutError, UnknownOutcome, OSError) as exc:
-        log.info("node_outcome_unknown", error=type(exc).__name__)
-        return None
+        log.info("node_outcome_unknown", operation=operation, error=type(exc).__name__)
+        result = None
+    metrics.NODE_CALL_SECONDS.labels(operation=operation).observe(time.perf_counter() - started)
+    metrics.NODE_CALLS.labels(operation=operation, outcome=_node_outcome(result)).inc()
+    return result
+
+
+def _node_outcome(result: PaymentResult | None) -> str:
+    if result is None:
+        return "ambiguous"
+    if result.status == NodeStatus.FAILED:
+        return "timeout" if result.failure_reason == FailureReason.TIMEOUT else "failure"
+    return {NodeStatus.SUCCEEDED: "success", NodeStatus.IN_FLIGHT: "in_flight"}.get(
+        result.status, "not_found"
+    )
+
+
+def _observe_final(final: RowMapping | None, now: int) -> None:
+    """Count a final transition once it has committed (the winner of the guarded UPDATE)."""
+    if final is None:
+        return
+    status = PUBLIC_STATUS[State(final["state"])].value
+    metrics.PAYOUTS_FINAL.labels(
+        status=status,
+        reason=metrics.reason_label(final["failure_reason"], status),
+        path=final["settle_path"] or "inline",
+    ).inc()
+    metrics.SETTLEMENT_SECONDS.labels(status=status).observe(
+        max(0, now - final["created_at"]) / 1000
+    )
 
 
 async def _apply_outcome(
@@ -517,6 +551,7 @@ async def _apply_outcome(
                 failure_code=code,
                 failure_reason=f"node: {result.failure_reason or 'failed'}",
             )
+    _observe_final(final, now)
     log.info("payout_final", payout_id=payout_id, node_status=result.status.value)
     return final
 
@@ -589,16 +624,14 @@ async def _finalize(
 
 
 async def _expire_if_reserved(rt: Runtime, payout_id: str, cause: str) -> bool:
+    now = rt.clock.now_ms()
     async with rt.engine.begin() as conn:
         final = await _finalize(
-            conn,
-            payout_id,
-            State.RESERVED,
-            State.EXPIRED,
-            rt.clock.now_ms(),
-            charge=False,
-            cause=cause,
+            conn, payout_id, State.RESERVED, State.EXPIRED, now, charge=False, cause=cause
         )
+    _observe_final(final, now)
+    if final is not None:
+        log.info("payout_expired", payout_id=payout_id)
     return final is not None
 
 
@@ -671,4 +704,5 @@ async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
         )
         if final is None:
             raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
+    _observe_final(final, now)
     return final
