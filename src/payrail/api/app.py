@@ -36,6 +36,7 @@ from payrail.jobs import worker
 from payrail.services import (
     callback_urls,
     callbacks,
+    flags,
     ops_metrics,
     payouts,
     projects,
@@ -68,6 +69,12 @@ def create_app(
                 background.append(
                     asyncio.create_task(
                         reconcile.run_periodically(rt, stop, settings.reconcile_interval_s)
+                    )
+                )
+            if settings.flag_guard_interval_s:
+                background.append(
+                    asyncio.create_task(
+                        flags.run_guards_periodically(rt, stop, settings.flag_guard_interval_s)
                     )
                 )
         try:
@@ -268,6 +275,27 @@ def create_app(
         message = "Ledger and node agree" if report.clean else "Discrepancies found"
         return envelope(True, message, reconcile.report_dict(report), 200)
 
+    @api.get("/admin/flags")
+    async def list_flags(request: Request) -> JSONResponse:
+        (await principal(request)).require_admin()
+        found = [f.to_dict() for f in await flags.list_flags(rt)]
+        return envelope(True, "Feature flags", {"flags": found, "count": len(found)}, 200)
+
+    @api.get("/admin/flags/{name}")
+    async def get_flag(name: str, request: Request) -> JSONResponse:
+        (await principal(request)).require_admin()
+        flag = await flags.get_flag(rt, name)
+        data = flag.to_dict() | {"history": await flags.history(rt, name)}
+        return envelope(True, f"Flag {name}", data, 200)
+
+    @api.put("/admin/flags/{name}")
+    async def put_flag(name: str, request: Request) -> JSONResponse:
+        (await principal(request)).require_admin()
+        actor = "api:" + _actor(request.headers.get("x-payrail-actor"))
+        old, new = await flags.update_flag(rt, name, await read_json(request), actor)
+        data = new.to_dict() | {"previous": old.to_dict()}
+        return envelope(True, f"Flag {name} updated", data, 200)
+
     # ------------------------------------------------------------ reference and health
 
     @api.get("/statuses")
@@ -396,6 +424,13 @@ def _request_id(given: str | None) -> str:
     ):
         return given
     return uuid.uuid4().hex
+
+
+def _actor(given: str | None) -> str:
+    """Who made a change, as the caller names itself (the admin key names no one)."""
+    if given and len(given) <= 64 and all(c.isalnum() or c in "-_.@" for c in given):
+        return given
+    return "admin"
 
 
 def _int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from payrail import metrics
 from payrail.jobs import queue
 from payrail.services import callbacks, payouts
 from payrail.services.runtime import Runtime, SimulatedCrash, wait_or_stop
@@ -47,6 +48,8 @@ async def _run_job(rt: Runtime, job: queue.Job) -> None:
     except (SimulatedCrash, asyncio.CancelledError):
         raise
     except Exception as exc:
+        metrics.JOB_FAILURES.labels(kind=job.kind if job.kind in HANDLERS else "unknown").inc()
+        rt.note_error(exc)
         now = rt.clock.now_ms()
         async with rt.engine.begin() as conn:
             state = await queue.reschedule(

@@ -35,6 +35,7 @@ from payrail import metrics
 from payrail.clock import iso
 from payrail.db.tables import gamertag_locks, payouts, projects
 from payrail.domain import errors
+from payrail.domain.flags import KNOWN_FLAGS, SETTLEMENT_QUEUE_PATH
 from payrail.domain.money import fee_sats
 from payrail.domain.payouts import (
     FINAL_STATES,
@@ -50,7 +51,7 @@ from payrail.jobs import queue
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
-from payrail.services import audit, callbacks
+from payrail.services import audit, callbacks, flags
 from payrail.services.runtime import Runtime, SimulatedCrash
 
 log = structlog.get_logger("payrail.payouts")
@@ -60,6 +61,10 @@ SETTLE_JOB = "settle_payout"
 SETTLE_ATTEMPTS_MAX = 2_000  # with the 60 s backoff cap: more than a day of asking the node
 RATE_WINDOW_MS = 3_600_000
 REPLAY_POLL_MS = 20
+# The settlement paths, chosen per project by the flag: the API process calls the node
+# right after tx1 (inline, the old path), or a worker claims the settle job (queue, new).
+PATH_INLINE = KNOWN_FLAGS[SETTLEMENT_QUEUE_PATH].old_path
+PATH_QUEUE = KNOWN_FLAGS[SETTLEMENT_QUEUE_PATH].new_path
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
 
@@ -243,8 +248,10 @@ async def _check_rate(rt: Runtime, conn: AsyncConnection, req: PayoutRequest, no
 
 async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     """Reserve and settle a payout; answers a replay for a key already used in this project."""
+    # The flag decides the settlement path before anything is written (a cached read).
+    path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, req.project_id)
     try:
-        payout_id = await _reserve(rt, req)
+        payout_id = await _reserve(rt, req, path)
     except _ReplayInstead as other:
         return await _replay(rt, other.row, req)
     except IntegrityError:
@@ -254,7 +261,10 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
         if row is None:
             raise
         return await _replay(rt, row, req)
+    metrics.PAYOUTS_CREATED.labels(path=path).inc()
     rt.crashpoint("after_reserve")
+    if path == PATH_QUEUE:  # a worker claims the job at once; wait for its outcome
+        return CreateOutcome(await _await_final(rt, payout_id), replay=False)
     task = rt.spawn(settle_payout(rt, payout_id, job_leased=True))
     await asyncio.wait({task}, timeout=rt.settings.settle_wait_ms / 1000)
     if task.done():
@@ -265,7 +275,7 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     return CreateOutcome(await get_payout(rt, payout_id), replay=False)
 
 
-async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
+async def _reserve(rt: Runtime, req: PayoutRequest, path: str = "inline") -> str:
     """tx1: rate limit, reservation, payout row and its settle job, all or nothing."""
     now = rt.clock.now_ms()
     payout_id = str(uuid.uuid4())
@@ -300,6 +310,7 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
                 expires_at=expires_at,
                 created_at=now,
                 updated_at=now,
+                settle_path=path,
             )
         )
         await audit.record_payout_transition(
@@ -312,7 +323,8 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
             now,
             job_id=settle_job_id(payout_id),
             max_attempts=SETTLE_ATTEMPTS_MAX,
-            leased_by=rt.worker_id,
+            # Inline: this process holds the lease and settles right after COMMIT.
+            leased_by=rt.worker_id if path == PATH_INLINE else None,
             lease_ms=rt.settings.lease_ms,
         )
         if req.callback_url:
@@ -333,7 +345,7 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
             )
         except ledger.InsufficientFunds as refusal:
             raise _insufficient(req.amount_sats, fee, refusal.available) from None
-    log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id)
+    log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id, path=path)
     return payout_id
 
 
@@ -390,11 +402,17 @@ async def _replay(rt: Runtime, row: RowMapping, req: PayoutRequest) -> CreateOut
             "project. Use a new key for a new payout.",
             payoutId=row["id"],
         )
+    return CreateOutcome(await _await_final(rt, row["id"], row), replay=True)
+
+
+async def _await_final(rt: Runtime, payout_id: str, row: RowMapping | None = None) -> RowMapping:
+    """The payout once final, or as it is when the settle wait window ends."""
+    row = row or await get_payout(rt, payout_id)
     deadline = rt.clock.now_ms() + rt.settings.settle_wait_ms
     while State(row["state"]) not in FINAL_STATES and rt.clock.now_ms() < deadline:
         await asyncio.sleep(REPLAY_POLL_MS / 1000)
-        row = await get_payout(rt, row["id"])
-    return CreateOutcome(row, replay=True)
+        row = await get_payout(rt, payout_id)
+    return row
 
 
 # ---------------------------------------------------------------- settle (the saga)
@@ -413,6 +431,7 @@ async def settle_payout(
         raise
     except Exception as exc:  # the job row keeps the saga: hand it to the worker, with backoff
         log.warning("settle_error", payout_id=payout_id, error=type(exc).__name__)
+        rt.note_error(exc)
         if not job_leased:
             raise
         async with rt.engine.begin() as conn:
