@@ -40,6 +40,7 @@ from payrail.services import (
     ops_metrics,
     payouts,
     projects,
+    readiness,
     reconcile,
     webhook_secrets,
 )
@@ -324,6 +325,17 @@ def create_app(
 
     api.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
+
+    async def ready() -> JSONResponse:
+        """Readiness: the database answers, its schema is at head, and a worker is alive."""
+        data = await readiness.check(rt)
+        ok = data["status"] == "ready"
+        return envelope(
+            ok, "payrail is " + data["status"].replace("_", " "), data, 200 if ok else 503
+        )
+
+    api.add_api_route("/ready", ready, methods=["GET"])
+    app.add_api_route("/ready", ready, methods=["GET"])
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
