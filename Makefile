@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint format clean
+.PHONY: run test bench lint format clean tools alerts
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/payrail serve
 
-test: $(STAMP)
+# promtool checks and unit-tests ops/prometheus/alerts.yml (tests/test_alert_rules.py).
+tools:
+	bash scripts/install-promtool.sh
+
+test: $(STAMP) tools
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
+
+alerts: tools
+	promtool check rules ops/prometheus/alerts.yml
+	promtool test rules ops/prometheus/alerts_test.yml
 
 bench: $(STAMP)
 	$(BIN)/payrail bench

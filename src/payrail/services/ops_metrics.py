@@ -22,7 +22,14 @@ from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail import metrics
-from payrail.db.tables import callbacks, feature_flags, jobs, payouts, worker_heartbeats
+from payrail.db.tables import (
+    callbacks,
+    feature_flags,
+    jobs,
+    metadata,
+    payouts,
+    worker_heartbeats,
+)
 from payrail.domain.payouts import State
 from payrail.services.runtime import Runtime
 
@@ -184,6 +191,24 @@ async def _workers(conn: AsyncConnection, now_ms: int) -> Samples:
     W = worker_heartbeats.c
     n = await conn.scalar(select(func.count()).where(W.beat_at >= now_ms - WORKER_ALIVE_MS))
     return [((), float(n or 0))]
+
+
+# ---------------------------------------------------------------- orders (pay-ins)
+
+
+@register_db_gauge(
+    "payrail_orders", "Orders by status (the order state machine's names).", ("status",)
+)
+async def _orders(conn: AsyncConnection, now_ms: int) -> Samples:
+    """Counts the `orders` table once the orders branch defines it in db/tables.py."""
+    table = metadata.tables.get("orders")
+    if table is None:
+        return []
+    column = table.c.get("status")
+    if column is None:
+        column = table.c.state
+    rows = await conn.execute(select(column, func.count()).group_by(column))
+    return [((str(status),), float(n)) for status, n in rows]
 
 
 # ---------------------------------------------------------------- exposition
