@@ -69,6 +69,7 @@ def serve(
         )
     os.environ["PAYRAIL_MIGRATED"] = "1"
     os.environ["PAYRAIL_LOG_LEVEL"] = log_level
+    _prepare_multiprocess_metrics(workers)
     uvicorn.run(
         "payrail.api.main:app_from_env",
         factory=True,
@@ -80,14 +81,41 @@ def serve(
     )
 
 
+def _prepare_multiprocess_metrics(workers: int) -> None:
+    """Several server processes share counters through PROMETHEUS_MULTIPROC_DIR (emptied at
+    start: files of a previous run would be counted again)."""
+    import shutil
+
+    from payrail.metrics import MULTIPROC_DIR_ENV
+
+    directory = os.environ.get(MULTIPROC_DIR_ENV)
+    if not directory and workers > 1:
+        directory = os.path.join("var", "prometheus-multiproc")
+        os.environ[MULTIPROC_DIR_ENV] = directory
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+        console.print(f"  metrics       multiprocess, samples in {directory}")
+
+
 @app.command()
-def worker() -> None:
-    """Run only the job worker (settlement, tracking, callbacks, expiry)."""
+def worker(
+    metrics_port: int = typer.Option(
+        0, min=0, max=65_535, help="serve this process's counters on :PORT/metrics (0: off)"
+    ),
+) -> None:
+    """Run only the job worker (settlement, tracking, callbacks, expiry, flag guards)."""
     from payrail.jobs.worker import run_forever
     from payrail.services.runtime import build_runtime
 
     configure()
     settings = _settings()
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        from payrail.metrics import process_registry
+
+        start_http_server(metrics_port, addr=settings.host, registry=process_registry())
 
     async def main() -> None:
         rt = build_runtime(settings)
