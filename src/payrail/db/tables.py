@@ -230,6 +230,8 @@ payout_events = Table(
     Column("cause", String(120), nullable=False),
     Column("at_ms", BigInteger, nullable=False),
     Index("ix_payout_events_payout", "payout_id", "at_ms"),
+    # Recent outcomes for the flag guards' success rate; append-only, so cheap to keep.
+    Index("ix_payout_events_recent", "to_status", "at_ms"),
 )
 
 # The same trail for orders (pay-ins); the orders branch writes it through services/audit.py.

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail import metrics
 from payrail.clock import iso
-from payrail.db.tables import feature_flags, flag_changes, jobs, payouts
+from payrail.db.tables import feature_flags, flag_changes, jobs, payout_events, payouts
 from payrail.domain import errors
 from payrail.domain.flags import KNOWN_FLAGS, Flag, Guards, check_name, parse_guards, parse_update
 from payrail.domain.payouts import State
@@ -204,16 +204,18 @@ async def list_flags(rt: Runtime) -> list[Flag]:
 
 
 async def success_rate(conn: AsyncConnection, path: str, since_ms: int) -> tuple[float | None, int]:
-    """Completed ÷ (completed + failed) of payouts on `path` that ended since `since_ms`."""
-    P = payouts.c
+    """Completed ÷ (completed + failed) of payouts on `path` that ended since `since_ms`.
+
+    Read from the audit trail (index on to_status, at_ms), not from payouts.updated_at:
+    an index on a column every transition changes would cost the saga's UPDATEs.
+    """
+    E = payout_events.c
+    final = (State.COMPLETED.value, State.FAILED.value)
     rows = await conn.execute(
-        select(P.state, func.count())
-        .where(
-            P.settle_path == path,
-            P.state.in_((State.COMPLETED.value, State.FAILED.value)),
-            P.updated_at >= since_ms,
-        )
-        .group_by(P.state)
+        select(E.to_status, func.count())
+        .select_from(payout_events.join(payouts, payouts.c.id == E.payout_id))
+        .where(E.to_status.in_(final), E.at_ms >= since_ms, payouts.c.settle_path == path)
+        .group_by(E.to_status)
     )
     counts = {state: int(n) for state, n in rows}
     total = sum(counts.values())

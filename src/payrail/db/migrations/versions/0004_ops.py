@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("at_ms", sa.BigInteger(), nullable=False),
     )
     op.create_index("ix_payout_events_payout", "payout_events", ["payout_id", "at_ms"])
+    op.create_index("ix_payout_events_recent", "payout_events", ["to_status", "at_ms"])
     op.create_table(
         "order_events",
         _id(),
@@ -90,5 +91,6 @@ def downgrade() -> None:
     op.drop_table("feature_flags")
     op.drop_index("ix_order_events_order", table_name="order_events")
     op.drop_table("order_events")
+    op.drop_index("ix_payout_events_recent", table_name="payout_events")
     op.drop_index("ix_payout_events_payout", table_name="payout_events")
     op.drop_table("payout_events")
