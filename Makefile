@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos lint format clean
+.PHONY: run test bench chaos lint format clean tools alerts
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,21 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/payrail serve
 
-# The whole suite: lint, unit/integration tests on SQLite and PostgreSQL, then the chaos runs
-# against a real server on PostgreSQL (including the legacy run that must fail).
-test: $(STAMP)
+# promtool checks and unit-tests ops/prometheus/alerts.yml (tests/test_alert_rules.py).
+tools:
+	bash scripts/install-promtool.sh
+
+# The whole suite: lint, unit/integration tests on SQLite and PostgreSQL (alert rules with
+# promtool included), then the chaos runs against a real server on PostgreSQL (including the
+# legacy run that must fail).
+test: $(STAMP) tools
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 	scripts/chaos_ci.sh
+
+alerts: tools
+	promtool check rules ops/prometheus/alerts.yml
+	promtool test rules ops/prometheus/alerts_test.yml
 
 bench: $(STAMP)
 	$(BIN)/payrail bench

@@ -69,6 +69,7 @@ def serve(
         )
     os.environ["PAYRAIL_MIGRATED"] = "1"
     os.environ["PAYRAIL_LOG_LEVEL"] = log_level
+    _prepare_multiprocess_metrics(workers)
     uvicorn.run(
         "payrail.api.main:app_from_env",
         factory=True,
@@ -80,14 +81,41 @@ def serve(
     )
 
 
+def _prepare_multiprocess_metrics(workers: int) -> None:
+    """Several server processes share counters through PROMETHEUS_MULTIPROC_DIR (emptied at
+    start: files of a previous run would be counted again)."""
+    import shutil
+
+    from payrail.metrics import MULTIPROC_DIR_ENV
+
+    directory = os.environ.get(MULTIPROC_DIR_ENV)
+    if not directory and workers > 1:
+        directory = os.path.join("var", "prometheus-multiproc")
+        os.environ[MULTIPROC_DIR_ENV] = directory
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+        console.print(f"  metrics       multiprocess, samples in {directory}")
+
+
 @app.command()
-def worker() -> None:
-    """Run only the job worker (settlement, tracking, callbacks, expiry)."""
+def worker(
+    metrics_port: int = typer.Option(
+        0, min=0, max=65_535, help="serve this process's counters on :PORT/metrics (0: off)"
+    ),
+) -> None:
+    """Run only the job worker (settlement, tracking, callbacks, expiry, flag guards)."""
     from payrail.jobs.worker import run_forever
     from payrail.services.runtime import build_runtime
 
     configure()
     settings = _settings()
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        from payrail.metrics import process_registry
+
+        start_http_server(metrics_port, addr=settings.host, registry=process_registry())
 
     async def main() -> None:
         rt = build_runtime(settings)
@@ -95,9 +123,19 @@ def worker() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        from payrail.services.flags import run_guards_periodically
+
+        interval_s = settings.flag_guard_interval_s
+        guards = (
+            [asyncio.create_task(run_guards_periodically(rt, stop, interval_s))]
+            if interval_s
+            else []
+        )
         try:
             await run_forever(rt, stop)
         finally:
+            stop.set()
+            await asyncio.gather(*guards)
             await rt.aclose()
 
     asyncio.run(main())
@@ -265,6 +303,108 @@ def callbacks_replay(callback_id: str) -> None:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
     console.print(f"[green]callback {callback_id} queued for delivery again[/green]")
+
+
+flags_app = typer.Typer(help="Feature flags: show, change (audited), check rollback guards.")
+app.add_typer(flags_app, name="flags")
+
+
+def _run_flags(action):  # type: ignore[no-untyped-def]
+    from payrail.domain.errors import PayrailError
+    from payrail.services.runtime import build_runtime
+
+    configure("warning")
+    settings = _settings()
+
+    async def main():  # type: ignore[no-untyped-def]
+        rt = build_runtime(settings)
+        try:
+            return await action(rt)
+        finally:
+            await rt.aclose()
+
+    try:
+        return asyncio.run(main())
+    except PayrailError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+@flags_app.command("list")
+def flags_list() -> None:
+    """Every known flag and its state, as JSON."""
+    import json
+
+    from payrail.services import flags
+
+    found = _run_flags(flags.list_flags)
+    print(json.dumps([f.to_dict() for f in found], indent=2))
+
+
+@flags_app.command("get")
+def flags_get(name: str) -> None:
+    """One flag and its recent changes (who, when, old → new), as JSON."""
+    import json
+
+    from payrail.services import flags
+
+    async def action(rt):  # type: ignore[no-untyped-def]
+        flag = await flags.get_flag(rt, name)
+        return flag.to_dict() | {"history": await flags.history(rt, name)}
+
+    print(json.dumps(_run_flags(action), indent=2))
+
+
+@flags_app.command("set")
+def flags_set(
+    name: str,
+    enabled: bool | None = typer.Option(None, "--enabled/--disabled", help="turn on or off"),
+    percent: int | None = typer.Option(None, "--percent", min=0, max=100, help="rollout %"),
+    allow: list[str] | None = typer.Option(None, "--allow", help="project id; repeatable"),  # noqa: B008
+    guards: str | None = typer.Option(
+        None, help='JSON, e.g. \'{"minSuccessRate":0.95,"windowS":300,"maxQueueDepth":1000}\''
+    ),
+    reason: str | None = typer.Option(None, help="why, for the audit log"),
+    actor: str | None = typer.Option(None, help="who (default: cli:$USER)"),
+) -> None:
+    """Change a flag; fields not given stay as they are. Audited."""
+    import getpass
+    import json
+
+    from payrail.services import flags
+
+    body: dict[str, object] = {}
+    if enabled is not None:
+        body["enabled"] = enabled
+    if percent is not None:
+        body["rolloutPercent"] = percent
+    if allow is not None:
+        body["allow"] = allow
+    if guards is not None:
+        try:
+            body["guards"] = json.loads(guards)
+        except ValueError:
+            console.print("[red]error:[/red] --guards must be JSON")
+            raise typer.Exit(2) from None
+    if reason is not None:
+        body["reason"] = reason
+    who = "cli:" + (actor or getpass.getuser())
+
+    async def action(rt):  # type: ignore[no-untyped-def]
+        return await flags.update_flag(rt, name, body, who)
+
+    old, new = _run_flags(action)
+    print(json.dumps({"previous": old.to_dict(), "now": new.to_dict()}, indent=2))
+
+
+@flags_app.command("check")
+def flags_check() -> None:
+    """Evaluate every rollback guard now; a tripped guard turns its flag off (audited)."""
+    from payrail.services import flags
+
+    for name, why in _run_flags(flags.evaluate_guards):
+        console.print(f"[yellow]{name} turned off[/yellow]: {why}")
+    console.print("guards checked")
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,10 +12,10 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from payrail import __version__
+from payrail import __version__, metrics
 from payrail.api import errors as api_errors
 from payrail.api.auth import KeyCache, Principal, authenticate
 from payrail.api.errors import envelope, read_json
@@ -35,8 +36,11 @@ from payrail.jobs import worker
 from payrail.services import (
     callback_urls,
     callbacks,
+    flags,
+    ops_metrics,
     payouts,
     projects,
+    readiness,
     reconcile,
     webhook_secrets,
 )
@@ -66,6 +70,12 @@ def create_app(
                 background.append(
                     asyncio.create_task(
                         reconcile.run_periodically(rt, stop, settings.reconcile_interval_s)
+                    )
+                )
+            if settings.flag_guard_interval_s:
+                background.append(
+                    asyncio.create_task(
+                        flags.run_guards_periodically(rt, stop, settings.flag_guard_interval_s)
                     )
                 )
         try:
@@ -128,6 +138,14 @@ def create_app(
         who = await principal(request)
         row = await _visible_payout(who, payout_id)
         return envelope(True, "Payout found", payouts.view(row), 200)
+
+    @api.get("/payouts/{payout_id}/history")
+    async def payout_history(payout_id: str, request: Request) -> JSONResponse:
+        who = await principal(request)
+        await _visible_payout(who, payout_id)
+        events = await payouts.history(rt, payout_id)
+        data = {"payoutId": payout_id, "events": events, "count": len(events)}
+        return envelope(True, "Payout history", data, 200)
 
     @api.get("/payouts")
     async def list_payouts(request: Request) -> JSONResponse:
@@ -258,6 +276,27 @@ def create_app(
         message = "Ledger and node agree" if report.clean else "Discrepancies found"
         return envelope(True, message, reconcile.report_dict(report), 200)
 
+    @api.get("/admin/flags")
+    async def list_flags(request: Request) -> JSONResponse:
+        (await principal(request)).require_admin()
+        found = [f.to_dict() for f in await flags.list_flags(rt)]
+        return envelope(True, "Feature flags", {"flags": found, "count": len(found)}, 200)
+
+    @api.get("/admin/flags/{name}")
+    async def get_flag(name: str, request: Request) -> JSONResponse:
+        (await principal(request)).require_admin()
+        flag = await flags.get_flag(rt, name)
+        data = flag.to_dict() | {"history": await flags.history(rt, name)}
+        return envelope(True, f"Flag {name}", data, 200)
+
+    @api.put("/admin/flags/{name}")
+    async def put_flag(name: str, request: Request) -> JSONResponse:
+        (await principal(request)).require_admin()
+        actor = "api:" + _actor(request.headers.get("x-payrail-actor"))
+        old, new = await flags.update_flag(rt, name, await read_json(request), actor)
+        data = new.to_dict() | {"previous": old.to_dict()}
+        return envelope(True, f"Flag {name} updated", data, 200)
+
     # ------------------------------------------------------------ reference and health
 
     @api.get("/statuses")
@@ -287,9 +326,20 @@ def create_app(
     api.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
 
+    async def ready() -> JSONResponse:
+        """Readiness: the database answers, its schema is at head, and a worker is alive."""
+        data = await readiness.check(rt)
+        ok = data["status"] == "ready"
+        return envelope(
+            ok, "payrail is " + data["status"].replace("_", " "), data, 200 if ok else 503
+        )
+
+    api.add_api_route("/ready", ready, methods=["GET"])
+    app.add_api_route("/ready", ready, methods=["GET"])
+
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics_endpoint() -> Response:
+        return Response(await ops_metrics.render(rt), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------ sandbox-only
 
@@ -339,17 +389,60 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)
 
     @app.middleware("http")
-    async def request_id(request: Request, call_next: Any) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+    async def observe(request: Request, call_next: Any) -> Response:
+        """Request id in every log line; one access log line and HTTP metrics per request."""
+        rid = _request_id(request.headers.get("x-request-id"))
         structlog.contextvars.bind_contextvars(request_id=rid)
+        started = time.perf_counter()
+        status = 500
         try:
             response = await call_next(request)
+            status = response.status_code
         finally:
+            elapsed_s = time.perf_counter() - started
+            # The route template, never the raw path: ids in paths would make labels unbounded.
+            matched = request.scope.get("route")
+            route = getattr(matched, "path", None) or "unmatched"
+            method = request.method if request.method in _METHODS else "OTHER"
+            metrics.HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+            metrics.HTTP_SECONDS.labels(route=route, method=method).observe(elapsed_s)
+            if route == f"{API_PREFIX}/payouts" and method == "POST":
+                metrics.PAYOUT_API_SECONDS.labels(code=str(status)).observe(elapsed_s)
+            if route != "/metrics":
+                log.info(
+                    "http_request",
+                    method=method,
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed_s * 1000, 1),
+                )
             structlog.contextvars.unbind_contextvars("request_id")
         response.headers["x-request-id"] = rid
         return response
 
     return app
+
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+REQUEST_ID_MAX_CHARS = 64
+
+
+def _request_id(given: str | None) -> str:
+    """The caller's X-Request-Id if it is a sane token, else a new one (logs stay clean)."""
+    if (
+        given
+        and len(given) <= REQUEST_ID_MAX_CHARS
+        and all(c.isalnum() or c in "-_.:" for c in given)
+    ):
+        return given
+    return uuid.uuid4().hex
+
+
+def _actor(given: str | None) -> str:
+    """Who made a change, as the caller names itself (the admin key names no one)."""
+    if given and len(given) <= 64 and all(c.isalnum() or c in "-_.@" for c in given):
+        return given
+    return "admin"
 
 
 def _int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:

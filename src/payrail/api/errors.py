@@ -79,6 +79,9 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Never a stack trace or a secret in the answer; the log has the type for operators.
         log.error("unhandled_error", path=request.url.path, error=type(exc).__name__)
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.note_error(exc)
         return envelope(
             False,
             "Internal error. The request may be retried with the same idempotency key.",

@@ -100,6 +100,8 @@ payouts = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("settled_at", BigInteger, nullable=True),
+    # Which settlement path ran it ("inline" | "queue"): the flag guard's success rate is per path.
+    Column("settle_path", String(16), nullable=True),
     UniqueConstraint("project_id", "idempotency_key"),
     Index("ix_payouts_rate", "project_id", "gamertag", "created_at"),
     Index("ix_payouts_list", "project_id", "created_at", "id"),
@@ -212,4 +214,71 @@ webhook_secrets = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=True),
     Index("ix_webhook_secrets_project", "project_id", "created_at"),
+)
+
+# ---------------------------------------------------------------- operations (migration 0004)
+
+# The audit trail of payout states: one row per transition, written in the transaction
+# that makes it, so the history can never disagree with the payout row.
+payout_events = Table(
+    "payout_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("payout_id", String(36), nullable=False),
+    Column("from_status", String(16), nullable=True),  # None: the payout was created
+    Column("to_status", String(16), nullable=False),
+    Column("cause", String(120), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Index("ix_payout_events_payout", "payout_id", "at_ms"),
+    # Recent outcomes for the flag guards' success rate; append-only, so cheap to keep.
+    Index("ix_payout_events_recent", "to_status", "at_ms"),
+)
+
+# The same trail for orders (pay-ins); the orders branch writes it through services/audit.py.
+order_events = Table(
+    "order_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("from_status", String(32), nullable=True),
+    Column("to_status", String(32), nullable=False),
+    Column("cause", String(120), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Index("ix_order_events_order", "order_id", "at_ms"),
+)
+
+# Feature flags, read through a short per-process cache (services/flags.py).
+feature_flags = Table(
+    "feature_flags",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("enabled", Boolean, nullable=False, default=False),
+    Column("rollout_percent", Integer, nullable=False, default=0),
+    Column("allow", Text, nullable=False, default="[]"),  # JSON list of project ids
+    Column("guards", Text, nullable=False, default="{}"),  # JSON object, see domain/flags.py
+    Column("updated_at", BigInteger, nullable=False),
+    Column("updated_by", String(120), nullable=False),
+    CheckConstraint("rollout_percent BETWEEN 0 AND 100", name="rollout_percent"),
+)
+
+# Every flag change, manual or by a guard: who, when, old → new, why.
+flag_changes = Table(
+    "flag_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("flag", String(64), nullable=False),
+    Column("actor", String(120), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("old", Text, nullable=True),  # JSON; None when the flag was first set
+    Column("new", Text, nullable=False),
+    Column("reason", Text, nullable=True),
+    Index("ix_flag_changes_flag", "flag", "at_ms"),
+)
+
+# Worker liveness for /ready: each worker loop beats here, whatever process it runs in.
+worker_heartbeats = Table(
+    "worker_heartbeats",
+    metadata,
+    Column("worker_id", String(120), primary_key=True),
+    Column("beat_at", BigInteger, nullable=False),
 )

@@ -96,3 +96,7 @@ class MethodNotAllowed(PayrailError):
 
 class ServiceUnavailable(PayrailError):
     code = "SERVICE_UNAVAILABLE"
+
+
+class FlagNotFound(NotFound):
+    code = "FLAG_NOT_FOUND"

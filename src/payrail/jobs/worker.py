@@ -8,12 +8,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from payrail import metrics
+from payrail.db.tables import worker_heartbeats
 from payrail.jobs import queue
 from payrail.services import callbacks, payouts
 from payrail.services.runtime import Runtime, SimulatedCrash, wait_or_stop
 
 log = structlog.get_logger("payrail.worker")
+
+HEARTBEAT_INTERVAL_MS = 5_000  # /ready presumes a worker dead after 30 s without a beat
+HEARTBEAT_KEPT_MS = 86_400_000  # rows of workers gone longer than this are deleted
 
 Handler = Callable[[Runtime, dict[str, Any]], Awaitable[None]]
 
@@ -47,6 +55,8 @@ async def _run_job(rt: Runtime, job: queue.Job) -> None:
     except (SimulatedCrash, asyncio.CancelledError):
         raise
     except Exception as exc:
+        metrics.JOB_FAILURES.labels(kind=job.kind if job.kind in HANDLERS else "unknown").inc()
+        rt.note_error(exc)
         now = rt.clock.now_ms()
         async with rt.engine.begin() as conn:
             state = await queue.reschedule(
@@ -90,13 +100,43 @@ async def run_until_idle(rt: Runtime, rounds_max: int = 100) -> int:
     return total
 
 
+async def heartbeat(rt: Runtime) -> None:
+    """Record that this worker is alive (read by /ready and the payrail_workers_alive gauge)."""
+    now = rt.clock.now_ms()
+    dialect_insert = pg_insert if rt.engine.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(worker_heartbeats).values(worker_id=rt.worker_id, beat_at=now)
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            stmt.on_conflict_do_update(index_elements=["worker_id"], set_={"beat_at": now})
+        )
+        await conn.execute(
+            delete(worker_heartbeats).where(worker_heartbeats.c.beat_at < now - HEARTBEAT_KEPT_MS)
+        )
+
+
+async def _farewell(rt: Runtime) -> None:
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            delete(worker_heartbeats).where(worker_heartbeats.c.worker_id == rt.worker_id)
+        )
+
+
 async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
     log.info("worker_started", worker_id=rt.worker_id)
+    last_beat_ms: int | None = None
     while not stop.is_set():
         try:
+            now = rt.clock.now_ms()
+            if last_beat_ms is None or now - last_beat_ms >= HEARTBEAT_INTERVAL_MS:
+                await heartbeat(rt)
+                last_beat_ms = now
             ran = await run_once(rt)
         except Exception as exc:  # the database may be briefly unreachable: keep the loop alive
             log.warning("worker_round_failed", error=type(exc).__name__)
             ran = 0
         if ran == 0:
             await wait_or_stop(stop, rt.settings.worker_poll_ms / 1000)
+    try:
+        await _farewell(rt)
+    except Exception as exc:
+        log.warning("worker_farewell_failed", error=type(exc).__name__)

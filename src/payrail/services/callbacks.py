@@ -34,7 +34,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payrail import __version__, webhooks
+from payrail import __version__, metrics, webhooks
 from payrail.clock import iso
 from payrail.db.tables import callback_attempts, callbacks
 from payrail.domain import errors
@@ -176,6 +176,7 @@ async def deliver(rt: Runtime, callback_id: str) -> None:
             await _give_up(
                 conn, row, now, "all attempts used; the last one has no recorded outcome"
             )
+            metrics.CALLBACKS_DEAD.inc()
             return
         attempt = row["attempts"] + 1
         claimed = await conn.execute(
@@ -318,6 +319,7 @@ async def _record(
     now = rt.clock.now_ms()
     error = result.error[:ERROR_MAX_CHARS] if result.error else None
     job_id = job_id_for(row["id"])
+    outcome_of_callback: str | None = None
     async with rt.engine.begin() as conn:
         await conn.execute(
             update(callback_attempts)
@@ -339,18 +341,26 @@ async def _record(
             values |= {"status": Status.DELIVERED, "delivered_at": now, "next_attempt_at": None}
             if (await conn.execute(update(callbacks).where(mine).values(values))).rowcount:
                 await queue.complete(conn, job_id, now)
+                outcome_of_callback = Status.DELIVERED
         elif result.outcome == Outcome.GONE or attempt >= ATTEMPTS_MAX:
             values |= {"status": Status.DEAD, "next_attempt_at": None}
             if (await conn.execute(update(callbacks).where(mine).values(values))).rowcount:
                 await queue.bury(conn, job_id, now, error or "dead")
+                outcome_of_callback = Status.DEAD
         else:
             run_at = now + retry_delay_ms(attempt)
             values["next_attempt_at"] = run_at
             if (await conn.execute(update(callbacks).where(mine).values(values))).rowcount:
                 await queue.reschedule(conn, job_id, run_at, now, error)
+    metrics.CALLBACK_DELIVERIES.labels(outcome=result.outcome.value).inc()
+    if outcome_of_callback == Status.DELIVERED:
+        metrics.CALLBACK_LAG_SECONDS.observe(max(0, now - row["created_at"]) / 1000)
+    elif outcome_of_callback == Status.DEAD:
+        metrics.CALLBACKS_DEAD.inc()
     log.info(
         "callback_attempt",
         callback_id=row["id"],
+        payout_id=row["payout_id"],
         attempt=attempt,
         outcome=result.outcome.value,
         status_code=result.status_code,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,11 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from payrail import metrics
 from payrail.clock import iso
 from payrail.db.tables import gamertag_locks, payouts, projects
 from payrail.domain import errors
+from payrail.domain.flags import KNOWN_FLAGS, SETTLEMENT_QUEUE_PATH
 from payrail.domain.money import fee_sats
 from payrail.domain.payouts import (
     FINAL_STATES,
@@ -48,7 +51,7 @@ from payrail.jobs import queue
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
-from payrail.services import callbacks
+from payrail.services import audit, callbacks, flags
 from payrail.services.runtime import Runtime, SimulatedCrash
 
 log = structlog.get_logger("payrail.payouts")
@@ -58,6 +61,10 @@ SETTLE_JOB = "settle_payout"
 SETTLE_ATTEMPTS_MAX = 2_000  # with the 60 s backoff cap: more than a day of asking the node
 RATE_WINDOW_MS = 3_600_000
 REPLAY_POLL_MS = 20
+# The settlement paths, chosen per project by the flag: the API process calls the node
+# right after tx1 (inline, the old path), or a worker claims the settle job (queue, new).
+PATH_INLINE = KNOWN_FLAGS[SETTLEMENT_QUEUE_PATH].old_path
+PATH_QUEUE = KNOWN_FLAGS[SETTLEMENT_QUEUE_PATH].new_path
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
 
@@ -109,6 +116,16 @@ async def get_by_internal_id(rt: Runtime, project_id: str, internal_id: str) -> 
     if row is None:
         raise errors.PayoutNotFound(f"No payout with internalId {internal_id} in this project.")
     return row
+
+
+async def history(rt: Runtime, payout_id: str) -> list[dict[str, Any]]:
+    """Every transition of a payout, oldest first: internal state, public status, cause, time."""
+    async with rt.engine.connect() as conn:
+        events = await audit.payout_history(conn, payout_id)
+    for event in events:
+        event["fromStatus"] = PUBLIC_STATUS[State(event["from"])].value if event["from"] else None
+        event["toStatus"] = PUBLIC_STATUS[State(event["to"])].value
+    return events
 
 
 def _encode_cursor(row: RowMapping) -> str:
@@ -234,8 +251,10 @@ async def _check_rate(rt: Runtime, conn: AsyncConnection, req: PayoutRequest, no
 
 async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     """Reserve and settle a payout; answers a replay for a key already used in this project."""
+    # The flag decides the settlement path before anything is written (a cached read).
+    path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, req.project_id)
     try:
-        payout_id = await _reserve(rt, req)
+        payout_id = await _reserve(rt, req, path)
     except _ReplayInstead as other:
         return await _replay(rt, other.row, req)
     except IntegrityError:
@@ -245,7 +264,10 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
         if row is None:
             raise
         return await _replay(rt, row, req)
+    metrics.PAYOUTS_CREATED.labels(path=path).inc()
     rt.crashpoint("after_reserve")
+    if path == PATH_QUEUE:  # a worker claims the job at once; wait for its outcome
+        return CreateOutcome(await _await_final(rt, payout_id), replay=False)
     task = rt.spawn(settle_payout(rt, payout_id, job_leased=True))
     await asyncio.wait({task}, timeout=rt.settings.settle_wait_ms / 1000)
     if task.done():
@@ -256,7 +278,7 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     return CreateOutcome(await get_payout(rt, payout_id), replay=False)
 
 
-async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
+async def _reserve(rt: Runtime, req: PayoutRequest, path: str = "inline") -> str:
     """tx1: rate limit, reservation, payout row and its settle job, all or nothing."""
     now = rt.clock.now_ms()
     payout_id = str(uuid.uuid4())
@@ -291,7 +313,11 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
                 expires_at=expires_at,
                 created_at=now,
                 updated_at=now,
+                settle_path=path,
             )
+        )
+        await audit.record_payout_transition(
+            conn, payout_id, None, State.RESERVED.value, "api: payout created", now
         )
         await queue.enqueue(
             conn,
@@ -300,7 +326,8 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
             now,
             job_id=settle_job_id(payout_id),
             max_attempts=SETTLE_ATTEMPTS_MAX,
-            leased_by=rt.worker_id,
+            # Inline: this process holds the lease and settles right after COMMIT.
+            leased_by=rt.worker_id if path == PATH_INLINE else None,
             lease_ms=rt.settings.lease_ms,
         )
         if req.callback_url:
@@ -324,7 +351,7 @@ async def _reserve(rt: Runtime, req: PayoutRequest) -> str:
             )
         except ledger.InsufficientFunds as refusal:
             raise _insufficient(req.amount_sats, fee, refusal.available) from None
-    log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id)
+    log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id, path=path)
     return payout_id
 
 
@@ -381,11 +408,17 @@ async def _replay(rt: Runtime, row: RowMapping, req: PayoutRequest) -> CreateOut
             "project. Use a new key for a new payout.",
             payoutId=row["id"],
         )
+    return CreateOutcome(await _await_final(rt, row["id"], row), replay=True)
+
+
+async def _await_final(rt: Runtime, payout_id: str, row: RowMapping | None = None) -> RowMapping:
+    """The payout once final, or as it is when the settle wait window ends."""
+    row = row or await get_payout(rt, payout_id)
     deadline = rt.clock.now_ms() + rt.settings.settle_wait_ms
     while State(row["state"]) not in FINAL_STATES and rt.clock.now_ms() < deadline:
         await asyncio.sleep(REPLAY_POLL_MS / 1000)
-        row = await get_payout(rt, row["id"])
-    return CreateOutcome(row, replay=True)
+        row = await get_payout(rt, payout_id)
+    return row
 
 
 # ---------------------------------------------------------------- settle (the saga)
@@ -404,6 +437,7 @@ async def settle_payout(
         raise
     except Exception as exc:  # the job row keeps the saga: hand it to the worker, with backoff
         log.warning("settle_error", payout_id=payout_id, error=type(exc).__name__)
+        rt.note_error(exc)
         if not job_leased:
             raise
         async with rt.engine.begin() as conn:
@@ -420,12 +454,18 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
     # that is reserved and not yet expired.
     async with rt.engine.begin() as conn:
         sending = await _transition(
-            conn, payout_id, State.RESERVED, State.IN_FLIGHT, now, P.expires_at > now
+            conn,
+            payout_id,
+            State.RESERVED,
+            State.IN_FLIGHT,
+            now,
+            P.expires_at > now,
+            cause="saga: sent to the node",
         )
     if sending is not None:
         rt.crashpoint("after_mark_in_flight")
         pay = rt.node.pay(payout_id, sending["gamertag"], sending["amount"])
-        result = await _node_call(rt, pay)
+        result = await _node_call(rt, "pay", pay)
         rt.crashpoint("after_node_call")
         return await _apply_outcome(rt, payout_id, result)
     row = await get_payout(rt, payout_id)
@@ -435,24 +475,56 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
             await queue.complete(conn, settle_job_id(payout_id), rt.clock.now_ms())
         return None
     if state == State.RESERVED:  # not sent before expires_at: release it, never send late
-        await _expire_if_reserved(rt, payout_id)
+        await _expire_if_reserved(rt, payout_id, "saga: not sent before expiresAt")
         return None
     else:
         # In flight after a crash or an unknown outcome: ask before sending again.
-        result = await _node_call(rt, rt.node.status(payout_id))
+        result = await _node_call(rt, "status", rt.node.status(payout_id))
         if result is not None and result.status == NodeStatus.NOT_FOUND:
-            result = await _node_call(rt, rt.node.pay(payout_id, row["gamertag"], row["amount"]))
+            resend = rt.node.pay(payout_id, row["gamertag"], row["amount"])
+            result = await _node_call(rt, "pay", resend)
     rt.crashpoint("after_node_call")
     return await _apply_outcome(rt, payout_id, result)
 
 
-async def _node_call(rt: Runtime, call: Any) -> PaymentResult | None:
+async def _node_call(rt: Runtime, operation: str, call: Any) -> PaymentResult | None:
     """Bound the node call; None means the outcome is unknown (never a failure)."""
+    started = time.perf_counter()
     try:
-        return await asyncio.wait_for(call, rt.settings.node_timeout_ms / 1000)
+        result: PaymentResult | None = await asyncio.wait_for(
+            call, rt.settings.node_timeout_ms / 1000
+        )
     except (TimeoutError, UnknownOutcome, OSError) as exc:
-        log.info("node_outcome_unknown", error=type(exc).__name__)
-        return None
+        log.info("node_outcome_unknown", operation=operation, error=type(exc).__name__)
+        result = None
+    metrics.NODE_CALL_SECONDS.labels(operation=operation).observe(time.perf_counter() - started)
+    metrics.NODE_CALLS.labels(operation=operation, outcome=_node_outcome(result)).inc()
+    return result
+
+
+def _node_outcome(result: PaymentResult | None) -> str:
+    if result is None:
+        return "ambiguous"
+    if result.status == NodeStatus.FAILED:
+        return "timeout" if result.failure_reason == FailureReason.TIMEOUT else "failure"
+    return {NodeStatus.SUCCEEDED: "success", NodeStatus.IN_FLIGHT: "in_flight"}.get(
+        result.status, "not_found"
+    )
+
+
+def _observe_final(final: RowMapping | None, now: int) -> None:
+    """Count a final transition once it has committed (the winner of the guarded UPDATE)."""
+    if final is None:
+        return
+    status = PUBLIC_STATUS[State(final["state"])].value
+    metrics.PAYOUTS_FINAL.labels(
+        status=status,
+        reason=metrics.reason_label(final["failure_reason"], status),
+        path=final["settle_path"] or "inline",
+    ).inc()
+    metrics.SETTLEMENT_SECONDS.labels(status=status).observe(
+        max(0, now - final["created_at"]) / 1000
+    )
 
 
 async def _apply_outcome(
@@ -479,7 +551,13 @@ async def _apply_outcome(
         # The guarded update refuses if another actor already finalised it.
         if result.status == NodeStatus.SUCCEEDED:
             final = await _finalize(
-                conn, payout_id, State.IN_FLIGHT, State.COMPLETED, now, charge=True
+                conn,
+                payout_id,
+                State.IN_FLIGHT,
+                State.COMPLETED,
+                now,
+                charge=True,
+                cause="node: payment succeeded",
             )
         else:
             code = (
@@ -494,9 +572,11 @@ async def _apply_outcome(
                 State.FAILED,
                 now,
                 charge=legacy_charge,
+                cause=f"node: payment failed ({result.failure_reason or 'failed'})",
                 failure_code=code,
                 failure_reason=f"node: {result.failure_reason or 'failed'}",
             )
+    _observe_final(final, now)
     log.info("payout_final", payout_id=payout_id, node_status=result.status.value)
     return final
 
@@ -508,11 +588,13 @@ async def _transition(
     target: State,
     now: int,
     *conditions: Any,
+    cause: str,
     **values: Any,
 ) -> RowMapping | None:
-    """The guarded state change: legal by the table, and only from `current`.
+    """The guarded state change: legal by the table, and only from `current`; audited.
 
     Returns the updated row, or None when the payout was not in `current` (someone else won).
+    The audit row is one INSERT in the same transaction, written only by the winner.
     """
     check_transition(current, target)
     result = await conn.execute(
@@ -521,7 +603,12 @@ async def _transition(
         .values(state=target.value, updated_at=now, **values)
         .returning(*payouts.c)
     )
-    return result.mappings().first()
+    row = result.mappings().first()
+    if row is not None:
+        await audit.record_payout_transition(
+            conn, payout_id, current.value, target.value, cause, now
+        )
+    return row
 
 
 async def _finalize(
@@ -532,6 +619,7 @@ async def _finalize(
     now: int,
     *,
     charge: bool,
+    cause: str,
     failure_code: FailureCode | None = None,
     failure_reason: str | None = None,
 ) -> RowMapping | None:
@@ -543,7 +631,7 @@ async def _finalize(
     if failure_code is not None:
         values["failure_code"] = failure_code.value
         values["failure_reason"] = failure_reason
-    final = await _transition(conn, payout_id, current, target, now, **values)
+    final = await _transition(conn, payout_id, current, target, now, cause=cause, **values)
     if final is None:
         return None
     await queue.complete(conn, settle_job_id(payout_id), now)
@@ -560,11 +648,15 @@ async def _finalize(
 # ---------------------------------------------------------------- expiry and sandbox changes
 
 
-async def _expire_if_reserved(rt: Runtime, payout_id: str) -> bool:
+async def _expire_if_reserved(rt: Runtime, payout_id: str, cause: str) -> bool:
+    now = rt.clock.now_ms()
     async with rt.engine.begin() as conn:
         final = await _finalize(
-            conn, payout_id, State.RESERVED, State.EXPIRED, rt.clock.now_ms(), charge=False
+            conn, payout_id, State.RESERVED, State.EXPIRED, now, charge=False, cause=cause
         )
+    _observe_final(final, now)
+    if final is not None:
+        log.info("payout_expired", payout_id=payout_id)
     return final is not None
 
 
@@ -582,7 +674,7 @@ async def expire_due(rt: Runtime, batch_max: int = 100) -> int:
         )
     expired = 0
     for payout_id in due:
-        expired += await _expire_if_reserved(rt, payout_id)
+        expired += await _expire_if_reserved(rt, payout_id, "expiry: expiresAt passed")
     return expired
 
 
@@ -590,11 +682,13 @@ async def expire_now(rt: Runtime, payout_id: str) -> RowMapping:
     """Sandbox: expire a pending payout now. Only a never-sent one can expire (it may be paid)."""
     row = await get_payout(rt, payout_id)
     check_transition(State(row["state"]), State.EXPIRED)
-    if not await _expire_if_reserved(rt, payout_id):
+    if not await _expire_if_reserved(rt, payout_id, "sandbox: POST /test/expire"):
         row = await get_payout(rt, payout_id)
         check_transition(State(row["state"]), State.EXPIRED)
     return await get_payout(rt, payout_id)
 
+
+SANDBOX_STATUS_CAUSE = "sandbox: PATCH /payouts/{id}/status"
 
 _TARGET_STATE = {
     Status.COMPLETED: State.COMPLETED,
@@ -616,7 +710,10 @@ async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
     now = rt.clock.now_ms()
     async with rt.engine.begin() as conn:
         if current == State.RESERVED and target == State.COMPLETED:
-            if await _transition(conn, payout_id, current, State.IN_FLIGHT, now) is None:
+            sending = await _transition(
+                conn, payout_id, current, State.IN_FLIGHT, now, cause=SANDBOX_STATUS_CAUSE
+            )
+            if sending is None:
                 raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
             current = State.IN_FLIGHT
         final = await _finalize(
@@ -626,9 +723,11 @@ async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
             target,
             now,
             charge=target == State.COMPLETED,
+            cause=SANDBOX_STATUS_CAUSE,
             failure_code=FailureCode.PAYMENT_FAILED if target == State.FAILED else None,
             failure_reason="set by the sandbox status endpoint" if target == State.FAILED else None,
         )
         if final is None:
             raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
+    _observe_final(final, now)
     return final

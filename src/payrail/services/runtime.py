@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import random
@@ -23,6 +24,27 @@ from payrail.sandbox import FaultStore
 
 log = structlog.get_logger("payrail")
 
+LOCK_TIMEOUTS_KEPT_MAX = 10_000
+_LOCK_TIMEOUT_MARKERS = (
+    "lock timeout",  # PostgreSQL: canceling statement due to lock timeout
+    "locknotavailable",
+    "database is locked",  # SQLite: busy timeout ran out
+    "could not obtain lock",
+)
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """A database error that is a lock wait running out (any driver, wrapped or not)."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # SQLAlchemy wraps the driver's error; look a few levels down
+        if seen is None:
+            return False
+        text = f"{type(seen).__name__} {seen}".lower()
+        if any(marker in text for marker in _LOCK_TIMEOUT_MARKERS):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
 
 class SimulatedCrash(BaseException):
     """Raised at an armed crash point: the process 'dies' there (tests of recovery).
@@ -41,11 +63,25 @@ class Runtime:
     faults: FaultStore
     worker_id: str
     crashpoints: set[str] = field(default_factory=set)
+    # Per-process state of services/flags.py: its short cache and the recent lock timeouts
+    # one of its rollback guards counts.
+    flag_cache: dict[str, Any] = field(default_factory=dict)
+    lock_timeouts_ms: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=LOCK_TIMEOUTS_KEPT_MAX)
+    )
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def crashpoint(self, name: str) -> None:
         if name in self.crashpoints:
             raise SimulatedCrash(name)
+
+    def note_error(self, exc: BaseException) -> None:
+        """Remember a lock wait that ran out (a rollback guard watches their rate)."""
+        if is_lock_timeout(exc):
+            from payrail import metrics
+
+            metrics.DB_LOCK_TIMEOUTS.inc()
+            self.lock_timeouts_ms.append(self.clock.now_ms())
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Start a task that outlives the request that started it (kept referenced)."""
