@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import asyncpg
 import httpx
 from rich.console import Console
 from rich.table import Table
@@ -41,6 +40,8 @@ from sqlalchemy.engine import make_url
 
 from payrail.bench_load import ClientSpec, LoadSpec
 from payrail.domain.money import total_cost_sats
+from payrail.loadtest import pgadmin
+from payrail.loadtest.guard import TargetRefused
 
 console = Console(stderr=True, soft_wrap=True)  # progress lines stay whole in a log
 TABLE_WIDTH_MIN = 150  # piped output defaults to 80 columns, too few for the table
@@ -64,8 +65,6 @@ PGBENCH_THREADS = 2
 PGBENCH_INIT_TIMEOUT_S = 300.0
 PGBENCH_SAMPLE_EDGE_S = 0.5  # CPU is sampled this far inside the run: connect and exit excluded
 PGBENCH_TPS_RE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
-MAINTENANCE_DATABASES = ("postgres", "test")
-PROTECTED_DATABASES = frozenset({"postgres", "test", "template0", "template1"})
 REPORT_PATH = Path("reports") / "bench.json"
 SERVER_LOG_PATH = Path("reports") / "bench-server.log"
 SERVER_LOG_TAIL_LINES = 30
@@ -248,39 +247,12 @@ def _busy_cores(before: _CpuSnapshot, after: _CpuSnapshot) -> float:
 # ---------------------------------------------------------------- database and server
 
 
-def _url_for(database_url: str, database: str) -> str:
-    return make_url(database_url).set(database=database).render_as_string(hide_password=False)
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 async def recreate_database(database_url: str) -> None:
-    """Drop and create the bench database from a maintenance database on the same server."""
-    name = make_url(database_url).database
-    if not name or name in PROTECTED_DATABASES:
-        raise BenchError(
-            f"refusing to recreate database {name!r}: pass --database-url naming a database "
-            "the bench may drop (default payrail_bench)"
-        )
-    last_error: Exception | None = None
-    for maintenance in MAINTENANCE_DATABASES:
-        try:
-            conn = await asyncpg.connect(_url_for(database_url, maintenance), timeout=10)
-        except (OSError, asyncpg.PostgresError) as exc:
-            last_error = exc
-            continue
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
-            await conn.execute(f"CREATE DATABASE {_quote_ident(name)}")
-        finally:
-            await conn.close()
-        return
-    raise BenchError(
-        f"cannot reach a maintenance database ({', '.join(MAINTENANCE_DATABASES)}) on the "
-        f"server of {database_url}: {last_error!r}"
-    )
+    """Drop and create the bench database (loopback only, never a maintenance database)."""
+    try:
+        await pgadmin.recreate(database_url)
+    except (TargetRefused, ConnectionError) as exc:
+        raise BenchError(str(exc)) from None
 
 
 def _free_port() -> int:

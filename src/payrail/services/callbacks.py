@@ -39,7 +39,7 @@ from payrail.clock import iso
 from payrail.db.tables import callback_attempts, callbacks
 from payrail.domain import errors
 from payrail.jobs import queue
-from payrail.services import callback_urls, webhook_secrets
+from payrail.services import callback_urls, pagination, webhook_secrets
 from payrail.services.runtime import Runtime
 
 log = structlog.get_logger("payrail.callbacks")
@@ -411,18 +411,6 @@ def parse_status(value: str | None) -> Status | None:
         ) from None
 
 
-def _encode_cursor(row: RowMapping) -> str:
-    return base64.urlsafe_b64encode(f"{row['created_at']}:{row['id']}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        created_at, callback_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
-        return int(created_at), callback_id
-    except (ValueError, UnicodeDecodeError):
-        raise errors.ValidationError("cursor is not one this API returned.") from None
-
-
 async def list_callbacks(
     rt: Runtime,
     project_id: str | None,
@@ -438,14 +426,14 @@ async def list_callbacks(
     if status is not None:
         query = query.where(C.status == status.value)
     if cursor:
-        created_at, callback_id = _decode_cursor(cursor)
+        created_at, callback_id = pagination.decode_cursor(cursor)
         query = query.where(
             or_(C.created_at < created_at, and_(C.created_at == created_at, C.id < callback_id))
         )
     async with rt.engine.connect() as conn:
         rows = list((await conn.execute(query)).mappings())
     page = rows[:limit]
-    return page, (_encode_cursor(page[-1]) if len(rows) > limit else None)
+    return page, (pagination.encode_cursor(page[-1]) if len(rows) > limit else None)
 
 
 async def get_callback(rt: Runtime, callback_id: str, project_id: str | None) -> RowMapping:

@@ -16,7 +16,6 @@ whoever races for it: the inline path, a worker that found an expired lease, or 
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 import time
 import uuid
@@ -51,7 +50,7 @@ from payrail.jobs import queue
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
-from payrail.services import audit, callbacks, flags
+from payrail.services import audit, callbacks, flags, pagination
 from payrail.services.runtime import Runtime, SimulatedCrash
 
 log = structlog.get_logger("payrail.payouts")
@@ -128,18 +127,6 @@ async def history(rt: Runtime, payout_id: str) -> list[dict[str, Any]]:
     return events
 
 
-def _encode_cursor(row: RowMapping) -> str:
-    return base64.urlsafe_b64encode(f"{row['created_at']}:{row['id']}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        created_at, payout_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
-        return int(created_at), payout_id
-    except (ValueError, UnicodeDecodeError):
-        raise errors.ValidationError("cursor is not one this API returned.") from None
-
-
 async def list_payouts(
     rt: Runtime,
     project_id: str | None,
@@ -154,14 +141,14 @@ async def list_payouts(
     if status is not None:
         query = query.where(P.state.in_([s.value for s in states_for(status)]))
     if cursor:
-        created_at, payout_id = _decode_cursor(cursor)
+        created_at, payout_id = pagination.decode_cursor(cursor)
         query = query.where(
             or_(P.created_at < created_at, and_(P.created_at == created_at, P.id < payout_id))
         )
     async with rt.engine.connect() as conn:
         rows = list((await conn.execute(query)).mappings())
     page = rows[:limit]
-    return page, (_encode_cursor(page[-1]) if len(rows) > limit else None)
+    return page, (pagination.encode_cursor(page[-1]) if len(rows) > limit else None)
 
 
 def view(row: RowMapping) -> dict[str, Any]:
