@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import ADMIN_KEY, payout_body
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from payrail.db.tables import payout_events
 from payrail.domain.payouts import parse_payout_request
@@ -106,3 +106,28 @@ async def test_history_of_another_projects_payout_is_404_and_unknown_is_404(clie
     assert hidden.status_code == 404 and hidden.json()["data"]["error"] == "PAYOUT_NOT_FOUND"
     missing = await client.get("/payouts/nope/history")
     assert missing.status_code == 404 and missing.json()["success"] is False
+
+
+async def test_a_state_change_made_behind_the_services_back_is_still_in_the_trail(client, rt):
+    """The trail is written by the database (triggers), so raw SQL cannot escape it either."""
+    response = await client.post("/payouts", json=payout_body())
+    payout_id = response.json()["data"]["id"]
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE payouts SET state = 'expired', updated_at = updated_at + 1 WHERE id = :id"
+            ),
+            {"id": payout_id},
+        )
+        # A write that leaves the state alone adds nothing.
+        await conn.execute(
+            text("UPDATE payouts SET state = 'expired', description = 'x' WHERE id = :id"),
+            {"id": payout_id},
+        )
+    events = await history(client, payout_id)
+    assert [(e["from"], e["to"]) for e in events][-2:] == [
+        ("in_flight", "completed"),
+        ("completed", "expired"),
+    ]
+    # That UPDATE set no cause: the trail says so rather than repeat the previous one.
+    assert events[-1]["cause"] == "unattributed: state changed without a cause"

@@ -102,6 +102,8 @@ payouts = Table(
     Column("settled_at", BigInteger, nullable=True),
     # Which settlement path ran it ("inline" | "queue"): the flag guard's success rate is per path.
     Column("settle_path", String(16), nullable=True),
+    # Why the state last changed; the audit triggers (migration 0005) copy it to payout_events.
+    Column("state_cause", String(120), nullable=True),
     UniqueConstraint("project_id", "idempotency_key"),
     Index("ix_payouts_rate", "project_id", "gamertag", "created_at"),
     Index("ix_payouts_list", "project_id", "created_at", "id"),

@@ -1,7 +1,9 @@
 """The audit trail of state transitions: payouts and orders, one row per change.
 
-Written by the caller inside the transaction that makes the change (one INSERT, no extra
-round trip to read anything), so the history and the row can never disagree.
+Payout events are written by the database itself: triggers on payouts (migration 0005) copy
+every state change, with the cause the UPDATE set in payouts.state_cause, in the statement that
+made it. Order events are written by the caller inside the transaction that makes the change.
+Either way the history and the row can never disagree.
 """
 
 from __future__ import annotations
@@ -18,27 +20,9 @@ CAUSE_MAX_CHARS = 120
 HISTORY_MAX = 200  # a payout has a handful of transitions; the bound is a guard, not a page
 
 
-def _cause(cause: str) -> str:
+def cause_text(cause: str) -> str:
+    """A cause as stored: bounded, like every column."""
     return cause[:CAUSE_MAX_CHARS]
-
-
-async def record_payout_transition(
-    conn: AsyncConnection,
-    payout_id: str,
-    from_state: str | None,
-    to_state: str,
-    cause: str,
-    at_ms: int,
-) -> None:
-    await conn.execute(
-        insert(payout_events).values(
-            payout_id=payout_id,
-            from_status=from_state,
-            to_status=to_state,
-            cause=_cause(cause),
-            at_ms=at_ms,
-        )
-    )
 
 
 async def record_order_transition(
@@ -55,7 +39,7 @@ async def record_order_transition(
             order_id=order_id,
             from_status=from_status,
             to_status=to_status,
-            cause=_cause(cause),
+            cause=cause_text(cause),
             at_ms=at_ms,
         )
     )

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail import metrics
 from payrail.clock import iso
+from payrail.db.engine import single_statement
 from payrail.db.tables import gamertag_locks, payouts, projects
 from payrail.domain import errors
 from payrail.domain.flags import KNOWN_FLAGS, SETTLEMENT_QUEUE_PATH
@@ -301,10 +302,8 @@ async def _reserve(rt: Runtime, req: PayoutRequest, path: str = "inline") -> str
                 created_at=now,
                 updated_at=now,
                 settle_path=path,
+                state_cause="api: payout created",  # the audit trigger records it
             )
-        )
-        await audit.record_payout_transition(
-            conn, payout_id, None, State.RESERVED.value, "api: payout created", now
         )
         await queue.enqueue(
             conn,
@@ -438,8 +437,9 @@ async def settle_payout(
 async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
     now = rt.clock.now_ms()
     # The common case first, with no read before it: record the send intent of a payout
-    # that is reserved and not yet expired.
-    async with rt.engine.begin() as conn:
+    # that is reserved and not yet expired. One guarded UPDATE (its audit row is written by
+    # the trigger in the same statement), so it needs no transaction around it.
+    async with single_statement(rt.engine) as conn:
         sending = await _transition(
             conn,
             payout_id,
@@ -581,21 +581,17 @@ async def _transition(
     """The guarded state change: legal by the table, and only from `current`; audited.
 
     Returns the updated row, or None when the payout was not in `current` (someone else won).
-    The audit row is one INSERT in the same transaction, written only by the winner.
+    One statement: the database's audit trigger writes the payout_events row from the cause
+    set here, only when the state really changed (migration 0005).
     """
     check_transition(current, target)
     result = await conn.execute(
         update(payouts)
         .where(P.id == payout_id, P.state == current.value, *conditions)
-        .values(state=target.value, updated_at=now, **values)
+        .values(state=target.value, updated_at=now, state_cause=audit.cause_text(cause), **values)
         .returning(*payouts.c)
     )
-    row = result.mappings().first()
-    if row is not None:
-        await audit.record_payout_transition(
-            conn, payout_id, current.value, target.value, cause, now
-        )
-    return row
+    return result.mappings().first()
 
 
 async def _finalize(
@@ -676,6 +672,7 @@ async def expire_now(rt: Runtime, payout_id: str) -> RowMapping:
 
 
 SANDBOX_STATUS_CAUSE = "sandbox: PATCH /payouts/{id}/status"
+SANDBOX_SEND_CAUSE = "sandbox: PATCH /payouts/{id}/status (sent first)"
 
 _TARGET_STATE = {
     Status.COMPLETED: State.COMPLETED,
@@ -698,7 +695,7 @@ async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
     async with rt.engine.begin() as conn:
         if current == State.RESERVED and target == State.COMPLETED:
             sending = await _transition(
-                conn, payout_id, current, State.IN_FLIGHT, now, cause=SANDBOX_STATUS_CAUSE
+                conn, payout_id, current, State.IN_FLIGHT, now, cause=SANDBOX_SEND_CAUSE
             )
             if sending is None:
                 raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
