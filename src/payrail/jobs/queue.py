@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from payrail.db.tables import jobs
@@ -56,7 +56,8 @@ async def enqueue(
     """Insert a job in the caller's transaction. With leased_by, the caller runs it first."""
     job_id = job_id or str(uuid.uuid4())
     await conn.execute(
-        insert(jobs).values(
+        insert(jobs),
+        dict(
             id=job_id,
             kind=kind,
             payload=json.dumps(payload),
@@ -68,7 +69,7 @@ async def enqueue(
             locked_by=leased_by,
             created_at=now_ms,
             updated_at=now_ms,
-        )
+        ),
     )
     return job_id
 
@@ -107,12 +108,15 @@ async def claim(
         return [Job(r.id, r.kind, json.loads(r.payload), r.attempts, r.max_attempts) for r in rows]
 
 
+_COMPLETE = (
+    update(jobs)
+    .where(J.id == bindparam("b_id"))
+    .values(state="done", lease_until=None, locked_by=None, updated_at=bindparam("b_now"))
+)
+
+
 async def complete(conn: AsyncConnection, job_id: str, now_ms: int) -> None:
-    await conn.execute(
-        update(jobs)
-        .where(J.id == job_id)
-        .values(state="done", lease_until=None, locked_by=None, updated_at=now_ms)
-    )
+    await conn.execute(_COMPLETE, {"b_id": job_id, "b_now": now_ms})
 
 
 async def reschedule(

@@ -9,11 +9,13 @@ credited accounts sorted by id. One order everywhere means no deadlocks between 
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import BigInteger, and_, case, insert, literal, null, select, update
+from sqlalchemy import BigInteger, String, bindparam, case, insert, literal, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -105,18 +107,29 @@ def _available() -> object:
 
 async def _debit(conn: AsyncConnection, account_id: str, amount: int, *, pending: bool) -> None:
     """Debit with the balance check in the same statement: no read-then-write window."""
-    column = "debits_pending" if pending else "debits_posted"
-    result = await conn.execute(
-        update(accounts)
-        .where(and_(A.id == account_id, (A.allow_negative | (_available() >= amount))))
-        .values({column: getattr(A, column) + amount})
-    )
+    statement = _DEBIT_PENDING if pending else _DEBIT_POSTED
+    result = await conn.execute(statement, {"b_id": account_id, "b_amount": amount})
     if result.rowcount == 1:
         return
     current = await balance(conn, account_id)
     if current is None:
         raise LedgerError(f"unknown account {account_id}")
     raise InsufficientFunds(account_id, current.available, amount)
+
+
+def _debit_statement(column: str) -> Any:
+    amount = bindparam("b_amount", type_=BigInteger)
+    return (
+        update(accounts)
+        .where(A.id == bindparam("b_id"), A.allow_negative | (_available() >= amount))
+        .values({column: getattr(A, column) + amount})
+    )
+
+
+# The hot statements are built once; their values are execute parameters, so a payout pays
+# for no expression building or cache-key walk.
+_DEBIT_PENDING = _debit_statement("debits_pending")
+_DEBIT_POSTED = _debit_statement("debits_posted")
 
 
 async def _credit(conn: AsyncConnection, amounts: dict[str, int], *, pending: bool) -> None:
@@ -132,25 +145,34 @@ async def _add(conn: AsyncConnection, deltas: dict[str, dict[str, int]]) -> None
     stays the ledger's one order however the planner scans the table.
     """
     ids = sorted({account_id for amounts in deltas.values() for account_id in amounts})
-    if len(ids) == 1:
-        (account_id,) = ids
-        values = {c: getattr(A, c) + amounts[account_id] for c, amounts in deltas.items()}
-        where = A.id == account_id
-    else:
-        values = {
-            c: getattr(A, c)
-            + case(
-                {a: literal(v, BigInteger) for a, v in amounts.items()},
-                value=A.id,
-                else_=literal(0, BigInteger),
-            )
-            for c, amounts in deltas.items()
-        }
-        locked = select(A.id).where(A.id.in_(ids)).order_by(A.id).with_for_update()
-        where = A.id.in_(locked.scalar_subquery())
-    result = await conn.execute(update(accounts).where(where).values(values))
+    columns = tuple(deltas)
+    params: dict[str, Any] = {f"b_id{i}": account_id for i, account_id in enumerate(ids)}
+    for c, amounts in deltas.items():
+        params |= {f"b_{c}{i}": amounts.get(account_id, 0) for i, account_id in enumerate(ids)}
+    result = await conn.execute(_add_statement(columns, len(ids)), params)
     if result.rowcount != len(ids):
         raise LedgerError(f"unknown account among {ids}")
+
+
+@functools.cache
+def _add_statement(columns: tuple[str, ...], n: int) -> Any:
+    """The UPDATE of `_add` for these columns and n accounts, built once per shape."""
+    ids = [bindparam(f"b_id{i}") for i in range(n)]
+
+    def delta(c: str) -> Any:
+        if n == 1:
+            return bindparam(f"b_{c}0", type_=BigInteger)
+        return case(
+            *((A.id == ids[i], bindparam(f"b_{c}{i}", type_=BigInteger)) for i in range(n)),
+            else_=literal(0, BigInteger),
+        )
+
+    if n == 1:
+        where = A.id == ids[0]
+    else:
+        locked = select(A.id).where(A.id.in_(ids)).order_by(A.id).with_for_update()
+        where = A.id.in_(locked.scalar_subquery())
+    return update(accounts).where(where).values({c: getattr(A, c) + delta(c) for c in columns})
 
 
 def _credits_by_account(items: Iterable[Transfer]) -> dict[str, int]:
@@ -171,7 +193,7 @@ async def transfer(conn: AsyncConnection, t: Transfer, now_ms: int) -> None:
     """A single-phase transfer, posted at once (funding)."""
     await _debit(conn, t.debit_account_id, t.amount, pending=False)
     await _credit(conn, {t.credit_account_id: t.amount}, pending=False)
-    await conn.execute(insert(transfers).values(_row(t, "single", None, None, now_ms)))
+    await conn.execute(insert(transfers), _row(t, "single", None, None, now_ms))
 
 
 async def reserve(
@@ -199,20 +221,42 @@ async def void(conn: AsyncConnection, pending_ids: Sequence[str], now_ms: int) -
 async def _resolve(
     conn: AsyncConnection, pending_ids: Sequence[str], kind: str, now_ms: int
 ) -> None:
-    T = transfers.c
     # One statement copies the pending transfers into their resolutions and hands back what
     # was resolved. The unique pending_id refuses a second resolution even if a caller's guard
     # failed; the caller's transaction then rolls back whole.
+    params = {"b_ids": list(pending_ids), "b_suffix": f":{kind}", "b_kind": kind, "b_now": now_ms}
+    try:
+        rows = (await conn.execute(_RESOLVE, params)).all()
+    except IntegrityError:
+        raise AlreadyResolved(f"{kind}: already resolved: {sorted(pending_ids)}") from None
+    if len(rows) != len(pending_ids):
+        raise LedgerError(f"not pending transfers: {sorted(pending_ids)}")
+    pending = [Transfer("", r.debit_account_id, r.credit_account_id, r.amount) for r in rows]
+    debit_id = _single_debit_account(pending)
+    total = sum(t.amount for t in pending)
+    debit_values = {"debits_pending": -total}
+    if kind == "post":
+        debit_values["debits_posted"] = total
+    credits = _credits_by_account(pending)
+    credit_deltas = {"credits_pending": {a: -amount for a, amount in credits.items()}}
+    if kind == "post":
+        credit_deltas["credits_posted"] = credits
+    await _add(conn, {c: {debit_id: v} for c, v in debit_values.items()})
+    await _add(conn, credit_deltas)
+
+
+def _resolve_statement() -> Any:
+    T = transfers.c
     resolving = select(
-        T.id + literal(f":{kind}"),
+        T.id + bindparam("b_suffix", type_=String),
         T.debit_account_id,
         T.credit_account_id,
         T.amount,
         T.id,
-        literal(kind),
+        bindparam("b_kind", type_=String),
         null(),
-        literal(now_ms, BigInteger),
-    ).where(T.id.in_(pending_ids), T.kind == "pending")
+        bindparam("b_now", type_=BigInteger),
+    ).where(T.id.in_(bindparam("b_ids", expanding=True)), T.kind == "pending")
     columns = [
         "id",
         "debit_account_id",
@@ -223,30 +267,14 @@ async def _resolve(
         "timeout_at",
         "created_at",
     ]
-    try:
-        rows = (
-            await conn.execute(
-                insert(transfers)
-                .from_select(columns, resolving)
-                .returning(T.debit_account_id, T.credit_account_id, T.amount)
-            )
-        ).all()
-    except IntegrityError:
-        raise AlreadyResolved(f"{kind}: already resolved: {sorted(pending_ids)}") from None
-    if len(rows) != len(pending_ids):
-        raise LedgerError(f"not pending transfers: {sorted(pending_ids)}")
-    pending = [Transfer("", r.debit_account_id, r.credit_account_id, r.amount) for r in rows]
-    debit_id = _single_debit_account(pending)
-    total = sum(t.amount for t in pending)
-    debit_values = {"debits_pending": A.debits_pending - total}
-    if kind == "post":
-        debit_values["debits_posted"] = A.debits_posted + total
-    await conn.execute(update(accounts).where(A.id == debit_id).values(debit_values))
-    credits = _credits_by_account(pending)
-    credit_deltas = {"credits_pending": {a: -amount for a, amount in credits.items()}}
-    if kind == "post":
-        credit_deltas["credits_posted"] = credits
-    await _add(conn, credit_deltas)
+    return (
+        insert(transfers)
+        .from_select(columns, resolving)
+        .returning(T.debit_account_id, T.credit_account_id, T.amount)
+    )
+
+
+_RESOLVE = _resolve_statement()
 
 
 def _row(

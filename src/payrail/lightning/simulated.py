@@ -82,7 +82,8 @@ class SimulatedNode:
         try:
             async with single_statement(self._engine) as conn:
                 await conn.execute(
-                    insert(sim_node_payments).values(
+                    insert(sim_node_payments),
+                    dict(
                         payment_id=payment_id,
                         destination=destination,
                         amount=amount_sats,
@@ -92,7 +93,7 @@ class SimulatedNode:
                         attempts=1,
                         created_at=now,
                         updated_at=now,
-                    )
+                    ),
                 )
         except IntegrityError:
             return False

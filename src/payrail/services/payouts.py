@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, false, insert, or_, select, update
+from sqlalchemy import and_, bindparam, false, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
@@ -284,7 +284,8 @@ async def _reserve(rt: Runtime, req: PayoutRequest, path: str = "inline") -> str
         # The payout row first: a same-key race fails here (unique index), before any lock on
         # the shared system accounts is taken.
         await conn.execute(
-            insert(payouts).values(
+            insert(payouts),
+            dict(
                 id=payout_id,
                 project_id=req.project_id,
                 gamertag=req.gamertag,
@@ -303,7 +304,7 @@ async def _reserve(rt: Runtime, req: PayoutRequest, path: str = "inline") -> str
                 updated_at=now,
                 settle_path=path,
                 state_cause="api: payout created",  # the audit trigger records it
-            )
+            ),
         )
         await queue.enqueue(
             conn,
@@ -446,7 +447,7 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
             State.RESERVED,
             State.IN_FLIGHT,
             now,
-            P.expires_at > now,
+            unexpired_at=now,
             cause="saga: sent to the node",
         )
     if sending is not None:
@@ -574,24 +575,39 @@ async def _transition(
     current: State,
     target: State,
     now: int,
-    *conditions: Any,
+    *,
     cause: str,
+    unexpired_at: int | None = None,
     **values: Any,
 ) -> RowMapping | None:
     """The guarded state change: legal by the table, and only from `current`; audited.
 
     Returns the updated row, or None when the payout was not in `current` (someone else won).
+    With unexpired_at, only a payout whose expires_at is later than it changes.
     One statement: the database's audit trigger writes the payout_events row from the cause
     set here, only when the state really changed (migration 0005).
     """
     check_transition(current, target)
+    statement, params = _TRANSITION, {"b_id": payout_id, "b_from": current.value}
+    if unexpired_at is not None:
+        statement, params["b_unexpired_at"] = _TRANSITION_UNEXPIRED, unexpired_at
     result = await conn.execute(
-        update(payouts)
-        .where(P.id == payout_id, P.state == current.value, *conditions)
-        .values(state=target.value, updated_at=now, state_cause=audit.cause_text(cause), **values)
-        .returning(*payouts.c)
+        statement,
+        params
+        | {"state": target.value, "updated_at": now, "state_cause": audit.cause_text(cause)}
+        | values,
     )
     return result.mappings().first()
+
+
+# Built once: the hot statements carry their values as execute parameters (the SET columns
+# are the parameter keys), so no per-call expression building or cache-key walk.
+_TRANSITION = (
+    update(payouts)
+    .where(P.id == bindparam("b_id"), P.state == bindparam("b_from"))
+    .returning(*payouts.c)
+)
+_TRANSITION_UNEXPIRED = _TRANSITION.where(P.expires_at > bindparam("b_unexpired_at"))
 
 
 async def _finalize(
