@@ -76,7 +76,7 @@ async def _run_job(rt: Runtime, job: queue.Job) -> None:
 
 async def run_once(rt: Runtime) -> int:
     """Claim and run one batch of due jobs, then expire payouts and sweep orders that are due.
-    Returns jobs run."""
+    Returns jobs run plus orders checked (work that may have made more jobs due)."""
     s = rt.settings
     jobs = await queue.claim(
         rt.engine, rt.worker_id, rt.clock.now_ms(), s.lease_ms, s.worker_batch_max
@@ -90,8 +90,8 @@ async def run_once(rt: Runtime) -> int:
 
         await asyncio.gather(*(bounded(j) for j in jobs))
     await payouts.expire_due(rt)
-    await order_events.sweep_due(rt)
-    return len(jobs)
+    checked = await order_events.sweep_due(rt)
+    return len(jobs) + checked
 
 
 async def run_until_idle(rt: Runtime, rounds_max: int = 100) -> int:
