@@ -13,6 +13,8 @@ GOOD_PRODUCTION = {
     "PAYRAIL_LND_URL": "https://127.0.0.1:8080",
     "PAYRAIL_LND_MACAROON_HEX": "ab" * 32,
     "PAYRAIL_LND_PREIMAGE_SECRET": "s" * 32,
+    "PAYRAIL_STRIPE_API_KEY": "sk_live_" + "k" * 24,
+    "PAYRAIL_STRIPE_WEBHOOK_SECRET": "whsec_" + "w" * 32,
 }
 
 
@@ -40,6 +42,10 @@ def test_a_complete_production_configuration_is_accepted():
         ({"PAYRAIL_DATABASE_URL": "sqlite:///x.db"}, "PostgreSQL"),
         ({"PAYRAIL_LND_MACAROON_HEX": ""}, "MACAROON"),
         ({"PAYRAIL_LND_PREIMAGE_SECRET": "short"}, "PREIMAGE_SECRET"),
+        ({"PAYRAIL_STRIPE_BACKEND": "simulator"}, "Stripe simulator"),
+        ({"PAYRAIL_STRIPE_API_KEY": ""}, "PAYRAIL_STRIPE_API_KEY"),
+        ({"PAYRAIL_STRIPE_API_KEY": "sk_test_payrail_sandbox"}, "PAYRAIL_STRIPE_API_KEY"),
+        ({"PAYRAIL_STRIPE_WEBHOOK_SECRET": "not-a-secret"}, "PAYRAIL_STRIPE_WEBHOOK_SECRET"),
     ],
 )
 def test_production_refuses_to_start_on_unsafe_settings(change, complaint):
@@ -47,6 +53,19 @@ def test_production_refuses_to_start_on_unsafe_settings(change, complaint):
     env = {k: v for k, v in env.items() if v != ""}
     with pytest.raises(UnsafeSettings, match=complaint):
         Settings.from_env(env)
+
+
+def test_production_talks_to_stripe_and_sandbox_to_its_own_simulator():
+    assert Settings.from_env(GOOD_PRODUCTION).stripe_base_url == "https://api.stripe.com"
+    sandbox = Settings.from_env({"PAYRAIL_PORT": "3100"})
+    assert sandbox.stripe_base_url == "http://127.0.0.1:3100/sim/stripe"
+
+
+def test_the_sweeper_must_wait_longer_than_a_stripe_call():
+    with pytest.raises(UnsafeSettings, match="SWEEP_AFTER"):
+        Settings.from_env(
+            {"PAYRAIL_ORDER_SWEEP_AFTER_MS": "5000", "PAYRAIL_STRIPE_TIMEOUT_MS": "10000"}
+        )
 
 
 def test_lease_must_outlast_a_node_call():

@@ -310,6 +310,7 @@ app.add_typer(flags_app, name="flags")
 
 
 def _run_flags(action):  # type: ignore[no-untyped-def]
+    """Run `action(runtime)` once (flags, jobs, orders commands); a PayrailError exits 1."""
     from payrail.domain.errors import PayrailError
     from payrail.services.runtime import build_runtime
 
@@ -405,6 +406,60 @@ def flags_check() -> None:
     for name, why in _run_flags(flags.evaluate_guards):
         console.print(f"[yellow]{name} turned off[/yellow]: {why}")
     console.print("guards checked")
+
+
+jobs_app = typer.Typer(help="The job queue: list jobs (dead ones by default), replay dead ones.")
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    state: str = typer.Option("dead", help="queued | done | dead"),
+    kind: str | None = typer.Option(None, help="e.g. stripe_event, fulfil_order, settle_payout"),
+    limit: int = typer.Option(50, min=1, max=200, help="newest change first, at most this many"),
+) -> None:
+    """List jobs as JSON: kind, payload, attempts, the last error."""
+    import json
+
+    from payrail.jobs import queue
+
+    async def action(rt):  # type: ignore[no-untyped-def]
+        async with rt.engine.connect() as conn:
+            return await queue.list_jobs(conn, state, kind, limit)
+
+    print(json.dumps(_run_flags(action), indent=2))
+
+
+@jobs_app.command("replay")
+def jobs_replay(job_id: str) -> None:
+    """Queue a dead job again with a fresh set of attempts (e.g. stripe_event:evt_…)."""
+    from payrail.jobs import queue
+
+    async def action(rt):  # type: ignore[no-untyped-def]
+        await queue.replay_dead(rt.engine, job_id, rt.clock.now_ms())
+
+    _run_flags(action)
+    console.print(f"[green]job {job_id} queued again[/green]")
+
+
+orders_app = typer.Typer(help="Card payment orders.")
+app.add_typer(orders_app, name="orders")
+
+
+@orders_app.command("sweep")
+def orders_sweep(
+    all_waiting: bool = typer.Option(
+        False, "--all", help="every order waiting on Stripe, not only those past the threshold"
+    ),
+) -> None:
+    """Ask Stripe now about orders stuck in payment_processing/payment_submitted, and apply
+    its answer (the worker does this on its own past PAYRAIL_ORDER_SWEEP_AFTER_MS)."""
+    from payrail.services import order_events
+
+    async def action(rt):  # type: ignore[no-untyped-def]
+        return await order_events.sweep_due(rt, everything=all_waiting)
+
+    console.print(f"checked {_run_flags(action)} orders")
 
 
 @app.command()

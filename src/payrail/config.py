@@ -12,6 +12,11 @@ DEFAULT_DATABASE_URL = "sqlite:///" + str(Path("var") / "payrail.db")
 SANDBOX_PROJECT_ID = "project_test_001"
 SANDBOX_PROJECT_FUNDING_SATS = 100_000
 DEFAULT_SANDBOX_WEBHOOK_SECRET = "whsec_test_sandbox"  # documented: sandbox only
+# The built-in Stripe simulator's credentials (sandbox only; production refuses them).
+DEFAULT_SANDBOX_STRIPE_API_KEY = "sk_test_payrail_sandbox"
+DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET = "whsec_payrail_stripe_sandbox"
+STRIPE_API_BASE = "https://api.stripe.com"
+STRIPE_SIMULATOR_PATH = "/sim/stripe"  # where the sandbox mounts its Stripe simulator
 
 
 class UnsafeSettings(Exception):
@@ -61,6 +66,15 @@ class Settings:
     webhook_secret_grace_s: int = 86_400  # a rotated-out webhook secret keeps signing this long
     sandbox_webhook_secret: str = DEFAULT_SANDBOX_WEBHOOK_SECRET
     callback_allow_hosts: tuple[str, ...] = ()  # hosts/CIDRs exempt from the private-address ban
+    # Card payments (docs/card-payments.md).
+    stripe_backend: str = "simulator"  # simulator | stripe
+    stripe_api_key: str = DEFAULT_SANDBOX_STRIPE_API_KEY
+    stripe_webhook_secret: str = DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET
+    stripe_api_base: str = ""  # empty: the simulator on this server (sandbox) or Stripe's
+    stripe_timeout_ms: int = 10_000  # one call to Stripe; past it the outcome is unknown
+    webhook_attempts_max: int = 8  # an event for an order not ready is retried this many times
+    webhook_retry_base_ms: int = 2_000  # first retry delay; doubles each time
+    order_sweep_after_ms: int = 120_000  # an order this long in processing/submitted is checked
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -110,9 +124,36 @@ class Settings:
                 for h in env.get("PAYRAIL_CALLBACK_ALLOW_HOSTS", "").split(",")
                 if h.strip()
             ),
+            stripe_backend=env.get(
+                "PAYRAIL_STRIPE_BACKEND", "simulator" if mode == "sandbox" else "stripe"
+            ),
+            stripe_api_key=env.get(
+                "PAYRAIL_STRIPE_API_KEY",
+                DEFAULT_SANDBOX_STRIPE_API_KEY if mode == "sandbox" else "",
+            ),
+            stripe_webhook_secret=env.get(
+                "PAYRAIL_STRIPE_WEBHOOK_SECRET",
+                DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET if mode == "sandbox" else "",
+            ),
+            stripe_api_base=env.get("PAYRAIL_STRIPE_API_BASE", ""),
+            stripe_timeout_ms=_int(env, "PAYRAIL_STRIPE_TIMEOUT_MS", 10_000, 100, 120_000),
+            webhook_attempts_max=_int(env, "PAYRAIL_WEBHOOK_ATTEMPTS_MAX", 8, 1, 100),
+            webhook_retry_base_ms=_int(env, "PAYRAIL_WEBHOOK_RETRY_BASE_MS", 2_000, 10, 3_600_000),
+            order_sweep_after_ms=_int(
+                env, "PAYRAIL_ORDER_SWEEP_AFTER_MS", 120_000, 1_000, 86_400_000
+            ),
         )
         settings.check()
         return settings
+
+    @property
+    def stripe_base_url(self) -> str:
+        """Where the stripe library sends its requests: the simulator on this server in sandbox."""
+        if self.stripe_api_base:
+            return self.stripe_api_base.rstrip("/")
+        if self.stripe_backend == "simulator":
+            return f"http://127.0.0.1:{self.port}{STRIPE_SIMULATOR_PATH}"
+        return STRIPE_API_BASE
 
     def check(self) -> None:
         if self.lease_ms <= self.node_timeout_ms:
@@ -125,9 +166,27 @@ class Settings:
                 "PAYRAIL_LEASE_MS must exceed PAYRAIL_CALLBACK_TIMEOUT_MS, or a callback still "
                 "being sent could be sent again by another worker"
             )
+        if self.stripe_backend not in ("simulator", "stripe"):
+            raise UnsafeSettings("PAYRAIL_STRIPE_BACKEND must be simulator or stripe")
+        if self.order_sweep_after_ms <= self.stripe_timeout_ms:
+            raise UnsafeSettings(
+                "PAYRAIL_ORDER_SWEEP_AFTER_MS must exceed PAYRAIL_STRIPE_TIMEOUT_MS, or the "
+                "sweeper could check an order whose Stripe call is still running"
+            )
         if self.mode != "production":
             return
         problems = []
+        if self.stripe_backend == "simulator":
+            problems.append("the Stripe simulator cannot be used in production")
+        if not self.stripe_api_key or self.stripe_api_key == DEFAULT_SANDBOX_STRIPE_API_KEY:
+            problems.append("PAYRAIL_STRIPE_API_KEY must be set to your Stripe secret key")
+        if (
+            not self.stripe_webhook_secret.startswith("whsec_")
+            or self.stripe_webhook_secret == DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET
+        ):
+            problems.append(
+                "PAYRAIL_STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_...)"
+            )
         if self.admin_key == DEFAULT_ADMIN_KEY or len(self.admin_key) < 24:
             problems.append("PAYRAIL_ADMIN_KEY must be set to a secret of 24+ characters")
         if not self.database_url.startswith(("postgresql://", "postgres://")):

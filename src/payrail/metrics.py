@@ -171,6 +171,7 @@ DISCREPANCY_KINDS = (
     "balance-mismatch",
     "state-ledger-mismatch",
     "sent-while-reserved",
+    "completed-not-charged",
 )
 
 

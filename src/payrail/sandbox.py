@@ -29,6 +29,16 @@ class FailureInjection:
     latencyMs: int = 0  # added to every node call
     timeoutMs: int = 200  # how long a timed-out call takes
     ambiguousSettleMs: int = 1_000  # when an ambiguous payment settles at the node
+    # The Stripe simulator (card payments); rates are per create call or per webhook event.
+    cardCreateErrorRate: float = 0.0  # create answers 500 api_error; nothing is created
+    cardCreateTimeoutRate: float = 0.0  # the intent is created, the answer comes too late
+    cardCreateTimeoutMs: int = 30_000  # how late (longer than PAYRAIL_STRIPE_TIMEOUT_MS)
+    webhookBeforeResponseRate: float = 0.0  # the event is delivered before create answers
+    webhookDelayRate: float = 0.0
+    webhookDelayMs: int = 5_000
+    webhookDuplicateRate: float = 0.0  # delivered twice (same event id)
+    webhookReorderRate: float = 0.0  # an intent's events arrive newest first
+    webhookDropRate: float = 0.0  # never delivered: only the sweeper can find the outcome
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

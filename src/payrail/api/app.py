@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,12 +17,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from payrail import __version__, metrics
+from payrail.api import cards
 from payrail.api import errors as api_errors
 from payrail.api.auth import KeyCache, Principal, authenticate
 from payrail.api.errors import envelope, read_json
+from payrail.api.errors import int_param as _int_param
 from payrail.api.limits import BodyLimit
 from payrail.clock import iso
-from payrail.config import Settings
+from payrail.config import STRIPE_SIMULATOR_PATH, Settings
 from payrail.db import migrate
 from payrail.domain import errors
 from payrail.domain.payouts import (
@@ -33,6 +36,7 @@ from payrail.domain.payouts import (
     parse_status,
 )
 from payrail.jobs import worker
+from payrail.psp.simulator import StripeSimulator
 from payrail.services import (
     callback_urls,
     callbacks,
@@ -56,6 +60,7 @@ def create_app(
     rt = runtime or build_runtime(settings)
     keys = KeyCache()
     stop = asyncio.Event()
+    stripe_sim = _stripe_simulator(settings, rt)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +71,8 @@ def create_app(
         background = []
         if settings.run_worker:
             background.append(asyncio.create_task(worker.run_forever(rt, stop)))
+            if stripe_sim is not None:  # tests run without the worker and deliver by hand
+                background.append(asyncio.create_task(stripe_sim.run(stop)))
             if settings.reconcile_interval_s:
                 background.append(
                     asyncio.create_task(
@@ -84,6 +91,8 @@ def create_app(
             stop.set()
             for task in background:
                 await task
+            if stripe_sim is not None:
+                await stripe_sim.aclose()
             if runtime is None:
                 await rt.aclose()
 
@@ -96,6 +105,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.runtime = rt
+    app.state.stripe_sim = stripe_sim
     api_errors.install(app)
 
     async def principal(request: Request) -> Principal:
@@ -106,6 +116,7 @@ def create_app(
             raise errors.NotFound("Test endpoints exist only in sandbox mode.")
 
     api = APIRouter(prefix=API_PREFIX)
+    cards.install(api, rt, principal)
 
     # ------------------------------------------------------------ payouts
 
@@ -386,6 +397,8 @@ def create_app(
         )
 
     app.include_router(api)
+    if stripe_sim is not None:
+        app.include_router(stripe_sim.router(STRIPE_SIMULATOR_PATH))
     app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)
 
     @app.middleware("http")
@@ -423,6 +436,23 @@ def create_app(
     return app
 
 
+def _stripe_simulator(settings: Settings, rt: Runtime) -> StripeSimulator | None:
+    """Sandbox only: the Stripe simulator, served by this app, posting to its webhook."""
+    if not (settings.sandbox and settings.stripe_backend == "simulator"):
+        return None
+    seed = settings.sim_seed if settings.sim_seed is not None else random.randrange(2**32)
+    log.info("stripe_simulator", seed=seed, path=STRIPE_SIMULATOR_PATH)
+    return StripeSimulator(
+        rt.engine,
+        rt.clock,
+        rt.faults,
+        seed,
+        api_key=settings.stripe_api_key,
+        webhook_secret=settings.stripe_webhook_secret,
+        webhook_url=f"http://127.0.0.1:{settings.port}{API_PREFIX}/webhooks/stripe",
+    )
+
+
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 REQUEST_ID_MAX_CHARS = 64
 
@@ -443,18 +473,6 @@ def _actor(given: str | None) -> str:
     if given and len(given) <= 64 and all(c.isalnum() or c in "-_.@" for c in given):
         return given
     return "admin"
-
-
-def _int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise errors.ValidationError(f"{name} must be an integer.", field=name) from None
-    if not low <= value <= high:
-        raise errors.ValidationError(f"{name} must be from {low} to {high}.", field=name)
-    return value
 
 
 def _payout_answer(outcome: payouts.CreateOutcome) -> JSONResponse:

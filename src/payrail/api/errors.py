@@ -21,6 +21,8 @@ HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.DescriptionTooLong: 400,
     errors.InvalidCallbackUrl: 400,
     errors.InvalidStatus: 400,
+    errors.InvalidCurrency: 400,
+    errors.InvalidSignature: 400,
     errors.Unauthorized: 401,
     errors.InsufficientBalance: 402,
     errors.Forbidden: 403,
@@ -29,6 +31,11 @@ HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.ProjectExists: 409,
     errors.InvalidStatusTransition: 409,
     errors.CallbackNotDead: 409,
+    errors.JobNotDead: 409,
+    errors.OrderNotPayable: 409,
+    errors.CardDeclined: 402,
+    errors.ProviderError: 502,
+    errors.ProviderTimeout: 504,
     errors.PayloadTooLarge: 413,
     errors.IdempotencyKeyReused: 422,
     errors.RateLimitExceeded: 429,
@@ -98,3 +105,16 @@ async def read_json(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise errors.ValidationError("The request body is not valid JSON.") from None
+
+
+def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within bounds; anything else is a 400, never a 500."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise errors.ValidationError(f"{name} must be an integer.", field=name) from None
+    if not low <= value <= high:
+        raise errors.ValidationError(f"{name} must be from {low} to {high}.", field=name)
+    return value

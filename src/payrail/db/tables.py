@@ -284,3 +284,124 @@ worker_heartbeats = Table(
     Column("worker_id", String(120), primary_key=True),
     Column("beat_at", BigInteger, nullable=False),
 )
+
+# ---------------------------------------------------------------- card payments (migration 0006)
+
+# An order paid by card. Every status change is a guarded UPDATE (WHERE status = expected)
+# recorded in order_events by the same transaction (services/audit.py).
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # the currency's minor unit
+    Column("currency", String(3), nullable=False),  # ISO 4217, lowercase
+    Column("customer_id", String(255), nullable=True),
+    Column("metadata", Text, nullable=True),  # JSON object of strings
+    Column("status", String(32), nullable=False),
+    Column("payment_method", String(255), nullable=True),
+    # The key the current attempt was created with at the provider: stored before the call,
+    # so a crash after it can be resolved by asking again with the same key.
+    Column("provider_idempotency_key", String(255), nullable=True),
+    Column("payment_intent_id", String(255), nullable=True, unique=True),
+    Column("pay_attempts", Integer, nullable=False, default=0),
+    Column("failure_code", String(32), nullable=True),
+    Column("failure_reason", Text, nullable=True),
+    # When the sweeper next asks the provider about an order waiting on it (None: never).
+    Column("check_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("completed_at", BigInteger, nullable=True),
+    Column("fulfilled_at", BigInteger, nullable=True),
+    CheckConstraint("amount > 0", name="positive_amount"),
+    Index("ix_orders_list", "project_id", "created_at", "id"),
+    Index("ix_orders_check", "status", "check_at"),
+)
+
+# One row per pay request (order, Idempotency-Key): a retry with the key answers its outcome.
+order_pay_requests = Table(
+    "order_pay_requests",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(16), nullable=True),  # None while the provider is asked
+    Column("error_code", String(32), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# The payment log: one row per completed order, written with the ledger transfer.
+order_payments = Table(
+    "order_payments",
+    metadata,
+    Column("order_id", String(64), primary_key=True),  # completed at most once
+    Column("payment_intent_id", String(255), nullable=False, unique=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("transfer_id", String(120), nullable=False, unique=True),
+    Column("cause", String(120), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# Provider webhook events, stored once (the provider's event id is the key) before 200.
+provider_events = Table(
+    "provider_events",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("provider", String(16), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("order_id", String(64), nullable=True),
+    Column("payment_intent_id", String(255), nullable=True),
+    Column("payload", Text, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    Column("processed_at", BigInteger, nullable=True),
+    Column("outcome", String(24), nullable=True),  # applied | ignored | illegal_transition
+    Index("ix_provider_events_order", "order_id", "received_at"),
+)
+
+# The Stripe simulator's own records (sandbox), written in its own transactions, never in
+# payrail's, as Stripe's database would be.
+sim_stripe_intents = Table(
+    "sim_stripe_intents",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("payment_method", String(255), nullable=True),
+    Column("metadata", Text, nullable=False),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),  # epoch seconds, as Stripe's `created`
+    Index("ix_sim_stripe_intents_created", "created_at", "id"),
+)
+
+# Stripe's idempotency record: the first answer for a key, replayed for the same parameters.
+sim_stripe_requests = Table(
+    "sim_stripe_requests",
+    metadata,
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# The simulator's webhook outbox: each delivery is a row, so faults (delay, duplicate,
+# reorder, drop) are decided once and survive restarts.
+sim_stripe_deliveries = Table(
+    "sim_stripe_deliveries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("event_id", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    # pending | sending | sent | dropped | failed; one left 'sending' by a crash is lost, as a
+    # dropped webhook is: payrail's sweeper finds the outcome without it.
+    Column("state", String(12), nullable=False),
+    Column("deliver_at", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_sim_stripe_deliveries_due", "state", "deliver_at"),
+)

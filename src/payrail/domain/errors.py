@@ -100,3 +100,47 @@ class ServiceUnavailable(PayrailError):
 
 class FlagNotFound(NotFound):
     code = "FLAG_NOT_FOUND"
+
+
+class InvalidCurrency(PayrailError):
+    code = "INVALID_CURRENCY"
+
+
+class OrderNotFound(NotFound):
+    code = "ORDER_NOT_FOUND"
+
+
+class JobNotFound(NotFound):
+    code = "JOB_NOT_FOUND"
+
+
+class JobNotDead(PayrailError):
+    """Only a dead job can be replayed; a queued one is still being retried."""
+
+    code = "JOB_NOT_DEAD"
+
+
+class OrderNotPayable(PayrailError):
+    """The order is being paid, or was paid: a second charge is refused, not attempted."""
+
+    code = "ORDER_NOT_PAYABLE"
+
+
+class CardDeclined(PayrailError):
+    code = "CARD_DECLINED"
+
+
+class ProviderError(PayrailError):
+    """The provider answered with an error: nothing was charged (the order is payment_failed)."""
+
+    code = "PROVIDER_ERROR"
+
+
+class ProviderTimeout(PayrailError):
+    """The provider did not answer: the outcome is unknown until payrail asks again."""
+
+    code = "PROVIDER_TIMEOUT"
+
+
+class InvalidSignature(PayrailError):
+    code = "INVALID_SIGNATURE"

@@ -17,6 +17,7 @@ from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from payrail.db.tables import jobs
+from payrail.domain import errors
 
 J = jobs.c
 
@@ -26,9 +27,15 @@ BACKOFF_CAP_MS = 60_000
 LAST_ERROR_MAX_CHARS = 2_000
 
 
-def backoff_ms(attempt: int, rng: random.Random | None = None) -> int:
+def backoff_ms(
+    attempt: int,
+    rng: random.Random | None = None,
+    *,
+    base_ms: int = BACKOFF_BASE_MS,
+    cap_ms: int = BACKOFF_CAP_MS,
+) -> int:
     """Exponential backoff with full jitter on the upper half: the one retry schedule."""
-    ceiling = min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** max(0, attempt - 1))
+    ceiling = min(cap_ms, base_ms * 2 ** max(0, attempt - 1))
     return ceiling // 2 + (rng or random).randint(0, ceiling // 2)
 
 
@@ -163,3 +170,41 @@ async def replay(conn: AsyncConnection, job_id: str, now_ms: int) -> bool:
         .values(state="queued", attempts=0, run_at=now_ms, last_error=None, updated_at=now_ms)
     )
     return result.rowcount == 1
+
+
+async def replay_dead(engine: AsyncEngine, job_id: str, now_ms: int) -> None:
+    """Operators (API, CLI): a dead job runs again once its cause is fixed; a live one is 409."""
+    async with engine.begin() as conn:
+        if await replay(conn, job_id, now_ms):
+            return
+        state = await conn.scalar(select(J.state).where(J.id == job_id))
+    if state is None:
+        raise errors.JobNotFound(f"No job with id {job_id}.")
+    raise errors.JobNotDead(f"Job {job_id} is {state}: only a dead job can be replayed.")
+
+
+JOBS_LIST_MAX = 200
+
+
+async def list_jobs(
+    conn: AsyncConnection, state: str, kind: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Jobs in a state (operators: the dead ones), newest change first."""
+    query = select(jobs).where(J.state == state).order_by(J.updated_at.desc(), J.id)
+    if kind is not None:
+        query = query.where(J.kind == kind)
+    rows = await conn.execute(query.limit(min(limit, JOBS_LIST_MAX)))
+    return [
+        {
+            "id": r["id"],
+            "kind": r["kind"],
+            "state": r["state"],
+            "payload": json.loads(r["payload"]),
+            "attempts": r["attempts"],
+            "maxAttempts": r["max_attempts"],
+            "lastError": r["last_error"],
+            "runAt": r["run_at"],
+            "updatedAt": r["updated_at"],
+        }
+        for r in rows.mappings()
+    ]

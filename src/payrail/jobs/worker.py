@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from sqlalchemy import delete
@@ -15,7 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from payrail import metrics
 from payrail.db.tables import worker_heartbeats
 from payrail.jobs import queue
-from payrail.services import callbacks, payouts
+from payrail.services import callbacks, order_events, payouts
 from payrail.services.runtime import Runtime, SimulatedCrash, wait_or_stop
 
 log = structlog.get_logger("payrail.worker")
@@ -23,23 +22,27 @@ log = structlog.get_logger("payrail.worker")
 HEARTBEAT_INTERVAL_MS = 5_000  # /ready presumes a worker dead after 30 s without a beat
 HEARTBEAT_KEPT_MS = 86_400_000  # rows of workers gone longer than this are deleted
 
-Handler = Callable[[Runtime, dict[str, Any]], Awaitable[None]]
+Handler = Callable[[Runtime, queue.Job], Awaitable[None]]
 
 
-async def _settle(rt: Runtime, payload: dict[str, Any]) -> None:
-    await payouts.settle_payout(rt, payload["payoutId"], job_leased=True)
+async def _settle(rt: Runtime, job: queue.Job) -> None:
+    await payouts.settle_payout(rt, job.payload["payoutId"], job_leased=True)
 
 
-async def _deliver(rt: Runtime, payload: dict[str, Any]) -> None:
-    await callbacks.deliver(rt, payload["callbackId"])
+async def _deliver(rt: Runtime, job: queue.Job) -> None:
+    await callbacks.deliver(rt, job.payload["callbackId"])
 
 
 # These finish (or reschedule) their job row in their own transaction, with their outcome.
-SELF_COMPLETING = frozenset({payouts.SETTLE_JOB, callbacks.CALLBACK_JOB})
+SELF_COMPLETING = frozenset(
+    {payouts.SETTLE_JOB, callbacks.CALLBACK_JOB, order_events.EVENT_JOB, order_events.FULFIL_JOB}
+)
 
 HANDLERS: dict[str, Handler] = {
     payouts.SETTLE_JOB: _settle,
     callbacks.CALLBACK_JOB: _deliver,
+    order_events.EVENT_JOB: order_events.process_event,
+    order_events.FULFIL_JOB: order_events.fulfil,
 }
 
 
@@ -48,7 +51,7 @@ async def _run_job(rt: Runtime, job: queue.Job) -> None:
     try:
         if handler is None:
             raise LookupError(f"no handler for job kind {job.kind!r}")
-        await handler(rt, job.payload)
+        await handler(rt, job)
         if job.kind not in SELF_COMPLETING:
             async with rt.engine.begin() as conn:
                 await queue.complete(conn, job.id, rt.clock.now_ms())
@@ -72,7 +75,8 @@ async def _run_job(rt: Runtime, job: queue.Job) -> None:
 
 
 async def run_once(rt: Runtime) -> int:
-    """Claim and run one batch of due jobs, then expire what is due. Returns jobs run."""
+    """Claim and run one batch of due jobs, then expire payouts and sweep orders that are due.
+    Returns jobs run plus orders checked (work that may have made more jobs due)."""
     s = rt.settings
     jobs = await queue.claim(
         rt.engine, rt.worker_id, rt.clock.now_ms(), s.lease_ms, s.worker_batch_max
@@ -86,7 +90,8 @@ async def run_once(rt: Runtime) -> int:
 
         await asyncio.gather(*(bounded(j) for j in jobs))
     await payouts.expire_due(rt)
-    return len(jobs)
+    checked = await order_events.sweep_due(rt)
+    return len(jobs) + checked
 
 
 async def run_until_idle(rt: Runtime, rounds_max: int = 100) -> int:

@@ -19,6 +19,8 @@ class Code(IntEnum):
     PROJECT = 100  # a studio's funds (liability)
     FEES = 200  # payrail's 2% service fee revenue
     LIGHTNING_OUTBOUND = 300  # clearing: sats that left over Lightning
+    PROVIDER_CLEARING = 400  # card pay-ins: what the provider collected for us, per currency
+    MERCHANT_REVENUE = 500  # card pay-ins: a project's revenue, per currency
     FUNDING = 900  # the outside world that funds projects; may go negative
 
 
@@ -54,3 +56,22 @@ SYSTEM_ACCOUNTS: dict[str, tuple[Code, bool]] = {
 
 def project_account(project_id: str) -> str:
     return f"project:{project_id}"
+
+
+# Card pay-ins. Each currency has its own pair of accounts, so no sum ever mixes currencies.
+# The clearing account is the provider's side (external, may go negative, like FUNDING).
+PROVIDER_CLEARING_PREFIX = "sys:provider_clearing"
+MERCHANT_REVENUE_PREFIX = "revenue"
+
+
+def provider_clearing(currency: str) -> str:
+    return f"{PROVIDER_CLEARING_PREFIX}:{currency}"
+
+
+def merchant_revenue(project_id: str, currency: str) -> str:
+    return f"{MERCHANT_REVENUE_PREFIX}:{project_id}:{currency}"
+
+
+def order_transfer_id(order_id: str) -> str:
+    """The one ledger transfer of a completed order; its primary key refuses a second."""
+    return f"order:{order_id}"

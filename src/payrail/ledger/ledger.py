@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import BigInteger, String, bindparam, case, insert, literal, null, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -62,23 +64,30 @@ class Balance:
 
 
 async def ensure_account(
-    conn: AsyncConnection, account_id: str, code: int, now_ms: int, allow_negative: bool = False
+    conn: AsyncConnection,
+    account_id: str,
+    code: int,
+    now_ms: int,
+    allow_negative: bool = False,
+    currency: str = CURRENCY_SATS,
 ) -> None:
-    exists = await conn.scalar(select(A.id).where(A.id == account_id))
-    if exists is None:
-        await conn.execute(
-            insert(accounts).values(
-                id=account_id,
-                code=int(code),
-                currency=CURRENCY_SATS,
-                debits_pending=0,
-                debits_posted=0,
-                credits_pending=0,
-                credits_posted=0,
-                allow_negative=allow_negative,
-                created_at=now_ms,
-            )
+    """Create the account unless it exists; concurrent callers are fine (ON CONFLICT)."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    await conn.execute(
+        dialect_insert(accounts)
+        .values(
+            id=account_id,
+            code=int(code),
+            currency=currency,
+            debits_pending=0,
+            debits_posted=0,
+            credits_pending=0,
+            credits_posted=0,
+            allow_negative=allow_negative,
+            created_at=now_ms,
         )
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
 
 
 async def ensure_system_accounts(conn: AsyncConnection, now_ms: int) -> None:

@@ -5,7 +5,7 @@ dead deliveries, flags), so these gauges are read from it on each scrape instead
 kept in one process's memory. Each is a small GROUP BY over an indexed column, bounded by
 a timeout; a scrape whose queries fail still answers, with payrail_scrape_db_ok 0.
 
-Other modules add their own with `register_db_gauge` (the orders branch: orders by status).
+Other modules add their own with `register_db_gauge`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from payrail.db.tables import (
     callbacks,
     feature_flags,
     jobs,
-    metadata,
+    orders,
     payouts,
     worker_heartbeats,
 )
+from payrail.domain.orders import OrderStatus
 from payrail.domain.payouts import State
 from payrail.services.runtime import Runtime
 
@@ -200,15 +201,10 @@ async def _workers(conn: AsyncConnection, now_ms: int) -> Samples:
     "payrail_orders", "Orders by status (the order state machine's names).", ("status",)
 )
 async def _orders(conn: AsyncConnection, now_ms: int) -> Samples:
-    """Counts the `orders` table once the orders branch defines it in db/tables.py."""
-    table = metadata.tables.get("orders")
-    if table is None:
-        return []
-    column = table.c.get("status")
-    if column is None:
-        column = table.c.state
-    rows = await conn.execute(select(column, func.count()).group_by(column))
-    return [((str(status),), float(n)) for status, n in rows]
+    """Every status, 0 included, so an alert on one never sees a series vanish."""
+    rows = await conn.execute(select(orders.c.status, func.count()).group_by(orders.c.status))
+    found = {str(status): int(n) for status, n in rows}
+    return [((s.value,), float(found.get(s.value, 0))) for s in OrderStatus]
 
 
 # ---------------------------------------------------------------- exposition

@@ -13,7 +13,8 @@ from typing import Any
 import structlog
 from sqlalchemy import func, select
 
-from payrail.db.tables import accounts, payouts, transfers
+from payrail.db.tables import accounts, order_events, order_payments, orders, payouts, transfers
+from payrail.domain.orders import AWAITING_PROVIDER, CHARGED, OrderStatus
 from payrail.domain.payouts import State
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
@@ -23,6 +24,7 @@ from payrail.services.runtime import Runtime, wait_or_stop
 
 log = structlog.get_logger("payrail.reconcile")
 NODE_QUERIES_CONCURRENT_MAX = 16
+PROVIDER_INTENTS_MAX = 100_000  # one reconciliation reads at most this many Stripe intents
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Discrepancy:
 class Report:
     discrepancies: list[Discrepancy]
     payouts_checked: int
+    orders_checked: int = 0
 
     @property
     def clean(self) -> bool:
@@ -170,13 +173,144 @@ async def reconcile(rt: Runtime) -> Report:
                     shown - expected,
                 )
             )
-    return Report(found, len(rows))
+    orders_checked = await _check_orders(rt, found)
+    return Report(found, len(rows), orders_checked)
+
+
+async def _check_orders(rt: Runtime, found: list[Discrepancy]) -> int:
+    """Invariant 5: an order is charged at most once at the provider and completed at most
+    once, with one payment log row and one ledger posting; no charge without its order."""
+    T = transfers.c
+    async with rt.engine.connect() as conn:
+        rows = {r["id"]: r for r in (await conn.execute(select(orders))).mappings()}
+        if not rows:
+            return 0
+        logged = _counts(await conn.execute(select(order_payments.c.order_id)))
+        completions = _counts(
+            await conn.execute(
+                select(order_events.c.order_id).where(
+                    order_events.c.to_status == OrderStatus.COMPLETE.value
+                )
+            )
+        )
+        postings = list(
+            await conn.execute(
+                select(T.id, T.amount, T.credit_account_id)
+                .join(accounts, accounts.c.id == T.credit_account_id)
+                .where(accounts.c.code == int(acct.Code.MERCHANT_REVENUE))
+            )
+        )
+        revenue = {
+            r.id: int(r.credits_posted)
+            for r in await conn.execute(
+                select(accounts.c.id, accounts.c.credits_posted).where(
+                    accounts.c.code == int(acct.Code.MERCHANT_REVENUE)
+                )
+            )
+        }
+        by_currency = await conn.execute(
+            select(
+                accounts.c.currency,
+                func.sum(accounts.c.credits_posted - accounts.c.debits_posted).label("net"),
+            ).group_by(accounts.c.currency)
+        )
+        for currency, net in by_currency:
+            if int(net) != 0:
+                found.append(Discrepancy("imbalance", f"{currency}: credits − debits = {net}"))
+    posted = _counts([(t.id.removeprefix(acct.order_transfer_id("")),) for t in postings])
+    expected_revenue: dict[str, int] = defaultdict(int)
+    for order_id, row in rows.items():
+        charged = OrderStatus(row["status"]) in CHARGED
+        if charged:
+            account = acct.merchant_revenue(row["project_id"], row["currency"])
+            expected_revenue[account] += row["amount"]
+        twice = max(logged.get(order_id, 0), completions.get(order_id, 0), posted.get(order_id, 0))
+        if twice > 1:
+            found.append(Discrepancy("double-payment", "order completed twice", [order_id], twice))
+        booked = logged.get(order_id, 0) >= 1 and posted.get(order_id, 0) >= 1
+        if charged != booked:
+            found.append(
+                Discrepancy(
+                    "state-ledger-mismatch",
+                    f"order {row['status']}: payment log/ledger posting "
+                    f"{'missing' if charged else 'present'}",
+                    [order_id],
+                )
+            )
+    for transfer in postings:
+        if transfer.id.removeprefix(acct.order_transfer_id("")) not in rows:
+            found.append(
+                Discrepancy("orphaned-charge", "revenue posting with no order", [transfer.id])
+            )
+    for account_id, credited in revenue.items():
+        if credited != expected_revenue.get(account_id, 0):
+            shown, expected = credited, expected_revenue.get(account_id, 0)
+            found.append(
+                Discrepancy(
+                    "balance-mismatch",
+                    f"{account_id}: credited {shown}, completed orders {expected}",
+                    [account_id],
+                    shown - expected,
+                )
+            )
+    await _check_provider_charges(rt, rows, found)
+    return len(rows)
+
+
+def _counts(rows: Any) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for (key,) in rows:
+        counts[key] += 1
+    return dict(counts)
+
+
+async def _check_provider_charges(
+    rt: Runtime, rows: dict[str, Any], found: list[Discrepancy]
+) -> None:
+    """Stripe's record against ours: each succeeded intent belongs to a completed order."""
+    since_s = min(r["created_at"] for r in rows.values()) // 1000
+    intents = await rt.provider.list_intents(since_s, PROVIDER_INTENTS_MAX)
+    succeeded: dict[str, list[str]] = defaultdict(list)
+    for intent in intents:
+        if intent.status == "succeeded" and intent.order_id is not None:
+            succeeded[intent.order_id].append(intent.id)
+    for order_id, intent_ids in succeeded.items():
+        row = rows.get(order_id)
+        if len(intent_ids) > 1:
+            found.append(
+                Discrepancy("double-payment", "charged more than once", [order_id, *intent_ids])
+            )
+        if row is None or OrderStatus(row["status"]) in AWAITING_PROVIDER:
+            continue  # not ours, or still being resolved (the sweeper will apply it)
+        for intent_id in intent_ids:
+            if OrderStatus(row["status"]) not in CHARGED or row["payment_intent_id"] != intent_id:
+                found.append(
+                    Discrepancy(
+                        "orphaned-charge",
+                        f"Stripe charged {intent_id}; the order is {row['status']}",
+                        [order_id, intent_id],
+                        row["amount"],
+                    )
+                )
+    for order_id, row in rows.items():
+        if OrderStatus(row["status"]) in CHARGED and row["payment_intent_id"] not in (
+            succeeded.get(order_id) or []
+        ):
+            found.append(
+                Discrepancy(
+                    "completed-not-charged",
+                    "order completed; Stripe has no succeeded intent for it",
+                    [order_id],
+                    row["amount"],
+                )
+            )
 
 
 def report_dict(report: Report) -> dict[str, Any]:
     return {
         "clean": report.clean,
         "payoutsChecked": report.payouts_checked,
+        "ordersChecked": report.orders_checked,
         "counts": report.kinds(),
         "discrepancies": [d.to_dict() for d in report.discrepancies],
     }

@@ -20,6 +20,7 @@ from payrail.clock import Clock, SystemClock
 from payrail.config import Settings
 from payrail.db.engine import make_engine
 from payrail.lightning.backend import LightningBackend
+from payrail.psp.provider import PaymentProvider
 from payrail.sandbox import FaultStore
 
 log = structlog.get_logger("payrail")
@@ -62,6 +63,7 @@ class Runtime:
     node: LightningBackend
     faults: FaultStore
     worker_id: str
+    provider: PaymentProvider
     crashpoints: set[str] = field(default_factory=set)
     # Per-process state of services/flags.py: its short cache and the recent lock timeouts
     # one of its rollback guards counts.
@@ -97,6 +99,7 @@ class Runtime:
     async def aclose(self) -> None:
         await self.drain()
         await self.node.aclose()
+        await self.provider.aclose()
         await self.engine.dispose()
 
 
@@ -116,13 +119,29 @@ def build_runtime(
     clock: Clock | None = None,
     node: LightningBackend | None = None,
     engine: AsyncEngine | None = None,
+    provider: PaymentProvider | None = None,
 ) -> Runtime:
     clock = clock or SystemClock()
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     faults = FaultStore(engine, clock)
     if node is None:
         node = _make_node(settings, engine, clock, faults)
-    return Runtime(settings, engine, clock, node, faults, new_worker_id())
+    if provider is None:
+        provider = make_provider(settings)
+    return Runtime(settings, engine, clock, node, faults, new_worker_id(), provider)
+
+
+def make_provider(settings: Settings, transport: Any = None) -> PaymentProvider:
+    """The stripe library against Stripe, or against the sandbox's simulator (same code)."""
+    from payrail.psp.stripe_adapter import StripeProvider
+
+    return StripeProvider(
+        settings.stripe_api_key,
+        settings.stripe_base_url,
+        settings.stripe_webhook_secret,
+        settings.stripe_timeout_ms,
+        transport=transport,
+    )
 
 
 def _make_node(settings: Settings, engine: AsyncEngine, clock: Clock, faults: FaultStore):
