@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,13 +14,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from payrail import __version__, metrics
+from payrail import __version__
 from payrail.api import cards
 from payrail.api import errors as api_errors
 from payrail.api.auth import KeyCache, Principal, authenticate
 from payrail.api.errors import envelope, read_json
 from payrail.api.errors import int_param as _int_param
 from payrail.api.limits import BodyLimit
+from payrail.api.observe import API_PREFIX, Observe
 from payrail.clock import iso
 from payrail.config import STRIPE_SIMULATOR_PATH, Settings
 from payrail.db import migrate
@@ -51,7 +50,6 @@ from payrail.services import (
 from payrail.services.runtime import Runtime, build_runtime
 
 log = structlog.get_logger("payrail.api")
-API_PREFIX = "/api/v1"
 
 
 def create_app(
@@ -401,37 +399,7 @@ def create_app(
         app.include_router(stripe_sim.router(STRIPE_SIMULATOR_PATH))
     app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        """Request id in every log line; one access log line and HTTP metrics per request."""
-        rid = _request_id(request.headers.get("x-request-id"))
-        structlog.contextvars.bind_contextvars(request_id=rid)
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-        finally:
-            elapsed_s = time.perf_counter() - started
-            # The route template, never the raw path: ids in paths would make labels unbounded.
-            matched = request.scope.get("route")
-            route = getattr(matched, "path", None) or "unmatched"
-            method = request.method if request.method in _METHODS else "OTHER"
-            metrics.HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
-            metrics.HTTP_SECONDS.labels(route=route, method=method).observe(elapsed_s)
-            if route == f"{API_PREFIX}/payouts" and method == "POST":
-                metrics.PAYOUT_API_SECONDS.labels(code=str(status)).observe(elapsed_s)
-            if route != "/metrics":
-                log.info(
-                    "http_request",
-                    method=method,
-                    route=route,
-                    status=status,
-                    duration_ms=round(elapsed_s * 1000, 1),
-                )
-            structlog.contextvars.unbind_contextvars("request_id")
-        response.headers["x-request-id"] = rid
-        return response
+    app.add_middleware(Observe)  # outermost: it sees the 413s of BodyLimit too
 
     return app
 
@@ -451,21 +419,6 @@ def _stripe_simulator(settings: Settings, rt: Runtime) -> StripeSimulator | None
         webhook_secret=settings.stripe_webhook_secret,
         webhook_url=f"http://127.0.0.1:{settings.port}{API_PREFIX}/webhooks/stripe",
     )
-
-
-_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-REQUEST_ID_MAX_CHARS = 64
-
-
-def _request_id(given: str | None) -> str:
-    """The caller's X-Request-Id if it is a sane token, else a new one (logs stay clean)."""
-    if (
-        given
-        and len(given) <= REQUEST_ID_MAX_CHARS
-        and all(c.isalnum() or c in "-_.:" for c in given)
-    ):
-        return given
-    return uuid.uuid4().hex
 
 
 def _actor(given: str | None) -> str:
