@@ -18,7 +18,7 @@ from payrail import __version__
 from payrail.api import cards
 from payrail.api import errors as api_errors
 from payrail.api.auth import KeyCache, Principal, authenticate
-from payrail.api.errors import envelope, read_json
+from payrail.api.errors import envelope, page_data, read_json
 from payrail.api.errors import int_param as _int_param
 from payrail.api.limits import BodyLimit
 from payrail.api.observe import API_PREFIX, Observe
@@ -168,12 +168,7 @@ def create_app(
             q.get("limit"), "limit", payouts.LIST_LIMIT_DEFAULT, 1, payouts.LIST_LIMIT_MAX
         )
         page, cursor = await payouts.list_payouts(rt, project_id, status, limit, q.get("cursor"))
-        data = {
-            "payouts": [payouts.view(r) for r in page],
-            "count": len(page),
-            "nextCursor": cursor,
-            "hasMore": cursor is not None,
-        }
+        data = page_data("payouts", [payouts.view(r) for r in page], cursor)
         return envelope(True, "Payouts", data, 200)
 
     @api.patch("/payouts/{payout_id}/status")
@@ -243,12 +238,7 @@ def create_app(
         page, cursor = await callbacks.list_callbacks(
             rt, project_id, status, limit, q.get("cursor")
         )
-        data = {
-            "callbacks": [callbacks.view(r) for r in page],
-            "count": len(page),
-            "nextCursor": cursor,
-            "hasMore": cursor is not None,
-        }
+        data = page_data("callbacks", [callbacks.view(r) for r in page], cursor)
         return envelope(True, "Callbacks", data, 200)
 
     @api.post("/callbacks/{callback_id}/replay")

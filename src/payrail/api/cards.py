@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from payrail.api.auth import Principal
-from payrail.api.errors import envelope, error_response, int_param, read_json
+from payrail.api.errors import envelope, error_response, int_param, page_data, read_json
 from payrail.domain import errors
 from payrail.domain.orders import parse_order_request, parse_pay_request, parse_status
 from payrail.jobs import queue
@@ -52,12 +52,7 @@ def install(
         page, cursor = await orders.list_orders(
             rt, scope(who, q.get("projectId")), status, limit, q.get("cursor")
         )
-        data = {
-            "orders": [orders.view(r) for r in page],
-            "count": len(page),
-            "nextCursor": cursor,
-            "hasMore": cursor is not None,
-        }
+        data = page_data("orders", [orders.view(r) for r in page], cursor)
         return envelope(True, "Orders", data, 200)
 
     @api.get("/orders/{order_id}")

@@ -118,3 +118,13 @@ def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> 
     if not low <= value <= high:
         raise errors.ValidationError(f"{name} must be from {low} to {high}.", field=name)
     return value
+
+
+def page_data(name: str, items: list[Any], next_cursor: str | None) -> dict[str, Any]:
+    """The data of a list answer: the items under `name`, and how to get the next page."""
+    return {
+        name: items,
+        "count": len(items),
+        "nextCursor": next_cursor,
+        "hasMore": next_cursor is not None,
+    }

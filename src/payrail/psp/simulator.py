@@ -388,7 +388,11 @@ class StripeSimulator:
         return ok
 
     async def deliver_due(self) -> int:
-        """Send every delivery whose time has come; a failed one is retried later. Returns sent."""
+        """Send every delivery whose time has come; a failed one is retried later. Returns sent.
+
+        One intent's deliveries go in their planned order (a reordered pair must arrive
+        reordered); different intents' go concurrently, as Stripe's do.
+        """
         now = self._clock.now_ms()
         async with self._engine.connect() as conn:
             due = list(
@@ -401,27 +405,37 @@ class StripeSimulator:
                     )
                 ).mappings()
             )
-        sent = 0
-        for row in due:  # in order: a reordered pair must arrive reordered
-            async with self._engine.begin() as conn:
-                claimed = await conn.execute(
-                    update(sim_stripe_deliveries)
-                    .where(D.id == row["id"], D.state == "pending")
-                    .values(state="sending", attempts=D.attempts + 1)
-                )
-            if claimed.rowcount != 1:  # another process sends it
-                continue
-            ok = await self._deliver(row["id"], row["payload"])
-            attempts = row["attempts"] + 1
-            state = "sent" if ok else ("failed" if attempts >= DELIVERY_ATTEMPTS_MAX else "pending")
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    update(sim_stripe_deliveries)
-                    .where(D.id == row["id"])
-                    .values(state=state, deliver_at=now + DELIVERY_RETRY_MS * 2**attempts)
-                )
-            sent += ok
-        return sent
+        by_intent: dict[str, list[Any]] = {}
+        for row in due:
+            intent_id = json.loads(row["payload"])["data"]["object"]["id"]
+            by_intent.setdefault(intent_id, []).append(row)
+        limit = asyncio.Semaphore(DELIVERY_CONCURRENCY_MAX)
+
+        async def in_order(rows: list[Any]) -> int:
+            async with limit:
+                return sum([await self._deliver_row(row, now) for row in rows])
+
+        return sum(await asyncio.gather(*(in_order(rows) for rows in by_intent.values())))
+
+    async def _deliver_row(self, row: Any, now: int) -> bool:
+        async with self._engine.begin() as conn:
+            claimed = await conn.execute(
+                update(sim_stripe_deliveries)
+                .where(D.id == row["id"], D.state == "pending")
+                .values(state="sending", attempts=D.attempts + 1)
+            )
+        if claimed.rowcount != 1:  # another process sends it
+            return False
+        ok = await self._deliver(row["id"], row["payload"])
+        attempts = row["attempts"] + 1
+        state = "sent" if ok else ("failed" if attempts >= DELIVERY_ATTEMPTS_MAX else "pending")
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(sim_stripe_deliveries)
+                .where(D.id == row["id"])
+                .values(state=state, deliver_at=now + DELIVERY_RETRY_MS * 2**attempts)
+            )
+        return ok
 
     async def run(self, stop: asyncio.Event) -> None:
         """The simulator's delivery loop (sandbox server)."""

@@ -34,6 +34,14 @@ class _HTTPXClient(stripe.HTTPXClient):
         if transport is not None:
             self._client_async = httpx.AsyncClient(transport=transport)
 
+    def _get_request_args_kwargs(self, method, url, headers, post_data):  # type: ignore[no-untyped-def]
+        # The library hands httpx its already-encoded form body as `data=`, which httpx
+        # deprecates for raw content; `content=` sends the same bytes without the warning.
+        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        if isinstance(kwargs.get("data"), str | bytes):
+            kwargs["content"] = kwargs.pop("data")
+        return args, kwargs
+
 
 def _intent(obj: Any) -> Intent:
     if isinstance(obj, stripe.StripeObject):

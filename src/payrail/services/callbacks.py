@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import structlog
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -420,20 +420,12 @@ async def list_callbacks(
 ) -> tuple[list[RowMapping], str | None]:
     """Newest first, (created_at, id) cursor; project_id None means every project (admin)."""
     assert 1 <= limit <= LIST_LIMIT_MAX
-    query = select(callbacks).order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
+    where = []
     if project_id is not None:
-        query = query.where(C.project_id == project_id)
+        where.append(C.project_id == project_id)
     if status is not None:
-        query = query.where(C.status == status.value)
-    if cursor:
-        created_at, callback_id = pagination.decode_cursor(cursor)
-        query = query.where(
-            or_(C.created_at < created_at, and_(C.created_at == created_at, C.id < callback_id))
-        )
-    async with rt.engine.connect() as conn:
-        rows = list((await conn.execute(query)).mappings())
-    page = rows[:limit]
-    return page, (pagination.encode_cursor(page[-1]) if len(rows) > limit else None)
+        where.append(C.status == status.value)
+    return await pagination.newest_first(rt.engine, callbacks, limit, cursor, *where)
 
 
 async def get_callback(rt: Runtime, callback_id: str, project_id: str | None) -> RowMapping:

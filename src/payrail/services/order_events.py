@@ -114,6 +114,9 @@ async def receive_webhook(rt: Runtime, payload: bytes, signature: str | None) ->
         ) from None
     event_id, type_, intent_id, order_id = _event_fields(event)
     now = rt.clock.now_ms()
+    # A type the saga does not act on (payment_intent.created, …) is recorded as processed:
+    # kept for the record and for deduplication, with no job to run.
+    acted_on = type_ in EVENT_OUTCOMES
     try:
         async with rt.engine.begin() as conn:
             await conn.execute(
@@ -125,16 +128,19 @@ async def receive_webhook(rt: Runtime, payload: bytes, signature: str | None) ->
                     payment_intent_id=intent_id,
                     payload=payload.decode(),
                     received_at=now,
+                    processed_at=None if acted_on else now,
+                    outcome=None if acted_on else "ignored",
                 )
             )
-            await queue.enqueue(
-                conn,
-                EVENT_JOB,
-                {"eventId": event_id},
-                now,
-                job_id=event_job_id(event_id),
-                max_attempts=rt.settings.webhook_attempts_max,
-            )
+            if acted_on:
+                await queue.enqueue(
+                    conn,
+                    EVENT_JOB,
+                    {"eventId": event_id},
+                    now,
+                    job_id=event_job_id(event_id),
+                    max_attempts=rt.settings.webhook_attempts_max,
+                )
     except IntegrityError:  # the provider sent it again: stored once already
         metrics.WEBHOOK_EVENTS_RECEIVED.labels(provider=PROVIDER, result="duplicate").inc()
         return Received(event_id, duplicate=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -148,20 +148,12 @@ async def list_orders(
     cursor: str | None = None,
 ) -> tuple[list[RowMapping], str | None]:
     """Newest first; the cursor is (created_at, id) so pages never skip or repeat an order."""
-    query = select(orders).order_by(O.created_at.desc(), O.id.desc()).limit(limit + 1)
+    where = []
     if project_id is not None:
-        query = query.where(O.project_id == project_id)
+        where.append(O.project_id == project_id)
     if status is not None:
-        query = query.where(O.status == status.value)
-    if cursor:
-        created_at, order_id = pagination.decode_cursor(cursor)
-        query = query.where(
-            or_(O.created_at < created_at, and_(O.created_at == created_at, O.id < order_id))
-        )
-    async with rt.engine.connect() as conn:
-        rows = list((await conn.execute(query)).mappings())
-    page = rows[:limit]
-    return page, (pagination.encode_cursor(page[-1]) if len(rows) > limit else None)
+        where.append(O.status == status.value)
+    return await pagination.newest_first(rt.engine, orders, limit, cursor, *where)
 
 
 def view(row: RowMapping) -> dict[str, Any]:

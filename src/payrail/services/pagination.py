@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
+from sqlalchemy import Table, and_, or_, select
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payrail.domain import errors
 
@@ -20,3 +23,23 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         return int(created_at), row_id
     except (ValueError, UnicodeDecodeError):
         raise errors.ValidationError("cursor is not one this API returned.") from None
+
+
+async def newest_first(
+    engine: AsyncEngine, table: Table, limit: int, cursor: str | None, *where: Any
+) -> tuple[list[RowMapping], str | None]:
+    """One page of `table` (it has created_at and id), newest first, and the next cursor.
+
+    Keyset on (created_at, id): a row inserted meanwhile never makes a page skip or repeat one.
+    """
+    c = table.c
+    query = select(table).where(*where).order_by(c.created_at.desc(), c.id.desc())
+    if cursor:
+        created_at, row_id = decode_cursor(cursor)
+        query = query.where(
+            or_(c.created_at < created_at, and_(c.created_at == created_at, c.id < row_id))
+        )
+    async with engine.connect() as conn:
+        rows = list((await conn.execute(query.limit(limit + 1))).mappings())
+    page = rows[:limit]
+    return page, (encode_cursor(page[-1]) if len(rows) > limit else None)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, false, insert, or_, select, update
+from sqlalchemy import and_, bindparam, false, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
@@ -136,20 +136,12 @@ async def list_payouts(
     cursor: str | None = None,
 ) -> tuple[list[RowMapping], str | None]:
     """Newest first; the cursor is (created_at, id) so pages never skip or repeat a payout."""
-    query = select(payouts).order_by(P.created_at.desc(), P.id.desc()).limit(limit + 1)
+    where = []
     if project_id is not None:
-        query = query.where(P.project_id == project_id)
+        where.append(P.project_id == project_id)
     if status is not None:
-        query = query.where(P.state.in_([s.value for s in states_for(status)]))
-    if cursor:
-        created_at, payout_id = pagination.decode_cursor(cursor)
-        query = query.where(
-            or_(P.created_at < created_at, and_(P.created_at == created_at, P.id < payout_id))
-        )
-    async with rt.engine.connect() as conn:
-        rows = list((await conn.execute(query)).mappings())
-    page = rows[:limit]
-    return page, (pagination.encode_cursor(page[-1]) if len(rows) > limit else None)
+        where.append(P.state.in_([s.value for s in states_for(status)]))
+    return await pagination.newest_first(rt.engine, payouts, limit, cursor, *where)
 
 
 def view(row: RowMapping) -> dict[str, Any]:
