@@ -13,7 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import ADMIN_KEY, SANDBOX_KEY, payout_body
+from conftest import ADMIN_KEY, SANDBOX_KEY, balance_of, payout_body
 from prometheus_client.parser import text_string_to_metric_families
 
 from payrail import logging as payrail_logging
@@ -228,6 +228,27 @@ async def test_worker_loop_beats_and_says_goodbye(rt, client):
 
 
 # ---------------------------------------------------------------- logs
+
+
+async def test_a_closed_log_stream_loses_lines_never_payouts(client, rt):
+    """A CLI runner or test may close the stream the logs were configured with; a saga or job
+    that logs afterwards must still finish, with the money where it belongs."""
+    closed = io.StringIO()
+    payrail_logging.configure("info", stream=closed)
+    closed.close()
+    try:
+        before = await balance_of(client)
+        paid = await client.post("/payouts", json=payout_body(amount=1_000))
+        await set_faults(client, enabled=True, failureRate=1.0, timeoutMs=5)
+        refused = await client.post("/payouts", json=payout_body(amount=1_000, gamertag="u"))
+        await worker.run_until_idle(rt)
+        after = await balance_of(client)
+    finally:
+        payrail_logging.configure("info")
+    assert paid.status_code == 201, paid.text
+    assert paid.json()["data"]["status"] == "completed"
+    assert refused.status_code == 502, refused.text
+    assert before - after == 1_020  # the paid one charged once, the refused one released
 
 
 async def test_scenario_logs_are_json_with_ids_and_contain_no_secret(client, rt, gone_receiver):

@@ -8,6 +8,7 @@ name says it is one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import Any, TextIO
@@ -47,7 +48,25 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=lambda *_: LineWriter(stream),
         # Not cached: a reconfiguration (CLI commands, tests) reaches every module's logger.
         cache_logger_on_first_use=False,
     )
+
+
+class LineWriter:
+    """The loggers' output: one line per event on `stream`, or on whatever sys.stderr is at the
+    time of the write (a CLI runner or test may swap it and close the old one).
+
+    A log line is never worth a payment: a closed or broken stream loses the line, and the
+    saga or job that logged it carries on.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(message, file=self._stream or sys.stderr, flush=True)
+
+    debug = info = warning = warn = error = err = critical = fatal = exception = msg
