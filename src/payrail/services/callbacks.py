@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import json
 import random
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import certifi
 import httpx
 import structlog
 from sqlalchemy import and_, func, insert, select, update
@@ -252,6 +255,16 @@ def _pinned(
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), extensions
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every delivery, with httpx's default trust store (certifi).
+
+    Each new client would otherwise build its own, loading the CA bundle: ~36 ms of CPU per
+    callback, more than the payout it reports on.
+    """
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 async def _post(
     url: str,
     body: bytes,
@@ -268,7 +281,9 @@ async def _post(
     try:
         async with asyncio.timeout(timeout_s):
             async with (
-                httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False) as c,
+                httpx.AsyncClient(
+                    timeout=timeout_s, follow_redirects=False, trust_env=False, verify=_tls()
+                ) as c,
                 c.stream("POST", url, content=body, headers=headers, extensions=extensions) as r,
             ):
                 status_code = r.status_code
