@@ -109,8 +109,9 @@ async def receive_webhook(rt: Runtime, payload: bytes, signature: str | None) ->
         event = rt.provider.verify_event(payload, signature)
     except InvalidEvent as exc:
         metrics.WEBHOOK_EVENTS_RECEIVED.labels(provider=PROVIDER, result="bad_signature").inc()
+        reason = str(exc).rstrip(".")
         raise errors.InvalidSignature(
-            f"The Stripe-Signature header does not verify: {exc}. Nothing was stored."
+            f"The Stripe-Signature header does not verify: {reason}. Nothing was stored."
         ) from None
     event_id, type_, intent_id, order_id = _event_fields(event)
     now = rt.clock.now_ms()
