@@ -30,7 +30,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
@@ -38,7 +38,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 from payrail.clock import ShiftableClock
 from payrail.config import SANDBOX_PROJECT_FUNDING_SATS, SANDBOX_PROJECT_ID, Settings
 from payrail.db.engine import _sqlite_immediate_transactions, async_url, make_engine
-from payrail.db.tables import metadata
+from payrail.db.tables import jobs, metadata
 from payrail.domain import errors
 from payrail.domain.payouts import TRANSITIONS, PayoutRequest, State
 from payrail.jobs import queue
@@ -64,7 +64,11 @@ HOUR_MS = 3_600_000  # the rate-limit window, from API.md: N payouts per gamerta
 FEE_BPS = 200  # the 2% fee, restated here so the model does not reuse the code under test
 
 RATE_LIMIT_PER_HOUR = 3
-NODE_TIMEOUT_MS = 500
+# The node-call guard runs on real time. The model's fault modes answer on their own (a refusal,
+# a definite timeout, an ambiguous one after FAULT_CALL_MS), so the guard only has to catch a
+# hang; at 500 ms a busy 2-core machine sometimes tripped it and turned a refusal into an
+# unknown outcome the model did not ask for.
+NODE_TIMEOUT_MS = 5_000
 LEASE_MS = 2_000
 SETTLE_WAIT_MS = 250  # also how long a replay of a pending payout waits
 FAULT_CALL_MS = 5
@@ -199,6 +203,19 @@ class PayoutHistory(RuleBasedStateMachine):
             and p.request.gamertag == req.gamertag
             and p.created_at > now_ms - HOUR_MS
         )
+
+    async def _why(self, payout_id: str) -> str:
+        """What the node and the settle job say of a payout, for a failure message."""
+        node = await self.rt.node.status(payout_id)
+        async with self.rt.engine.connect() as conn:
+            job = (
+                await conn.execute(
+                    select(jobs.c.state, jobs.c.attempts, jobs.c.last_error).where(
+                        jobs.c.id == payouts.settle_job_id(payout_id)
+                    )
+                )
+            ).first()
+        return f"node {node}, settle job {job}"
 
     async def _rows(self) -> dict[str, RowMapping]:
         rows: dict[str, RowMapping] = {}
@@ -344,7 +361,10 @@ class PayoutHistory(RuleBasedStateMachine):
             assert not outcome.replay and outcome.payout["id"] == payout_id
             assert State(outcome.payout["state"]) in PENDING | {settled}
         row = self.run(payouts.get_payout(self.rt, payout_id))
-        assert State(row["state"]) == settled, f"{row['state']} after {crashpoint or faults}"
+        if State(row["state"]) != settled:
+            raise AssertionError(
+                f"{row['state']} after {crashpoint or faults}: {self.run(self._why(payout_id))}"
+            )
         assert row["amount"] + row["fee"] == cost
         assert row["failure_code"] == failure_code
         self.payouts[payout_id] = ModelPayout(req, cost, row["created_at"], State(row["state"]))
