@@ -32,12 +32,11 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select, text
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payrail.clock import ShiftableClock
 from payrail.config import SANDBOX_PROJECT_FUNDING_SATS, SANDBOX_PROJECT_ID, Settings
-from payrail.db.engine import _sqlite_immediate_transactions, async_url, make_engine
+from payrail.db.engine import make_engine
 from payrail.db.tables import jobs, metadata
 from payrail.domain import errors
 from payrail.domain.payouts import TRANSITIONS, PayoutRequest, State
@@ -117,14 +116,6 @@ class Database:
     fresh_url: Callable[[], str]
     release: Callable[[str], None]
     make_engine: Callable[[str], AsyncEngine] = make_engine
-
-
-def _pooled_sqlite_engine(url: str) -> AsyncEngine:
-    """Production's SQLite engine (WAL, BEGIN IMMEDIATE) but reusing connections: opening one
-    costs ~8 ms, and reconciliation after every step opens one per payout."""
-    engine = create_async_engine(async_url(url), poolclass=AsyncAdaptedQueuePool)
-    _sqlite_immediate_transactions(engine)
-    return engine
 
 
 requests = st.builds(
@@ -452,7 +443,7 @@ def test_random_payout_histories_keep_ledger_invariants_and_model_balance_on_sql
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
-    _run(Database(fresh_url, release, _pooled_sqlite_engine), examples=25, steps=25)
+    _run(Database(fresh_url, release, make_engine), examples=25, steps=25)
 
 
 def test_random_payout_histories_keep_ledger_invariants_and_model_balance_on_postgresql(

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from sqlalchemy import func, select
 
+from payrail.db.engine import is_sqlite
 from payrail.db.tables import accounts, order_events, order_payments, orders, payouts, transfers
 from payrail.domain.orders import AWAITING_PROVIDER, CHARGED, OrderStatus
 from payrail.domain.payouts import State
@@ -341,7 +342,9 @@ async def run_periodically(rt: Runtime, stop: asyncio.Event, interval_s: float) 
 
 
 async def _node_statuses(rt: Runtime, payout_ids: list[str]) -> dict[str, NodeStatus]:
-    limit = asyncio.Semaphore(NODE_QUERIES_CONCURRENT_MAX)
+    # SQLite has one writer and the simulated node writes when a payment settles: parallel
+    # queries there would only queue for its lock.
+    limit = asyncio.Semaphore(1 if is_sqlite(rt.engine) else NODE_QUERIES_CONCURRENT_MAX)
 
     async def one(payout_id: str) -> tuple[str, NodeStatus]:
         async with limit:
