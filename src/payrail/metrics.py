@@ -85,14 +85,9 @@ CALLBACK_LAG_SECONDS = Histogram(
     buckets=LAG_BUCKETS_S,
 )
 
-# ---------------------------------------------------------------- pay-ins (orders branch)
-# Defined here so names and label sets are fixed; the orders/webhook code increments them:
-#   WEBHOOK_EVENTS_RECEIVED.labels(provider="stripe", result="accepted").inc()
-#   WEBHOOK_EVENTS_APPLIED.labels(provider="stripe", outcome="applied").inc()
-#   WEBHOOK_EVENTS_RETRIED.labels(provider="stripe", reason="order_not_ready").inc()
-#   WEBHOOK_LAG_SECONDS.labels(provider="stripe").observe(applied_s - received_s)
-#   ORDER_TRANSITIONS.labels(from_status="payment_pending", to_status="payment_processing").inc()
-# Orders by status is a scrape-time gauge: see ops_metrics.register_db_gauge.
+# ---------------------------------------------------------------- pay-ins
+# Incremented by services/order_events.py (webhooks) and services/orders.py (transitions).
+# Orders by status is a scrape-time gauge: see ops_metrics.
 
 WEBHOOK_EVENTS_RECEIVED = Counter(
     "payrail_webhook_events_received_total",
