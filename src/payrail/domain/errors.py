@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
+
+S = TypeVar("S", bound=Enum)
 
 
 class PayrailError(Exception):
@@ -34,6 +37,16 @@ class InvalidCallbackUrl(PayrailError):
 
 class InvalidStatus(PayrailError):
     code = "INVALID_STATUS"
+
+
+def parse_status(kind: type[S], value: Any, what: str = "status") -> S:
+    """A status name of `kind`, or 400 INVALID_STATUS listing the valid ones."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidStatus(
+            f"Unknown {what} {value!r}.", validStatuses=[s.value for s in kind]
+        ) from None
 
 
 class Unauthorized(PayrailError):

@@ -213,9 +213,4 @@ def parse_pay_request(body: Any, idempotency_key: str | None) -> PayRequest:
 
 
 def parse_status(value: Any) -> OrderStatus:
-    try:
-        return OrderStatus(value)
-    except ValueError:
-        raise errors.InvalidStatus(
-            f"Unknown order status {value!r}.", validStatuses=[s.value for s in OrderStatus]
-        ) from None
+    return errors.parse_status(OrderStatus, value, "order status")

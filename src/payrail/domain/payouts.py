@@ -219,9 +219,4 @@ def parse_payout_request(
 
 
 def parse_status(value: Any) -> Status:
-    try:
-        return Status(value)
-    except ValueError:
-        raise errors.InvalidStatus(
-            f"Unknown status {value!r}.", validStatuses=[s.value for s in Status]
-        ) from None
+    return errors.parse_status(Status, value)

@@ -418,12 +418,7 @@ def view(row: RowMapping) -> dict[str, Any]:
 def parse_status(value: str | None) -> Status | None:
     if value in (None, ""):
         return None
-    try:
-        return Status(value)
-    except ValueError:
-        raise errors.InvalidStatus(
-            f"Unknown callback status {value!r}.", validStatuses=[s.value for s in Status]
-        ) from None
+    return errors.parse_status(Status, value, "callback status")
 
 
 async def list_callbacks(
