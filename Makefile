@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos lint format clean tools alerts
+.PHONY: run test bench chaos lint format clean tools alerts browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,14 @@ run: $(STAMP)
 tools:
 	bash scripts/install-promtool.sh
 
+# Chromium for the dashboard's browser test (tests/test_dashboard_browser.py).
+browser:
+	bash scripts/install-chromium.sh
+
 # The whole suite: lint, unit/integration tests on SQLite and PostgreSQL (alert rules with
 # promtool included), then the chaos runs against a real server on PostgreSQL (including the
 # legacy run that must fail).
-test: $(STAMP) tools
+test: $(STAMP) tools browser
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 	scripts/chaos_ci.sh

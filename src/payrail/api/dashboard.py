@@ -67,6 +67,8 @@ templates = Environment(
 )
 templates.filters["sats"] = lambda v: "—" if v is None else f"{v:,}"
 templates.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
+# ISO 8601 (as the API shows times) → "2026-12-03 10:14:42", short enough for a table cell.
+templates.filters["when"] = lambda v: "—" if not v else v[:19].replace("T", " ")
 
 
 class _SignInFirst(Exception):

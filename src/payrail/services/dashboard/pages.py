@@ -49,6 +49,7 @@ class Window:
     bucket_ms: int
     buckets: int
     unit: str  # what the chart's x axis counts back in
+    unit_ms: int
 
     @property
     def span_ms(self) -> int:
@@ -56,9 +57,9 @@ class Window:
 
 
 WINDOWS = {
-    "1h": Window("last hour", 5 * 60_000, 12, "minutes"),
-    "24h": Window("last 24 hours", 3_600_000, 24, "hours"),
-    "7d": Window("last 7 days", 86_400_000, 7, "days"),
+    "1h": Window("last hour", 5 * 60_000, 12, "minutes", 60_000),
+    "24h": Window("last 24 hours", 3_600_000, 24, "hours", 3_600_000),
+    "7d": Window("last 7 days", 86_400_000, 7, "days", 86_400_000),
 }
 WINDOW_DEFAULT = "24h"
 
@@ -201,14 +202,15 @@ async def overview_row(rt: Runtime, project_id: str) -> dict[str, Any]:
 
 def outcome_chart(counts: dict[str, list[int]], window: Window) -> str:
     """Stacked columns of payouts per bucket by outcome, oldest bucket left (inline SVG)."""
-    x = [float(i - window.buckets + 1) for i in range(window.buckets)]
+    step = window.bucket_ms / window.unit_ms
+    x = [(i - window.buckets + 1) * step for i in range(window.buckets)]
     stacked = [svg.Series(name, counts[name], color) for name, color in OUTCOMES]
     return svg.time_chart(
         f"Payouts by outcome, {window.label}",
         x,
         stacked=stacked,
         y_label="payouts",
-        x_label=f"{window.unit} before now (0: the current one)",
+        x_label=f"{window.unit} before now (the last column is the current one)",
         width=760,
         height=260,
     )
@@ -339,9 +341,13 @@ async def dead_callbacks(rt: Runtime, scope: str | None) -> list[dict[str, Any]]
 
 
 async def dead_jobs(rt: Runtime) -> list[dict[str, Any]]:
+    """Dead jobs but callback deliveries: those replay through their callback, which resets
+    its attempts too (replaying the bare job would find the callback still dead)."""
     async with rt.engine.connect() as conn:
-        found = await queue.list_jobs(conn, "dead", limit=DEAD_SHOWN_MAX)
-    return [j | {"updatedAt": iso(j["updatedAt"])} for j in found]
+        found = await queue.list_jobs(conn, "dead", limit=queue.JOBS_LIST_MAX)
+    return [
+        j | {"updatedAt": iso(j["updatedAt"])} for j in found if j["kind"] != callbacks.CALLBACK_JOB
+    ][:DEAD_SHOWN_MAX]
 
 
 async def flag_rows(rt: Runtime, viewer_project: str | None, admin: bool) -> list[dict[str, Any]]:
