@@ -24,6 +24,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from payrail.api.context import ApiContext
 from payrail.api.errors import status_for
 from payrail.domain import errors
+from payrail.domain.orders import OrderStatus
+from payrail.domain.payouts import Status
 from payrail.jobs import queue
 from payrail.services import callbacks, flags
 from payrail.services.dashboard import pages, reconcile_runs, sessions
@@ -69,6 +71,13 @@ templates.filters["sats"] = lambda v: "—" if v is None else f"{v:,}"
 templates.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
 # ISO 8601 (as the API shows times) → "2026-12-03 10:14:42", short enough for a table cell.
 templates.filters["when"] = lambda v: "—" if not v else v[:19].replace("T", " ")
+
+
+# The two filtered lists: how to read the filters, how to fetch a page, the statuses offered.
+LISTS = {
+    "payouts": (pages.parse_payout_filter, pages.payout_page, [s.value for s in Status]),
+    "orders": (pages.parse_order_filter, pages.order_page, [s.value for s in OrderStatus]),
+}
 
 
 class _SignInFirst(Exception):
@@ -271,51 +280,46 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
             windows=pages.WINDOWS,
         )
 
-    @router.get("/payouts")
-    async def payout_list(request: Request) -> Response:
+    async def list_page(request: Request, kind: str) -> Response:
+        """The payouts or orders list: the same filters form, table and next-page link."""
         viewer = await viewer_of(request)
         q = dict(request.query_params)
-        f = pages.parse_payout_filter(viewer.scope(q.get("project")), q)
-        rows, next_cursor = await pages.payout_page(rt, f, q.get("cursor") or None)
+        parse, fetch, statuses = LISTS[kind]
+        f = parse(viewer.scope(q.get("project")), q)
+        rows, next_cursor = await fetch(rt, f, q.get("cursor") or None)
         return render(
             request,
-            "payouts.html",
+            f"{kind}.html",
             viewer=viewer,
             rows=rows,
             q=q,
-            statuses=[s.value for s in pages.Status],
+            statuses=statuses,
             next_query=_next(q, next_cursor),
         )
+
+    @router.get("/payouts")
+    async def payout_list(request: Request) -> Response:
+        return await list_page(request, "payouts")
+
+    @router.get("/orders")
+    async def order_list(request: Request) -> Response:
+        return await list_page(request, "orders")
 
     @router.get("/payouts/{payout_id}")
     async def payout_detail(payout_id: str, request: Request) -> Response:
         viewer = await viewer_of(request)
-        detail = await pages.payout_detail(
-            rt, payout_id, None if viewer.admin else viewer.project_id
-        )
-        return render(request, "payout.html", viewer=viewer, **detail)
-
-    @router.get("/orders")
-    async def order_list(request: Request) -> Response:
-        viewer = await viewer_of(request)
-        q = dict(request.query_params)
-        f = pages.parse_order_filter(viewer.scope(q.get("project")), q)
-        rows, next_cursor = await pages.order_page(rt, f, q.get("cursor") or None)
+        scope = None if viewer.admin else viewer.project_id
         return render(
-            request,
-            "orders.html",
-            viewer=viewer,
-            rows=rows,
-            q=q,
-            statuses=[s.value for s in pages.OrderStatus],
-            next_query=_next(q, next_cursor),
+            request, "payout.html", viewer=viewer, **await pages.payout_detail(rt, payout_id, scope)
         )
 
     @router.get("/orders/{order_id}")
     async def order_detail(order_id: str, request: Request) -> Response:
         viewer = await viewer_of(request)
-        detail = await pages.order_detail(rt, order_id, None if viewer.admin else viewer.project_id)
-        return render(request, "order.html", viewer=viewer, **detail)
+        scope = None if viewer.admin else viewer.project_id
+        return render(
+            request, "order.html", viewer=viewer, **await pages.order_detail(rt, order_id, scope)
+        )
 
     @router.get("/reconciliation")
     async def reconciliation(request: Request) -> Response:

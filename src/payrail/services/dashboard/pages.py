@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Table, case, func, select
+from sqlalchemy.engine import RowMapping
 
 from payrail.clock import iso
 from payrail.db.tables import orders, payouts, projects
@@ -28,7 +29,7 @@ from payrail.services import payouts as payout_service
 from payrail.services import projects as project_service
 from payrail.services.runtime import Runtime
 
-P, O = payouts.c, orders.c  # noqa: E741
+P = payouts.c
 
 # The alert thresholds of ops/prometheus/alerts.yml (a test keeps the two equal).
 SUCCESS_RATE_MIN = 0.95  # PayrailPayoutSuccessRateLow
@@ -231,41 +232,64 @@ def age_text(ms: int) -> str:
 
 
 @dataclass(frozen=True)
-class PayoutFilter:
+class ListFilter:
+    """What the payouts and orders lists filter on: scope, status, one exact field, time."""
+
     project_id: str | None
-    status: Status | None = None
-    gamertag: str | None = None
+    states: tuple[str, ...] = ()  # the stored states of the status asked for (none: any)
+    field: str | None = None  # a column matched exactly: gamertag, customer_id
+    value: str | None = None
     since_ms: int | None = None
     until_ms: int | None = None
 
 
-def parse_payout_filter(scope: str | None, q: dict[str, str]) -> PayoutFilter:
+def _times(q: dict[str, str]) -> tuple[int | None, int | None]:
+    return parse_time(q.get("from"), "from"), parse_time(q.get("to"), "to")
+
+
+def parse_payout_filter(scope: str | None, q: dict[str, str]) -> ListFilter:
     status = errors.parse_status(Status, q["status"], "payout status") if q.get("status") else None
     gamertag = q.get("gamertag") or None
     if gamertag is not None and not GAMERTAG_RE.match(gamertag):
         raise errors.ValidationError("gamertag has 1-64 letters, digits, '_', '.' or '-'.")
-    return PayoutFilter(
-        scope, status, gamertag, parse_time(q.get("from"), "from"), parse_time(q.get("to"), "to")
+    states = tuple(s.value for s in states_for(status)) if status else ()
+    return ListFilter(scope, states, "gamertag", gamertag, *_times(q))
+
+
+def parse_order_filter(scope: str | None, q: dict[str, str]) -> ListFilter:
+    status = (
+        errors.parse_status(OrderStatus, q["status"], "order status") if q.get("status") else None
     )
+    customer = q.get("customer") or None
+    if customer is not None and len(customer) > CUSTOMER_ID_MAX_CHARS:
+        raise errors.ValidationError(f"customer is at most {CUSTOMER_ID_MAX_CHARS} characters.")
+    states = (status.value,) if status else ()
+    return ListFilter(scope, states, "customer_id", customer, *_times(q))
+
+
+async def _page(
+    rt: Runtime, table: Table, state_column: str, f: ListFilter, cursor: str | None
+) -> tuple[list[RowMapping], str | None]:
+    """One page of payouts or orders, newest first, through the API's own pagination."""
+    c = table.c
+    where = []
+    if f.project_id is not None:
+        where.append(c.project_id == f.project_id)
+    if f.states:
+        where.append(c[state_column].in_(f.states))
+    if f.field is not None and f.value is not None:
+        where.append(c[f.field] == f.value)
+    if f.since_ms is not None:
+        where.append(c.created_at >= f.since_ms)
+    if f.until_ms is not None:
+        where.append(c.created_at < f.until_ms)
+    return await pagination.newest_first(rt.engine, table, LIST_PAGE_SIZE, cursor, *where)
 
 
 async def payout_page(
-    rt: Runtime, f: PayoutFilter, cursor: str | None
+    rt: Runtime, f: ListFilter, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    where = []
-    if f.project_id is not None:
-        where.append(P.project_id == f.project_id)
-    if f.status is not None:
-        where.append(P.state.in_([s.value for s in states_for(f.status)]))
-    if f.gamertag is not None:
-        where.append(P.gamertag == f.gamertag)
-    if f.since_ms is not None:
-        where.append(P.created_at >= f.since_ms)
-    if f.until_ms is not None:
-        where.append(P.created_at < f.until_ms)
-    rows, next_cursor = await pagination.newest_first(
-        rt.engine, payouts, LIST_PAGE_SIZE, cursor, *where
-    )
+    rows, next_cursor = await _page(rt, payouts, "state", f, cursor)
     return [
         payout_service.view(r) | {"outcome": outcome_of(r["state"], r["failure_code"])}
         for r in rows
@@ -286,44 +310,10 @@ async def payout_detail(rt: Runtime, payout_id: str, scope: str | None) -> dict[
     }
 
 
-@dataclass(frozen=True)
-class OrderFilter:
-    project_id: str | None
-    status: OrderStatus | None = None
-    customer_id: str | None = None
-    since_ms: int | None = None
-    until_ms: int | None = None
-
-
-def parse_order_filter(scope: str | None, q: dict[str, str]) -> OrderFilter:
-    status = (
-        errors.parse_status(OrderStatus, q["status"], "order status") if q.get("status") else None
-    )
-    customer = q.get("customer") or None
-    if customer is not None and len(customer) > CUSTOMER_ID_MAX_CHARS:
-        raise errors.ValidationError(f"customer is at most {CUSTOMER_ID_MAX_CHARS} characters.")
-    return OrderFilter(
-        scope, status, customer, parse_time(q.get("from"), "from"), parse_time(q.get("to"), "to")
-    )
-
-
 async def order_page(
-    rt: Runtime, f: OrderFilter, cursor: str | None
+    rt: Runtime, f: ListFilter, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    where = []
-    if f.project_id is not None:
-        where.append(O.project_id == f.project_id)
-    if f.status is not None:
-        where.append(O.status == f.status.value)
-    if f.customer_id is not None:
-        where.append(O.customer_id == f.customer_id)
-    if f.since_ms is not None:
-        where.append(O.created_at >= f.since_ms)
-    if f.until_ms is not None:
-        where.append(O.created_at < f.until_ms)
-    rows, next_cursor = await pagination.newest_first(
-        rt.engine, orders, LIST_PAGE_SIZE, cursor, *where
-    )
+    rows, next_cursor = await _page(rt, orders, "status", f, cursor)
     return [order_service.view(r) for r in rows], next_cursor
 
 
