@@ -308,18 +308,14 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
     @router.get("/payouts/{payout_id}")
     async def payout_detail(payout_id: str, request: Request) -> Response:
         viewer = await viewer_of(request)
-        scope = None if viewer.admin else viewer.project_id
-        return render(
-            request, "payout.html", viewer=viewer, **await pages.payout_detail(rt, payout_id, scope)
-        )
+        detail = await pages.payout_detail(rt, payout_id, viewer.only_project)
+        return render(request, "payout.html", viewer=viewer, **detail)
 
     @router.get("/orders/{order_id}")
     async def order_detail(order_id: str, request: Request) -> Response:
         viewer = await viewer_of(request)
-        scope = None if viewer.admin else viewer.project_id
-        return render(
-            request, "order.html", viewer=viewer, **await pages.order_detail(rt, order_id, scope)
-        )
+        detail = await pages.order_detail(rt, order_id, viewer.only_project)
+        return render(request, "order.html", viewer=viewer, **detail)
 
     @router.get("/reconciliation")
     async def reconciliation(request: Request) -> Response:
@@ -341,7 +337,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
     @router.get("/dead")
     async def dead(request: Request) -> Response:
         viewer = await viewer_of(request)
-        scope = None if viewer.admin else viewer.project_id
+        scope = viewer.only_project
         return render(
             request,
             "dead.html",
@@ -353,7 +349,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
     @router.post("/callbacks/{callback_id}/replay")
     async def replay_callback(callback_id: str, request: Request) -> Response:
         viewer, _ = await action(request)
-        await callbacks.replay(rt, callback_id, None if viewer.admin else viewer.project_id)
+        await callbacks.replay(rt, callback_id, viewer.only_project)
         log.info("dashboard_callback_replayed", callback_id=callback_id, actor=viewer.actor)
         return back("/dead", "callback-replayed")
 

@@ -43,8 +43,10 @@ class Viewer:
     actor: str  # for the audit log: "dashboard:<name given at sign-in>"
     csrf_token: str
 
-    def can_see(self, project_id: str) -> bool:
-        return self.admin or project_id == self.project_id
+    @property
+    def only_project(self) -> str | None:
+        """The one project this viewer is limited to; None for the admin (every project)."""
+        return None if self.admin else self.project_id
 
     def scope(self, project_id: str | None) -> str | None:
         """The project a page shows: the key's own; the admin may name one or none."""
