@@ -5,6 +5,7 @@ The browser-level walk through the same pages is tests/test_dashboard_browser.py
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,12 +14,12 @@ import httpx
 import pytest
 import yaml
 from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, payout_body
-from sqlalchemy import select
+from sqlalchemy import select, update
 from test_callbacks import Receiver, rows_of
 
 from payrail.api import dashboard
 from payrail.api.app import create_app
-from payrail.db.tables import callbacks, dashboard_sessions, flag_changes, jobs
+from payrail.db.tables import callbacks, dashboard_sessions, flag_changes, jobs, projects
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
 from payrail.jobs import queue, worker
 from payrail.services import flags
@@ -123,10 +124,18 @@ async def test_an_idle_session_ends_after_its_idle_limit(dash, clock):
     assert (await dash.get("/dashboard")).status_code == 303
 
 
-async def test_a_changed_admin_key_ends_admin_sessions(dash, rt):
+async def test_a_changed_key_ends_the_sessions_opened_with_it(dash, rt):
     await sign_in(dash, ADMIN_KEY)
-    rt.settings = rt.settings.__class__(**{**rt.settings.__dict__, "admin_key": "rotated-key"})
+    rt.settings = dataclasses.replace(rt.settings, admin_key="rotated-admin-key")
     assert (await dash.get("/dashboard")).status_code == 303
+    await sign_in(dash, SANDBOX_KEY)
+    assert (await dash.get("/dashboard")).status_code == 200
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            update(projects).where(projects.c.id == PROJECT).values(api_key_hash="0" * 64)
+        )
+    assert (await dash.get("/dashboard")).status_code == 303
+    assert await rows_of(rt, dashboard_sessions) == []
 
 
 # ---------------------------------------------------------------- CSRF on actions
