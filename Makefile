@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos lint format clean tools alerts lock
+.PHONY: run test bench chaos lint format clean tools alerts lock browser
 
 LOCKS := requirements/build.lock requirements/runtime.lock requirements/dev.lock
 
@@ -36,10 +36,14 @@ run: $(STAMP)
 tools:
 	bash scripts/install-promtool.sh
 
+# Chromium for the dashboard's browser test (tests/test_dashboard_browser.py).
+browser:
+	bash scripts/install-chromium.sh
+
 # The whole suite: lint, unit/integration tests on SQLite and PostgreSQL (alert rules with
 # promtool included), then the chaos runs against a real server on PostgreSQL (including the
 # legacy run that must fail).
-test: $(STAMP) tools
+test: $(STAMP) tools browser
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 	scripts/chaos_ci.sh

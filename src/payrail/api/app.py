@@ -17,6 +17,7 @@ from payrail import __version__
 from payrail.api import admin as admin_routes
 from payrail.api import callbacks as callback_routes
 from payrail.api import cards
+from payrail.api import dashboard as dashboard_routes
 from payrail.api import errors as api_errors
 from payrail.api import health as health_routes
 from payrail.api import payouts as payout_routes
@@ -100,6 +101,7 @@ def create_app(
     sandbox_routes.install(api, ctx)
 
     app.include_router(api)
+    dashboard_routes.install(app, ctx)  # HTML at /dashboard, outside /api/v1 and its schema
     if stripe_sim is not None:
         app.include_router(stripe_sim.router(STRIPE_SIMULATOR_PATH))
     app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)

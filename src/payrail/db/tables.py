@@ -405,3 +405,37 @@ sim_stripe_deliveries = Table(
     Column("created_at", BigInteger, nullable=False),
     Index("ix_sim_stripe_deliveries_due", "state", "deliver_at"),
 )
+
+# ---------------------------------------------------------------- dashboard (migration 0010)
+
+# Signed-in dashboard browsers. The cookie holds a random token; only its SHA-256 is stored,
+# with the key's hash, so rotating that key (or the admin key) ends its sessions too.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("admin", Boolean, nullable=False),
+    Column("project_id", String(64), nullable=True),  # None for the admin key
+    Column("key_hash", String(64), nullable=False),
+    Column("actor", String(64), nullable=False),  # the name given at sign-in, for the audit log
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_dashboard_sessions_expires", "expires_at"),
+)
+
+# Reconciliation results kept for the dashboard's "last result" (newest row wins).
+reconcile_runs = Table(
+    "reconcile_runs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("source", String(32), nullable=False),  # dashboard | cli | periodic
+    Column("clean", Boolean, nullable=False),
+    Column("payouts_checked", Integer, nullable=False),
+    Column("orders_checked", Integer, nullable=False),
+    Column("discrepancy_count", Integer, nullable=False),
+    Column("report", Text, nullable=False),  # JSON: counts and the first discrepancies
+    Index("ix_reconcile_runs_at", "at_ms"),
+)

@@ -152,7 +152,7 @@ def time_chart(
             f'fill="{TEXT_COLOR}">{fmt_number(tick, right_ticks[1] - right_ticks[0])}</text>'
         )
     for tick in nice_ticks(x[0] if n else 0.0, x_hi, 8):
-        if tick > x_hi:
+        if tick > x_hi or (n and tick < x[0]):  # no tick left of the first column
             continue
         xx = sx(tick)
         out.append(
