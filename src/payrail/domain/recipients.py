@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from payrail.domain import errors
-from payrail.domain.payouts import GAMERTAG_RE
 
+GAMERTAG_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 LIGHTNING_ADDRESS_MAX_CHARS = 320  # an e-mail address's limit; LUD-16 names one like it
 LNURL_MAX_CHARS = 2_048
 LNURL_URL_MAX_CHARS = 1_024
