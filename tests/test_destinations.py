@@ -13,7 +13,7 @@ import hashlib
 import bolt11
 import httpx
 import pytest
-from conftest import ADMIN_KEY, PROJECT, balance_of, payout_body
+from conftest import ADMIN_KEY, balance_of, payout_body
 from lightning_kit import AddressServer, Behaviour, make_invoice
 from sqlalchemy import func, select
 
