@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos lint format clean tools alerts
+.PHONY: run test bench chaos lint format clean tools alerts lnbits
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,14 @@ run: $(STAMP)
 tools:
 	bash scripts/install-promtool.sh
 
+# A real LNbits 1.6.2 in .venv-lnbits for the Lightning tests (tests/lnbits_kit.py starts it).
+lnbits:
+	bash scripts/lnbits.sh install
+
 # The whole suite: lint, unit/integration tests on SQLite and PostgreSQL (alert rules with
 # promtool included), then the chaos runs against a real server on PostgreSQL (including the
 # legacy run that must fail).
-test: $(STAMP) tools
+test: $(STAMP) tools lnbits
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 	scripts/chaos_ci.sh
@@ -48,4 +52,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests
 
 clean:
-	rm -rf $(VENV) var reports .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-lnbits var reports .pytest_cache .hypothesis
