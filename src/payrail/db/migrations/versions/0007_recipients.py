@@ -65,11 +65,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("payouts") as batch:
-        batch.drop_column("payment_hash")
-        batch.drop_column("invoice")
-        batch.drop_column("destination")
-        batch.drop_column("destination_kind")
+    # Plain DROP COLUMN (SQLite 3.35+), so SQLite keeps the payouts audit triggers of 0005.
+    for column in ("payment_hash", "invoice", "destination", "destination_kind"):
+        op.drop_column("payouts", column)
     op.drop_index("ix_recipient_changes_key", table_name="recipient_changes")
     op.drop_table("recipient_changes")
     op.drop_index("ix_recipients_list", table_name="recipients")
