@@ -4,13 +4,30 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos lint format clean tools alerts lnbits
+.PHONY: run test bench chaos lint format clean tools alerts lock lnbits
 
-$(STAMP): pyproject.toml
+LOCKS := requirements/build.lock requirements/runtime.lock requirements/dev.lock
+
+# Installs exactly what requirements/*.lock pin, every file checked against its hash; payrail
+# itself goes in editable with no dependency resolution of its own. `make lock` refreshes the
+# locks on purpose (README, "Dependencies").
+$(STAMP): $(LOCKS) pyproject.toml
+	@$(PYTHON) scripts/check_python.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/build.lock
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Resolve every dependency set again, with hashes (Python 3.11, the tested version).
+# UPGRADE=name moves one package to its newest allowed version; otherwise pins stay put.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	$(if $(UPGRADE),--upgrade-package $(UPGRADE))
+lock: $(STAMP)
+	$(UV_COMPILE) requirements/build.in -o requirements/build.lock
+	$(UV_COMPILE) pyproject.toml -o requirements/runtime.lock
+	$(UV_COMPILE) pyproject.toml --extra dev -o requirements/dev.lock
+	@echo "locks written: $(LOCKS); run make test before committing them"
 
 run: $(STAMP)
 	$(BIN)/payrail serve

@@ -42,6 +42,27 @@ class UsageError(ValueError):
     pass
 
 
+class MissingExtra(UsageError):
+    """An optional dependency of this command is not installed; the message says how."""
+
+
+LOADTEST_EXTRA_HINT = (
+    "payrail loadtest needs Locust, from the loadtest extra: pip install 'payrail[loadtest]' "
+    "(in a clone: .venv/bin/pip install --require-hashes -r requirements/dev.lock, "
+    "which make run and make test do)"
+)
+
+
+def require_locust() -> None:
+    """Refuse early, with the install command, when the loadtest extra is missing."""
+    try:
+        import locust  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "locust":
+            raise
+        raise MissingExtra(LOADTEST_EXTRA_HINT) from None
+
+
 @dataclass
 class Arguments:
     scenario: str
@@ -91,6 +112,7 @@ def run(args: Arguments, console: Console | None = None) -> int:
             console = Console(highlight=False, width=LOG_WIDTH_CHARS)
     try:
         base_url = validate(args)
+        require_locust()
     except (UsageError, TargetRefused, thresholds.ThresholdError) as exc:
         console.print(f"error: {exc}", style="red", markup=False)
         return EXIT_HARNESS

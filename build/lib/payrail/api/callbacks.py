@@ -1,0 +1,35 @@
+"""HTTP routes of callback deliveries: list a project's deliveries, replay a dead one."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from payrail.api.context import ApiContext
+from payrail.api.errors import envelope, int_param, page_data
+from payrail.services import callbacks
+
+
+def install(api: APIRouter, ctx: ApiContext) -> None:
+    rt = ctx.rt
+
+    @api.get("/callbacks")
+    async def list_callbacks(request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        q = request.query_params
+        project_id = ctx.scope(who, q.get("projectId"))
+        status = callbacks.parse_status(q.get("status"))
+        limit = int_param(
+            q.get("limit"), "limit", callbacks.LIST_LIMIT_DEFAULT, 1, callbacks.LIST_LIMIT_MAX
+        )
+        page, cursor = await callbacks.list_callbacks(
+            rt, project_id, status, limit, q.get("cursor")
+        )
+        data = page_data("callbacks", [callbacks.view(r) for r in page], cursor)
+        return envelope(True, "Callbacks", data, 200)
+
+    @api.post("/callbacks/{callback_id}/replay")
+    async def replay_callback(callback_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        row = await callbacks.replay(rt, callback_id, None if who.admin else who.project_id)
+        return envelope(True, "Callback queued for delivery again", callbacks.view(row), 200)

@@ -1,0 +1,130 @@
+"""The one place where domain errors become HTTP answers, always in the envelope."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from payrail.domain import errors
+
+log = structlog.get_logger("payrail.api")
+
+HTTP_STATUS: dict[type[errors.PayrailError], int] = {
+    errors.ValidationError: 400,
+    errors.InvalidAmount: 400,
+    errors.DescriptionTooLong: 400,
+    errors.InvalidCallbackUrl: 400,
+    errors.InvalidStatus: 400,
+    errors.InvalidCurrency: 400,
+    errors.InvalidSignature: 400,
+    errors.Unauthorized: 401,
+    errors.InsufficientBalance: 402,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.MethodNotAllowed: 405,
+    errors.ProjectExists: 409,
+    errors.InvalidStatusTransition: 409,
+    errors.CallbackNotDead: 409,
+    errors.JobNotDead: 409,
+    errors.OrderNotPayable: 409,
+    errors.CardDeclined: 402,
+    errors.ProviderError: 502,
+    errors.ProviderTimeout: 504,
+    errors.PayloadTooLarge: 413,
+    errors.IdempotencyKeyReused: 422,
+    errors.RateLimitExceeded: 429,
+    errors.ServiceUnavailable: 503,
+}
+
+
+def status_for(exc: errors.PayrailError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def envelope(success: bool, message: str, data: dict[str, Any], status: int) -> JSONResponse:
+    headers = {}
+    if "retryAfter" in data:
+        headers["Retry-After"] = str(data["retryAfter"])
+    return JSONResponse(
+        {"success": success, "message": message, "data": data}, status_code=status, headers=headers
+    )
+
+
+def error_response(exc: errors.PayrailError) -> JSONResponse:
+    return envelope(False, exc.message, {"error": exc.code, **exc.extra}, status_for(exc))
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.PayrailError)
+    async def _domain(_: Request, exc: errors.PayrailError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            return error_response(
+                errors.MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
+            )
+        if exc.status_code == 404:
+            return error_response(errors.NotFound(f"No route {request.method} {request.url.path}."))
+        return envelope(False, str(exc.detail), {"error": "HTTP_ERROR"}, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(errors.ValidationError("The request is malformed."))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Never a stack trace or a secret in the answer; the log has the type for operators.
+        log.error("unhandled_error", path=request.url.path, error=type(exc).__name__)
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.note_error(exc)
+        return envelope(
+            False,
+            "Internal error. The request may be retried with the same idempotency key.",
+            {"error": "INTERNAL_ERROR"},
+            500,
+        )
+
+
+async def read_json(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.ValidationError("The request body is not valid JSON.") from None
+
+
+def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within bounds; anything else is a 400, never a 500."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise errors.ValidationError(f"{name} must be an integer.", field=name) from None
+    if not low <= value <= high:
+        raise errors.ValidationError(f"{name} must be from {low} to {high}.", field=name)
+    return value
+
+
+def page_data(name: str, items: list[Any], next_cursor: str | None) -> dict[str, Any]:
+    """The data of a list answer: the items under `name`, and how to get the next page."""
+    return {
+        name: items,
+        "count": len(items),
+        "nextCursor": next_cursor,
+        "hasMore": next_cursor is not None,
+    }

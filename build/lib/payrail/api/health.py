@@ -1,0 +1,60 @@
+"""Routes with no key: the status reference, health, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+from payrail import __version__
+from payrail.api.context import ApiContext
+from payrail.api.errors import envelope
+from payrail.domain.payouts import STATUS_DESCRIPTIONS, Status
+from payrail.services import ops_metrics, readiness
+
+
+def install(app: FastAPI, api: APIRouter, ctx: ApiContext) -> None:
+    rt, settings = ctx.rt, ctx.settings
+
+    @api.get("/statuses")
+    async def statuses() -> JSONResponse:
+        data = {
+            "statuses": [s.value for s in Status],
+            "descriptions": {s.value: d for s, d in STATUS_DESCRIPTIONS.items()},
+        }
+        return envelope(True, "Payout statuses", data, 200)
+
+    async def health() -> JSONResponse:
+        try:
+            async with rt.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            database = "reachable"
+        except Exception:
+            database = "unreachable"
+        healthy = database == "reachable"
+        data = {
+            "status": "healthy" if healthy else "unhealthy",
+            "database": database,
+            "mode": settings.mode,
+            "version": __version__,
+        }
+        return envelope(healthy, "payrail is " + data["status"], data, 200 if healthy else 503)
+
+    api.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/health", health, methods=["GET"])
+
+    async def ready() -> JSONResponse:
+        """Readiness: the database answers, its schema is at head, and a worker is alive."""
+        data = await readiness.check(rt)
+        ok = data["status"] == "ready"
+        return envelope(
+            ok, "payrail is " + data["status"].replace("_", " "), data, 200 if ok else 503
+        )
+
+    api.add_api_route("/ready", ready, methods=["GET"])
+    app.add_api_route("/ready", ready, methods=["GET"])
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(await ops_metrics.render(rt), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,65 @@
+"""HTTP routes of projects: create (admin), balance, fund, webhook-secret rotation (admin)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from payrail.api.context import ApiContext
+from payrail.api.errors import envelope, read_json
+from payrail.clock import iso
+from payrail.services import projects, webhook_secrets
+
+
+def install(api: APIRouter, ctx: ApiContext) -> None:
+    rt, settings = ctx.rt, ctx.settings
+
+    @api.post("/projects")
+    async def create_project(request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        project_id, name = projects.parse_new_project(await read_json(request))
+        new = await projects.create_project(rt, project_id, name)
+        data = {
+            "project": projects.project_view(new.row),
+            "apiKey": new.api_key,
+            "webhookSecret": new.webhook_secret,
+        }
+        return envelope(
+            True,
+            "Project created. Store the API key and webhook secret now: they are shown once.",
+            data,
+            201,
+        )
+
+    @api.post("/projects/{project_id}/webhook-secret/rotate")
+    async def rotate_webhook_secret(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        grace_s = webhook_secrets.parse_rotation(
+            await read_json(request), settings.webhook_secret_grace_s
+        )
+        rotation = await webhook_secrets.rotate_project_secret(rt, project_id, grace_s)
+        data = {
+            "projectId": rotation.project_id,
+            "webhookSecret": rotation.secret,
+            "previousSecretExpiresAt": iso(rotation.previous_expires_at_ms),
+        }
+        return envelope(True, "Webhook secret rotated. Store it now: it is shown once.", data, 200)
+
+    @api.get("/projects/{project_id}/balance")
+    async def balance(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require(project_id)
+        return envelope(True, "Balance", await projects.balance(rt, project_id), 200)
+
+    @api.post("/projects/{project_id}/fund")
+    async def fund(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        if not settings.sandbox:
+            who.require_admin()
+        who.require(project_id)
+        amount = projects.parse_fund_amount(await read_json(request))
+        data = await projects.fund(rt, project_id, amount, request.headers.get("idempotency-key"))
+        message = "Funding already processed" if data["replayed"] else "Project funded"
+        return envelope(True, message, data, 200)

@@ -1,0 +1,57 @@
+"""Sandbox-only routes (404 in production): failure injection, reset, expiry, callback log."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from payrail.api.context import ApiContext
+from payrail.api.errors import envelope, read_json
+from payrail.api.payouts import visible_payout
+from payrail.services import callbacks, payouts, projects
+
+
+def install(api: APIRouter, ctx: ApiContext) -> None:
+    rt = ctx.rt
+
+    @api.get("/test/failure-injection")
+    async def get_faults(request: Request) -> JSONResponse:
+        ctx.sandbox_only()
+        await ctx.principal(request)
+        return envelope(True, "Failure injection", (await rt.faults.get()).to_dict(), 200)
+
+    @api.post("/test/failure-injection")
+    async def set_faults(request: Request) -> JSONResponse:
+        ctx.sandbox_only()
+        await ctx.principal(request)
+        current = await rt.faults.get()
+        updated = await rt.faults.put(current.merged(await read_json(request) or {}))
+        return envelope(True, "Failure injection updated", updated.to_dict(), 200)
+
+    @api.delete("/test/reset")
+    async def reset(request: Request) -> JSONResponse:
+        ctx.sandbox_only()
+        await ctx.principal(request)
+        await rt.drain()
+        await projects.reset_sandbox(rt)
+        ctx.keys.clear()
+        return envelope(True, "Sandbox reset to its seeded state", {}, 200)
+
+    @api.post("/test/expire/{payout_id}")
+    async def expire(payout_id: str, request: Request) -> JSONResponse:
+        ctx.sandbox_only()
+        who = await ctx.principal(request)
+        await visible_payout(ctx, who, payout_id)
+        row = await payouts.expire_now(rt, payout_id)
+        return envelope(
+            True, "Payout expired; its reservation was released", payouts.view(row), 200
+        )
+
+    @api.get("/test/callbacks")
+    async def callback_log(request: Request) -> JSONResponse:
+        ctx.sandbox_only()
+        who = await ctx.principal(request)
+        log_rows = await callbacks.delivery_log(rt, who.project_id)
+        return envelope(
+            True, "Callback deliveries", {"callbacks": log_rows, "count": len(log_rows)}, 200
+        )

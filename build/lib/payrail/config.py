@@ -1,0 +1,204 @@
+"""Settings: PAYRAIL_* environment variables through one object, safe sandbox defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SANDBOX_API_KEY = "test_api_key_12345"
+DEFAULT_ADMIN_KEY = "sandbox_admin_key_change_me"
+DEFAULT_DATABASE_URL = "sqlite:///" + str(Path("var") / "payrail.db")
+SANDBOX_PROJECT_ID = "project_test_001"
+SANDBOX_PROJECT_FUNDING_SATS = 100_000
+DEFAULT_SANDBOX_WEBHOOK_SECRET = "whsec_test_sandbox"  # documented: sandbox only
+# The built-in Stripe simulator's credentials (sandbox only; production refuses them).
+DEFAULT_SANDBOX_STRIPE_API_KEY = "sk_test_payrail_sandbox"
+DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET = "whsec_payrail_stripe_sandbox"
+STRIPE_API_BASE = "https://api.stripe.com"
+STRIPE_SIMULATOR_PATH = "/sim/stripe"  # where the sandbox mounts its Stripe simulator
+
+
+class UnsafeSettings(Exception):
+    """Production settings that would lose money or leak access; the server refuses to start."""
+
+
+def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UnsafeSettings(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise UnsafeSettings(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "sandbox"
+    host: str = "127.0.0.1"
+    port: int = 3000
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_key: str = DEFAULT_ADMIN_KEY
+    sandbox_api_key: str = DEFAULT_SANDBOX_API_KEY
+    lightning_backend: str = "simulated"  # simulated | lnd
+    lnd_url: str = ""
+    lnd_macaroon_hex: str = ""
+    lnd_tls_cert_path: str = ""
+    lnd_preimage_secret: str = ""  # fixed secret: payment hashes must survive macaroon rotation
+    settle_wait_ms: int = 5_000  # how long POST /payouts waits for a final answer
+    node_timeout_ms: int = 10_000  # our bound on one node call; past it the outcome is unknown
+    lease_ms: int = 30_000  # a job's lease; must exceed node_timeout_ms
+    worker_poll_ms: int = 200
+    worker_batch_max: int = 50
+    worker_concurrency_max: int = 32
+    rate_limit_per_hour: int = 10
+    body_max_bytes: int = 64 * 1024
+    db_pool_size: int = 20
+    sim_seed: int | None = None
+    run_worker: bool = True
+    reconcile_interval_s: int = 60
+    flag_guard_interval_s: int = 15  # how often rollback guards are checked (0: never)
+    callback_timeout_ms: int = 5_000  # one callback attempt, connect to last byte read
+    webhook_secret_grace_s: int = 86_400  # a rotated-out webhook secret keeps signing this long
+    sandbox_webhook_secret: str = DEFAULT_SANDBOX_WEBHOOK_SECRET
+    callback_allow_hosts: tuple[str, ...] = ()  # hosts/CIDRs exempt from the private-address ban
+    # Card payments (docs/card-payments.md).
+    stripe_backend: str = "simulator"  # simulator | stripe
+    stripe_api_key: str = DEFAULT_SANDBOX_STRIPE_API_KEY
+    stripe_webhook_secret: str = DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET
+    stripe_api_base: str = ""  # empty: the simulator on this server (sandbox) or Stripe's
+    stripe_timeout_ms: int = 10_000  # one call to Stripe; past it the outcome is unknown
+    webhook_attempts_max: int = 8  # an event for an order not ready is retried this many times
+    webhook_retry_base_ms: int = 2_000  # first retry delay; doubles each time
+    order_sweep_after_ms: int = 120_000  # an order this long in processing/submitted is checked
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sandbox(self) -> bool:
+        return self.mode == "sandbox"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        mode = env.get("PAYRAIL_MODE", "sandbox")
+        if mode not in ("sandbox", "production"):
+            raise UnsafeSettings(f"PAYRAIL_MODE must be sandbox or production, got {mode!r}")
+        seed = env.get("PAYRAIL_SIM_SEED")
+        settings = cls(
+            mode=mode,
+            host=env.get("PAYRAIL_HOST", "127.0.0.1"),
+            port=_int(env, "PAYRAIL_PORT", 3000, 1, 65_535),
+            database_url=env.get("PAYRAIL_DATABASE_URL", DEFAULT_DATABASE_URL),
+            admin_key=env.get("PAYRAIL_ADMIN_KEY", DEFAULT_ADMIN_KEY),
+            sandbox_api_key=env.get("PAYRAIL_SANDBOX_API_KEY", DEFAULT_SANDBOX_API_KEY),
+            lightning_backend=env.get(
+                "PAYRAIL_LIGHTNING_BACKEND", "simulated" if mode == "sandbox" else "lnd"
+            ),
+            lnd_url=env.get("PAYRAIL_LND_URL", ""),
+            lnd_macaroon_hex=env.get("PAYRAIL_LND_MACAROON_HEX", ""),
+            lnd_tls_cert_path=env.get("PAYRAIL_LND_TLS_CERT_PATH", ""),
+            lnd_preimage_secret=env.get("PAYRAIL_LND_PREIMAGE_SECRET", ""),
+            settle_wait_ms=_int(env, "PAYRAIL_SETTLE_WAIT_MS", 5_000, 0, 60_000),
+            node_timeout_ms=_int(env, "PAYRAIL_NODE_TIMEOUT_MS", 10_000, 100, 120_000),
+            lease_ms=_int(env, "PAYRAIL_LEASE_MS", 30_000, 1_000, 600_000),
+            worker_poll_ms=_int(env, "PAYRAIL_WORKER_POLL_MS", 200, 10, 60_000),
+            rate_limit_per_hour=_int(env, "PAYRAIL_RATE_LIMIT_PER_HOUR", 10, 1, 1_000_000),
+            db_pool_size=_int(env, "PAYRAIL_DB_POOL_SIZE", 20, 1, 500),
+            sim_seed=int(seed) if seed else None,
+            run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),
+            reconcile_interval_s=_int(env, "PAYRAIL_RECONCILE_INTERVAL_S", 60, 0, 86_400),
+            flag_guard_interval_s=_int(env, "PAYRAIL_FLAG_GUARD_INTERVAL_S", 15, 0, 3_600),
+            callback_timeout_ms=_int(env, "PAYRAIL_CALLBACK_TIMEOUT_MS", 5_000, 100, 60_000),
+            webhook_secret_grace_s=_int(
+                env, "PAYRAIL_WEBHOOK_SECRET_GRACE_S", 86_400, 0, 30 * 86_400
+            ),
+            sandbox_webhook_secret=env.get(
+                "PAYRAIL_SANDBOX_WEBHOOK_SECRET", DEFAULT_SANDBOX_WEBHOOK_SECRET
+            ),
+            callback_allow_hosts=tuple(
+                h.strip().lower()
+                for h in env.get("PAYRAIL_CALLBACK_ALLOW_HOSTS", "").split(",")
+                if h.strip()
+            ),
+            stripe_backend=env.get(
+                "PAYRAIL_STRIPE_BACKEND", "simulator" if mode == "sandbox" else "stripe"
+            ),
+            stripe_api_key=env.get(
+                "PAYRAIL_STRIPE_API_KEY",
+                DEFAULT_SANDBOX_STRIPE_API_KEY if mode == "sandbox" else "",
+            ),
+            stripe_webhook_secret=env.get(
+                "PAYRAIL_STRIPE_WEBHOOK_SECRET",
+                DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET if mode == "sandbox" else "",
+            ),
+            stripe_api_base=env.get("PAYRAIL_STRIPE_API_BASE", ""),
+            stripe_timeout_ms=_int(env, "PAYRAIL_STRIPE_TIMEOUT_MS", 10_000, 100, 120_000),
+            webhook_attempts_max=_int(env, "PAYRAIL_WEBHOOK_ATTEMPTS_MAX", 8, 1, 100),
+            webhook_retry_base_ms=_int(env, "PAYRAIL_WEBHOOK_RETRY_BASE_MS", 2_000, 10, 3_600_000),
+            order_sweep_after_ms=_int(
+                env, "PAYRAIL_ORDER_SWEEP_AFTER_MS", 120_000, 1_000, 86_400_000
+            ),
+        )
+        settings.check()
+        return settings
+
+    @property
+    def stripe_base_url(self) -> str:
+        """Where the stripe library sends its requests: the simulator on this server in sandbox."""
+        if self.stripe_api_base:
+            return self.stripe_api_base.rstrip("/")
+        if self.stripe_backend == "simulator":
+            return f"http://127.0.0.1:{self.port}{STRIPE_SIMULATOR_PATH}"
+        return STRIPE_API_BASE
+
+    def check(self) -> None:
+        if self.lease_ms <= self.node_timeout_ms:
+            raise UnsafeSettings(
+                "PAYRAIL_LEASE_MS must exceed PAYRAIL_NODE_TIMEOUT_MS, or a live node call could "
+                "be resent by another worker"
+            )
+        if self.lease_ms <= self.callback_timeout_ms:
+            raise UnsafeSettings(
+                "PAYRAIL_LEASE_MS must exceed PAYRAIL_CALLBACK_TIMEOUT_MS, or a callback still "
+                "being sent could be sent again by another worker"
+            )
+        if self.stripe_backend not in ("simulator", "stripe"):
+            raise UnsafeSettings("PAYRAIL_STRIPE_BACKEND must be simulator or stripe")
+        if self.order_sweep_after_ms <= self.stripe_timeout_ms:
+            raise UnsafeSettings(
+                "PAYRAIL_ORDER_SWEEP_AFTER_MS must exceed PAYRAIL_STRIPE_TIMEOUT_MS, or the "
+                "sweeper could check an order whose Stripe call is still running"
+            )
+        if self.mode != "production":
+            return
+        problems = []
+        if self.stripe_backend == "simulator":
+            problems.append("the Stripe simulator cannot be used in production")
+        if not self.stripe_api_key or self.stripe_api_key == DEFAULT_SANDBOX_STRIPE_API_KEY:
+            problems.append("PAYRAIL_STRIPE_API_KEY must be set to your Stripe secret key")
+        if (
+            not self.stripe_webhook_secret.startswith("whsec_")
+            or self.stripe_webhook_secret == DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET
+        ):
+            problems.append(
+                "PAYRAIL_STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_...)"
+            )
+        if self.admin_key == DEFAULT_ADMIN_KEY or len(self.admin_key) < 24:
+            problems.append("PAYRAIL_ADMIN_KEY must be set to a secret of 24+ characters")
+        if not self.database_url.startswith(("postgresql://", "postgres://")):
+            problems.append("production needs PostgreSQL (PAYRAIL_DATABASE_URL=postgresql://...)")
+        if self.lightning_backend == "simulated":
+            problems.append("the simulated Lightning node cannot be used in production")
+        if self.lightning_backend == "lnd" and not (self.lnd_url and self.lnd_macaroon_hex):
+            problems.append("PAYRAIL_LND_URL and PAYRAIL_LND_MACAROON_HEX are required")
+        if self.lightning_backend == "lnd" and len(self.lnd_preimage_secret) < 32:
+            problems.append(
+                "PAYRAIL_LND_PREIMAGE_SECRET (32+ chars) is required: payout ids map to payment "
+                "hashes through it, and a changed secret could pay an unresolved payout twice"
+            )
+        if problems:
+            raise UnsafeSettings("refusing to start in production: " + "; ".join(problems))

@@ -1,0 +1,407 @@
+"""Schema. Times are epoch milliseconds (BIGINT): portable across SQLite and PostgreSQL.
+
+Changing a table here needs a new Alembic revision in migrations/versions.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# TigerBeetle-style accounts. The CHECK is invariant 1, enforced by the database itself.
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("code", Integer, nullable=False),
+    Column("currency", String(8), nullable=False),
+    Column("debits_pending", BigInteger, nullable=False, default=0),
+    Column("debits_posted", BigInteger, nullable=False, default=0),
+    Column("credits_pending", BigInteger, nullable=False, default=0),
+    Column("credits_posted", BigInteger, nullable=False, default=0),
+    Column("allow_negative", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint(
+        "allow_negative OR debits_posted + debits_pending <= credits_posted", name="no_overdraft"
+    ),
+    CheckConstraint(
+        "debits_pending >= 0 AND debits_posted >= 0 AND credits_pending >= 0 "
+        "AND credits_posted >= 0",
+        name="non_negative_columns",
+    ),
+)
+
+# Append-only. A post/void row names its pending transfer; the unique pending_id means
+# a pending transfer is resolved exactly once, whatever the application does.
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", String(120), primary_key=True),
+    Column("debit_account_id", String(80), nullable=False),
+    Column("credit_account_id", String(80), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("pending_id", String(120), nullable=True, unique=True),
+    Column("kind", String(8), nullable=False),
+    Column("timeout_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint("amount > 0", name="positive_amount"),
+    CheckConstraint("kind IN ('single','pending','post','void')", name="kind"),
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("api_key_hash", String(64), nullable=False, unique=True),
+    Column("account_id", String(80), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+payouts = Table(
+    "payouts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("gamertag", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("fee", BigInteger, nullable=False),
+    Column("internal_id", String(128), nullable=True),
+    Column("description", String(144), nullable=True),
+    Column("callback_url", Text, nullable=True),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("failure_code", String(32), nullable=True),
+    Column("failure_reason", Text, nullable=True),
+    Column("charge_posted", Boolean, nullable=False, default=False),
+    Column("expires_in", Integer, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("settled_at", BigInteger, nullable=True),
+    # Which settlement path ran it ("inline" | "queue"): the flag guard's success rate is per path.
+    Column("settle_path", String(16), nullable=True),
+    # Why the state last changed; the audit triggers (migration 0005) copy it to payout_events.
+    Column("state_cause", String(120), nullable=True),
+    UniqueConstraint("project_id", "idempotency_key"),
+    Index("ix_payouts_rate", "project_id", "gamertag", "created_at"),
+    Index("ix_payouts_list", "project_id", "created_at", "id"),
+    Index("ix_payouts_internal", "project_id", "internal_id"),
+    Index("ix_payouts_state", "state", "expires_at"),
+)
+
+# One row per (project, gamertag): locking it serialises the rate-limit count, so it is exact.
+gamertag_locks = Table(
+    "gamertag_locks",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("gamertag", String(64), primary_key=True),
+    Column("touched_at", BigInteger, nullable=False),
+)
+
+# The durable queue (transactional outbox). A job is available when state='queued',
+# run_at has passed and no live lease holds it.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("run_at", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False),
+    Column("lease_until", BigInteger, nullable=True),
+    Column("locked_by", String(120), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint("state IN ('queued','done','dead')", name="state"),
+    Index("ix_jobs_due", "state", "run_at"),
+)
+
+# Sandbox fault-injection settings, in the database so every process sees the same ones.
+sandbox_settings = Table(
+    "sandbox_settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# The simulated Lightning node's own record of payments. Written in the node's own
+# transactions, never inside payrail's, as a separate system's database would be.
+sim_node_payments = Table(
+    "sim_node_payments",
+    metadata,
+    Column("payment_id", String(64), primary_key=True),
+    Column("destination", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("failure_reason", String(64), nullable=True),
+    Column("settle_at", BigInteger, nullable=True),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Outbound callback deliveries, enqueued with the status change that causes them.
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("payout_id", String(36), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("sent_at", BigInteger, nullable=True),
+    # Per payout, 1, 2, …: receivers ignore an event older than one they already applied.
+    Column("sequence", Integer, nullable=False, server_default="1"),
+    Column("next_attempt_at", BigInteger, nullable=True),
+    Column("delivered_at", BigInteger, nullable=True),
+    Column("updated_at", BigInteger, nullable=True),
+    Index("ix_callbacks_project", "project_id", "created_at"),
+    Index("ix_callbacks_status", "status", "created_at"),
+    UniqueConstraint("payout_id", "sequence"),
+)
+
+# One row per delivery attempt, written as 'started' before the request is sent, so an
+# attempt cut short by a crash still counts towards the bound and shows in the log.
+callback_attempts = Table(
+    "callback_attempts",
+    metadata,
+    Column("callback_id", String(36), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("outcome", String(12), nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("duration_ms", Integer, nullable=True),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+)
+
+# Webhook signing secrets. Kept in the clear because signing needs them (as Stripe does);
+# a rotated-out secret signs alongside the new one until expires_at.
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    Index("ix_webhook_secrets_project", "project_id", "created_at"),
+)
+
+# ---------------------------------------------------------------- operations (migration 0004)
+
+# The audit trail of payout states: one row per transition, written in the transaction
+# that makes it, so the history can never disagree with the payout row.
+payout_events = Table(
+    "payout_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("payout_id", String(36), nullable=False),
+    Column("from_status", String(16), nullable=True),  # None: the payout was created
+    Column("to_status", String(16), nullable=False),
+    Column("cause", String(120), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Index("ix_payout_events_payout", "payout_id", "at_ms"),
+    # Recent outcomes for the flag guards' success rate; append-only, so cheap to keep.
+    Index("ix_payout_events_recent", "to_status", "at_ms"),
+)
+
+# The same trail for orders (pay-ins); the orders branch writes it through services/audit.py.
+order_events = Table(
+    "order_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("from_status", String(32), nullable=True),
+    Column("to_status", String(32), nullable=False),
+    Column("cause", String(120), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Index("ix_order_events_order", "order_id", "at_ms"),
+)
+
+# Feature flags, read through a short per-process cache (services/flags.py).
+feature_flags = Table(
+    "feature_flags",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("enabled", Boolean, nullable=False, default=False),
+    Column("rollout_percent", Integer, nullable=False, default=0),
+    Column("allow", Text, nullable=False, default="[]"),  # JSON list of project ids
+    Column("guards", Text, nullable=False, default="{}"),  # JSON object, see domain/flags.py
+    Column("updated_at", BigInteger, nullable=False),
+    Column("updated_by", String(120), nullable=False),
+    CheckConstraint("rollout_percent BETWEEN 0 AND 100", name="rollout_percent"),
+)
+
+# Every flag change, manual or by a guard: who, when, old → new, why.
+flag_changes = Table(
+    "flag_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("flag", String(64), nullable=False),
+    Column("actor", String(120), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("old", Text, nullable=True),  # JSON; None when the flag was first set
+    Column("new", Text, nullable=False),
+    Column("reason", Text, nullable=True),
+    Index("ix_flag_changes_flag", "flag", "at_ms"),
+)
+
+# Worker liveness for /ready: each worker loop beats here, whatever process it runs in.
+worker_heartbeats = Table(
+    "worker_heartbeats",
+    metadata,
+    Column("worker_id", String(120), primary_key=True),
+    Column("beat_at", BigInteger, nullable=False),
+)
+
+# ---------------------------------------------------------------- card payments (migration 0006)
+
+# An order paid by card. Every status change is a guarded UPDATE (WHERE status = expected)
+# recorded in order_events by the same transaction (services/audit.py).
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # the currency's minor unit
+    Column("currency", String(3), nullable=False),  # ISO 4217, lowercase
+    Column("customer_id", String(255), nullable=True),
+    Column("metadata", Text, nullable=True),  # JSON object of strings
+    Column("status", String(32), nullable=False),
+    Column("payment_method", String(255), nullable=True),
+    # The key the current attempt was created with at the provider: stored before the call,
+    # so a crash after it can be resolved by asking again with the same key.
+    Column("provider_idempotency_key", String(255), nullable=True),
+    Column("payment_intent_id", String(255), nullable=True, unique=True),
+    Column("pay_attempts", Integer, nullable=False, default=0),
+    Column("failure_code", String(32), nullable=True),
+    Column("failure_reason", Text, nullable=True),
+    # When the sweeper next asks the provider about an order waiting on it (None: never).
+    Column("check_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("completed_at", BigInteger, nullable=True),
+    Column("fulfilled_at", BigInteger, nullable=True),
+    CheckConstraint("amount > 0", name="positive_amount"),
+    Index("ix_orders_list", "project_id", "created_at", "id"),
+    Index("ix_orders_check", "status", "check_at"),
+)
+
+# One row per pay request (order, Idempotency-Key): a retry with the key answers its outcome.
+order_pay_requests = Table(
+    "order_pay_requests",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(16), nullable=True),  # None while the provider is asked
+    Column("error_code", String(32), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# The payment log: one row per completed order, written with the ledger transfer.
+order_payments = Table(
+    "order_payments",
+    metadata,
+    Column("order_id", String(64), primary_key=True),  # completed at most once
+    Column("payment_intent_id", String(255), nullable=False, unique=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("transfer_id", String(120), nullable=False, unique=True),
+    Column("cause", String(120), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# Provider webhook events, stored once (the provider's event id is the key) before 200.
+provider_events = Table(
+    "provider_events",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("provider", String(16), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("order_id", String(64), nullable=True),
+    Column("payment_intent_id", String(255), nullable=True),
+    Column("payload", Text, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    Column("processed_at", BigInteger, nullable=True),
+    Column("outcome", String(24), nullable=True),  # applied | ignored | illegal_transition
+    Index("ix_provider_events_order", "order_id", "received_at"),
+)
+
+# The Stripe simulator's own records (sandbox), written in its own transactions, never in
+# payrail's, as Stripe's database would be.
+sim_stripe_intents = Table(
+    "sim_stripe_intents",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("payment_method", String(255), nullable=True),
+    Column("metadata", Text, nullable=False),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),  # epoch seconds, as Stripe's `created`
+    Index("ix_sim_stripe_intents_created", "created_at", "id"),
+)
+
+# Stripe's idempotency record: the first answer for a key, replayed for the same parameters.
+sim_stripe_requests = Table(
+    "sim_stripe_requests",
+    metadata,
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# The simulator's webhook outbox: each delivery is a row, so faults (delay, duplicate,
+# reorder, drop) are decided once and survive restarts.
+sim_stripe_deliveries = Table(
+    "sim_stripe_deliveries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("event_id", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    # pending | sending | sent | dropped | failed; one left 'sending' by a crash is lost, as a
+    # dropped webhook is: payrail's sweeper finds the outcome without it.
+    Column("state", String(12), nullable=False),
+    Column("deliver_at", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_sim_stripe_deliveries_due", "state", "deliver_at"),
+)

@@ -1,0 +1,159 @@
+"""Typed domain errors. Each carries a stable machine code; HTTP mapping lives in api/errors.py."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, TypeVar
+
+S = TypeVar("S", bound=Enum)
+
+
+class PayrailError(Exception):
+    """Base for every error a caller can act on. `extra` is merged into the envelope's data."""
+
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class ValidationError(PayrailError):
+    code = "VALIDATION_ERROR"
+
+
+class InvalidAmount(PayrailError):
+    code = "INVALID_AMOUNT"
+
+
+class DescriptionTooLong(PayrailError):
+    code = "DESCRIPTION_TOO_LONG"
+
+
+class InvalidCallbackUrl(PayrailError):
+    code = "INVALID_CALLBACK_URL"
+
+
+class InvalidStatus(PayrailError):
+    code = "INVALID_STATUS"
+
+
+def parse_status(kind: type[S], value: Any, what: str = "status") -> S:
+    """A status name of `kind`, or 400 INVALID_STATUS listing the valid ones."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidStatus(
+            f"Unknown {what} {value!r}.", validStatuses=[s.value for s in kind]
+        ) from None
+
+
+class Unauthorized(PayrailError):
+    code = "UNAUTHORIZED"
+
+
+class Forbidden(PayrailError):
+    code = "FORBIDDEN"
+
+
+class NotFound(PayrailError):
+    code = "NOT_FOUND"
+
+
+class ProjectNotFound(NotFound):
+    code = "PROJECT_NOT_FOUND"
+
+
+class PayoutNotFound(NotFound):
+    code = "PAYOUT_NOT_FOUND"
+
+
+class CallbackNotFound(NotFound):
+    code = "CALLBACK_NOT_FOUND"
+
+
+class CallbackNotDead(PayrailError):
+    """Only a dead callback delivery can be replayed; a pending one is still being retried."""
+
+    code = "CALLBACK_NOT_DEAD"
+
+
+class ProjectExists(PayrailError):
+    code = "PROJECT_EXISTS"
+
+
+class IdempotencyKeyReused(PayrailError):
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class RateLimitExceeded(PayrailError):
+    code = "RATE_LIMIT_EXCEEDED"
+
+
+class InsufficientBalance(PayrailError):
+    code = "INSUFFICIENT_BALANCE"
+
+
+class InvalidStatusTransition(PayrailError):
+    code = "INVALID_STATUS_TRANSITION"
+
+
+class PayloadTooLarge(PayrailError):
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class MethodNotAllowed(PayrailError):
+    code = "METHOD_NOT_ALLOWED"
+
+
+class ServiceUnavailable(PayrailError):
+    code = "SERVICE_UNAVAILABLE"
+
+
+class FlagNotFound(NotFound):
+    code = "FLAG_NOT_FOUND"
+
+
+class InvalidCurrency(PayrailError):
+    code = "INVALID_CURRENCY"
+
+
+class OrderNotFound(NotFound):
+    code = "ORDER_NOT_FOUND"
+
+
+class JobNotFound(NotFound):
+    code = "JOB_NOT_FOUND"
+
+
+class JobNotDead(PayrailError):
+    """Only a dead job can be replayed; a queued one is still being retried."""
+
+    code = "JOB_NOT_DEAD"
+
+
+class OrderNotPayable(PayrailError):
+    """The order is being paid, or was paid: a second charge is refused, not attempted."""
+
+    code = "ORDER_NOT_PAYABLE"
+
+
+class CardDeclined(PayrailError):
+    code = "CARD_DECLINED"
+
+
+class ProviderError(PayrailError):
+    """The provider answered with an error: nothing was charged (the order is payment_failed)."""
+
+    code = "PROVIDER_ERROR"
+
+
+class ProviderTimeout(PayrailError):
+    """The provider did not answer: the outcome is unknown until payrail asks again."""
+
+    code = "PROVIDER_TIMEOUT"
+
+
+class InvalidSignature(PayrailError):
+    code = "INVALID_SIGNATURE"

@@ -1,0 +1,222 @@
+"""Payout rules with no I/O: request validation (in API.md's order), the state machine, statuses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from payrail.domain import errors
+from payrail.domain.money import AMOUNT_MAX_SATS, AMOUNT_MIN_SATS
+
+DESCRIPTION_MAX_CHARS = 144
+GAMERTAG_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+INTERNAL_ID_MAX_CHARS = 128
+IDEMPOTENCY_KEY_MAX_CHARS = 255
+CALLBACK_URL_MAX_CHARS = 2048
+EXPIRES_IN_DEFAULT_S = 300
+EXPIRES_IN_MIN_S = 10
+EXPIRES_IN_MAX_S = 86_400
+REQUIRED_FIELDS = ("gamertag", "amount", "projectId")
+
+
+class State(StrEnum):
+    """Internal payout states. Finer than the public four; mapped by PUBLIC_STATUS."""
+
+    RESERVED = "reserved"  # funds held, never sent to the node
+    IN_FLIGHT = "in_flight"  # send intent recorded; the node may have it
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    ERROR = "error"
+
+
+PUBLIC_STATUS: dict[State, Status] = {
+    State.RESERVED: Status.PENDING,
+    State.IN_FLIGHT: Status.PENDING,
+    State.COMPLETED: Status.COMPLETED,
+    State.FAILED: Status.ERROR,
+    State.EXPIRED: Status.EXPIRED,
+}
+
+STATUS_DESCRIPTIONS: dict[Status, str] = {
+    Status.PENDING: "Funds are reserved and the payment is being sent or awaits the node's answer.",
+    Status.COMPLETED: "The Lightning payment succeeded and the balance was charged.",
+    Status.EXPIRED: "The payout was never sent before it expired; the reservation was released.",
+    Status.ERROR: "The node definitely did not pay; the reservation was released.",
+}
+
+# The one transition table. A paid payout never leaves COMPLETED.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.RESERVED: frozenset({State.IN_FLIGHT, State.EXPIRED, State.FAILED}),
+    State.IN_FLIGHT: frozenset({State.COMPLETED, State.FAILED}),
+    State.COMPLETED: frozenset(),
+    State.FAILED: frozenset(),
+    State.EXPIRED: frozenset(),
+}
+
+FINAL_STATES = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+
+def states_for(status: Status) -> list[State]:
+    return [s for s, pub in PUBLIC_STATUS.items() if pub == status]
+
+
+def check_transition(current: State, target: State) -> None:
+    if target not in TRANSITIONS[current]:
+        raise errors.InvalidStatusTransition(
+            f"A payout cannot move from {PUBLIC_STATUS[current]} ({current}) "
+            f"to {PUBLIC_STATUS[target]} ({target}).",
+            currentStatus=str(PUBLIC_STATUS[current]),
+        )
+
+
+class FailureCode(StrEnum):
+    """Why a payout ended in error; decides the HTTP answer (504 vs 502) on create and replay."""
+
+    GATEWAY_TIMEOUT = "GATEWAY_TIMEOUT"
+    PAYMENT_FAILED = "PAYMENT_FAILED"
+
+
+@dataclass(frozen=True)
+class PayoutRequest:
+    project_id: str
+    gamertag: str
+    amount_sats: int
+    description: str | None
+    internal_id: str | None
+    callback_url: str | None
+    expires_in_s: int
+    idempotency_key: str | None
+
+    def fingerprint(self) -> str:
+        """Hash of everything but the key, so a reused key with another body is detected."""
+        body = {
+            "projectId": self.project_id,
+            "gamertag": self.gamertag,
+            "amount": self.amount_sats,
+            "description": self.description,
+            "internalId": self.internal_id,
+            "callbackUrl": self.callback_url,
+            "expiresIn": self.expires_in_s,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional_str(body: dict[str, Any], field: str, max_chars: int) -> str | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_chars:
+        raise errors.ValidationError(
+            f"{field} must be a non-empty string of at most {max_chars} characters.", field=field
+        )
+    return value
+
+
+def validate_callback_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > CALLBACK_URL_MAX_CHARS:
+        raise errors.InvalidCallbackUrl("callbackUrl must be an http(s) URL.")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise errors.InvalidCallbackUrl("callbackUrl must be an http(s) URL with a host.")
+    return value
+
+
+def parse_payout_request(
+    body: Any,
+    header_idempotency_key: str | None = None,
+    *,
+    callback_url_refusal: str | None = None,
+) -> PayoutRequest:
+    """Validate a create-payout body in API.md's order; raise the first error found.
+
+    `callback_url_refusal` is the services layer's verdict on where callbackUrl resolves
+    (production only: that needs DNS), reported here as check 4.
+    """
+    if not isinstance(body, dict):
+        raise errors.ValidationError("Request body must be a JSON object.")
+    missing = [f for f in REQUIRED_FIELDS if body.get(f) in (None, "")]
+    if missing:
+        raise errors.ValidationError(
+            "Missing required fields: gamertag, amount, projectId", missingFields=missing
+        )
+    amount = body["amount"]
+    if not _is_int(amount) or not AMOUNT_MIN_SATS <= amount <= AMOUNT_MAX_SATS:
+        raise errors.InvalidAmount(
+            f"amount must be an integer number of sats from {AMOUNT_MIN_SATS} "
+            f"to {AMOUNT_MAX_SATS:,}.",
+            minAmount=AMOUNT_MIN_SATS,
+            maxAmount=AMOUNT_MAX_SATS,
+        )
+    description = body.get("description")
+    if description is not None:
+        if not isinstance(description, str):
+            raise errors.ValidationError("description must be a string.", field="description")
+        if len(description) > DESCRIPTION_MAX_CHARS:
+            raise errors.DescriptionTooLong(
+                f"description is {len(description)} characters; "
+                f"the maximum is {DESCRIPTION_MAX_CHARS}.",
+                maxLength=DESCRIPTION_MAX_CHARS,
+            )
+    callback_url = validate_callback_url(body.get("callbackUrl"))
+    if callback_url is not None and callback_url_refusal is not None:
+        raise errors.InvalidCallbackUrl(callback_url_refusal)
+    gamertag = body["gamertag"]
+    if not isinstance(gamertag, str) or not GAMERTAG_RE.match(gamertag):
+        raise errors.ValidationError(
+            "gamertag must be 1-64 characters of letters, digits, '_', '.' or '-'.",
+            field="gamertag",
+        )
+    project_id = body["projectId"]
+    if not isinstance(project_id, str) or len(project_id) > 64:
+        raise errors.ValidationError("projectId must be a string.", field="projectId")
+    expires_in = body.get("expiresIn", EXPIRES_IN_DEFAULT_S)
+    if expires_in is None:
+        expires_in = EXPIRES_IN_DEFAULT_S
+    if not _is_int(expires_in) or not EXPIRES_IN_MIN_S <= expires_in <= EXPIRES_IN_MAX_S:
+        raise errors.ValidationError(
+            f"expiresIn must be an integer number of seconds from {EXPIRES_IN_MIN_S} "
+            f"to {EXPIRES_IN_MAX_S}.",
+            field="expiresIn",
+        )
+    key = body.get("idempotencyKey")
+    if key is None:
+        key = header_idempotency_key
+    if key is not None and (
+        not isinstance(key, str) or not key or len(key) > IDEMPOTENCY_KEY_MAX_CHARS
+    ):
+        raise errors.ValidationError(
+            f"idempotencyKey must be a string of 1-{IDEMPOTENCY_KEY_MAX_CHARS} characters.",
+            field="idempotencyKey",
+        )
+    return PayoutRequest(
+        project_id=project_id,
+        gamertag=gamertag,
+        amount_sats=amount,
+        description=description,
+        internal_id=_optional_str(body, "internalId", INTERNAL_ID_MAX_CHARS),
+        callback_url=callback_url,
+        expires_in_s=expires_in,
+        idempotency_key=key,
+    )
+
+
+def parse_status(value: Any) -> Status:
+    return errors.parse_status(Status, value)

@@ -1,0 +1,147 @@
+"""The worker loop: claims due jobs under a lease, runs them with bounded concurrency,
+and sweeps for payouts that must expire. Runs inside the server, or alone (`payrail worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from payrail import metrics
+from payrail.db.tables import worker_heartbeats
+from payrail.jobs import queue
+from payrail.services import callbacks, order_events, payouts
+from payrail.services.runtime import Runtime, SimulatedCrash, wait_or_stop
+
+log = structlog.get_logger("payrail.worker")
+
+HEARTBEAT_INTERVAL_MS = 5_000  # /ready presumes a worker dead after 30 s without a beat
+HEARTBEAT_KEPT_MS = 86_400_000  # rows of workers gone longer than this are deleted
+
+Handler = Callable[[Runtime, queue.Job], Awaitable[None]]
+
+
+async def _settle(rt: Runtime, job: queue.Job) -> None:
+    await payouts.settle_payout(rt, job.payload["payoutId"], job_leased=True)
+
+
+async def _deliver(rt: Runtime, job: queue.Job) -> None:
+    await callbacks.deliver(rt, job.payload["callbackId"])
+
+
+# These finish (or reschedule) their job row in their own transaction, with their outcome.
+SELF_COMPLETING = frozenset(
+    {payouts.SETTLE_JOB, callbacks.CALLBACK_JOB, order_events.EVENT_JOB, order_events.FULFIL_JOB}
+)
+
+HANDLERS: dict[str, Handler] = {
+    payouts.SETTLE_JOB: _settle,
+    callbacks.CALLBACK_JOB: _deliver,
+    order_events.EVENT_JOB: order_events.process_event,
+    order_events.FULFIL_JOB: order_events.fulfil,
+}
+
+
+async def _run_job(rt: Runtime, job: queue.Job) -> None:
+    handler = HANDLERS.get(job.kind)
+    try:
+        if handler is None:
+            raise LookupError(f"no handler for job kind {job.kind!r}")
+        await handler(rt, job)
+        if job.kind not in SELF_COMPLETING:
+            async with rt.engine.begin() as conn:
+                await queue.complete(conn, job.id, rt.clock.now_ms())
+    except (SimulatedCrash, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        metrics.JOB_FAILURES.labels(kind=job.kind if job.kind in HANDLERS else "unknown").inc()
+        rt.note_error(exc)
+        now = rt.clock.now_ms()
+        async with rt.engine.begin() as conn:
+            state = await queue.reschedule(
+                conn,
+                job.id,
+                now + queue.backoff_ms(job.attempts),
+                now,
+                f"{type(exc).__name__}: {exc}",
+            )
+        log.warning(
+            "job_failed", job_id=job.id, kind=job.kind, state=state, error=type(exc).__name__
+        )
+
+
+async def run_once(rt: Runtime) -> int:
+    """Claim and run one batch of due jobs, then expire payouts and sweep orders that are due.
+    Returns jobs run plus orders checked (work that may have made more jobs due)."""
+    s = rt.settings
+    jobs = await queue.claim(
+        rt.engine, rt.worker_id, rt.clock.now_ms(), s.lease_ms, s.worker_batch_max
+    )
+    if jobs:
+        limit = asyncio.Semaphore(s.worker_concurrency_max)
+
+        async def bounded(job: queue.Job) -> None:
+            async with limit:
+                await _run_job(rt, job)
+
+        await asyncio.gather(*(bounded(j) for j in jobs))
+    await payouts.expire_due(rt)
+    checked = await order_events.sweep_due(rt)
+    return len(jobs) + checked
+
+
+async def run_until_idle(rt: Runtime, rounds_max: int = 100) -> int:
+    """Run batches until nothing is due (tests and `payrail recover`). Returns jobs run."""
+    total = 0
+    for _ in range(rounds_max):
+        ran = await run_once(rt)
+        total += ran
+        if ran == 0:
+            break
+    return total
+
+
+async def heartbeat(rt: Runtime) -> None:
+    """Record that this worker is alive (read by /ready and the payrail_workers_alive gauge)."""
+    now = rt.clock.now_ms()
+    dialect_insert = pg_insert if rt.engine.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(worker_heartbeats).values(worker_id=rt.worker_id, beat_at=now)
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            stmt.on_conflict_do_update(index_elements=["worker_id"], set_={"beat_at": now})
+        )
+        await conn.execute(
+            delete(worker_heartbeats).where(worker_heartbeats.c.beat_at < now - HEARTBEAT_KEPT_MS)
+        )
+
+
+async def _farewell(rt: Runtime) -> None:
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            delete(worker_heartbeats).where(worker_heartbeats.c.worker_id == rt.worker_id)
+        )
+
+
+async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
+    log.info("worker_started", worker_id=rt.worker_id)
+    last_beat_ms: int | None = None
+    while not stop.is_set():
+        try:
+            now = rt.clock.now_ms()
+            if last_beat_ms is None or now - last_beat_ms >= HEARTBEAT_INTERVAL_MS:
+                await heartbeat(rt)
+                last_beat_ms = now
+            ran = await run_once(rt)
+        except Exception as exc:  # the database may be briefly unreachable: keep the loop alive
+            log.warning("worker_round_failed", error=type(exc).__name__)
+            ran = 0
+        if ran == 0:
+            await wait_or_stop(stop, rt.settings.worker_poll_ms / 1000)
+    try:
+        await _farewell(rt)
+    except Exception as exc:
+        log.warning("worker_farewell_failed", error=type(exc).__name__)

@@ -1,0 +1,45 @@
+"""Opaque list cursors: (created_at, id) of the last row of a page, newest-first lists."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from sqlalchemy import Table, and_, or_, select
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from payrail.domain import errors
+
+
+def encode_cursor(row: RowMapping) -> str:
+    return base64.urlsafe_b64encode(f"{row['created_at']}:{row['id']}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """The (created_at, id) a cursor names; a cursor this API did not return is a 400."""
+    try:
+        created_at, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
+        return int(created_at), row_id
+    except (ValueError, UnicodeDecodeError):
+        raise errors.ValidationError("cursor is not one this API returned.") from None
+
+
+async def newest_first(
+    engine: AsyncEngine, table: Table, limit: int, cursor: str | None, *where: Any
+) -> tuple[list[RowMapping], str | None]:
+    """One page of `table` (it has created_at and id), newest first, and the next cursor.
+
+    Keyset on (created_at, id): a row inserted meanwhile never makes a page skip or repeat one.
+    """
+    c = table.c
+    query = select(table).where(*where).order_by(c.created_at.desc(), c.id.desc())
+    if cursor:
+        created_at, row_id = decode_cursor(cursor)
+        query = query.where(
+            or_(c.created_at < created_at, and_(c.created_at == created_at, c.id < row_id))
+        )
+    async with engine.connect() as conn:
+        rows = list((await conn.execute(query.limit(limit + 1))).mappings())
+    page = rows[:limit]
+    return page, (encode_cursor(page[-1]) if len(rows) > limit else None)

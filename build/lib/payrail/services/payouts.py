@@ -1,0 +1,725 @@
+"""Payout use cases: create (reserve), settle (the saga), expire, sandbox status changes.
+
+The saga, in DESIGN.md's words:
+
+    create   tx1: idempotency → rate limit → reserve → payout row (reserved) → settle job  COMMIT
+    settle   tx:  reserved → in_flight (the send intent)                                 COMMIT
+             node.pay(payout id)          no transaction is open during the call
+             succeeded      tx2: post both transfers, completed, job done
+             failed         tx2: void both transfers, failed, job done
+             unknown        job rescheduled; node.status() is asked until it is definite
+
+A guarded UPDATE (`WHERE state = <expected>`) makes every transition happen at most once,
+whoever races for it: the inline path, a worker that found an expired lease, or expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, bindparam, false, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from payrail import metrics
+from payrail.clock import iso
+from payrail.db.engine import single_statement
+from payrail.db.tables import gamertag_locks, payouts, projects
+from payrail.domain import errors
+from payrail.domain.flags import KNOWN_FLAGS, SETTLEMENT_QUEUE_PATH
+from payrail.domain.money import fee_sats
+from payrail.domain.payouts import (
+    FINAL_STATES,
+    PUBLIC_STATUS,
+    FailureCode,
+    PayoutRequest,
+    State,
+    Status,
+    check_transition,
+    states_for,
+)
+from payrail.jobs import queue
+from payrail.ledger import accounts as acct
+from payrail.ledger import ledger
+from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
+from payrail.services import audit, callbacks, flags, pagination
+from payrail.services.runtime import Runtime, SimulatedCrash
+
+log = structlog.get_logger("payrail.payouts")
+P = payouts.c
+
+SETTLE_JOB = "settle_payout"
+SETTLE_ATTEMPTS_MAX = 2_000  # with the 60 s backoff cap: more than a day of asking the node
+RATE_WINDOW_MS = 3_600_000
+REPLAY_POLL_MS = 20
+# The settlement paths, chosen per project by the flag: the API process calls the node
+# right after tx1 (inline, the old path), or a worker claims the settle job (queue, new).
+PATH_INLINE = KNOWN_FLAGS[SETTLEMENT_QUEUE_PATH].old_path
+PATH_QUEUE = KNOWN_FLAGS[SETTLEMENT_QUEUE_PATH].new_path
+LIST_LIMIT_DEFAULT = 20
+LIST_LIMIT_MAX = 100
+
+
+def settle_job_id(payout_id: str) -> str:
+    return f"settle:{payout_id}"
+
+
+def transfer_ids(payout_id: str) -> list[str]:
+    """The two linked pending transfers of a payout: the amount and the fee."""
+    return [f"{payout_id}:amount", f"{payout_id}:fee"]
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    payout: RowMapping
+    replay: bool
+
+
+# ---------------------------------------------------------------- reads
+
+
+async def load(conn: AsyncConnection, payout_id: str) -> RowMapping | None:
+    return (await conn.execute(select(payouts).where(P.id == payout_id))).mappings().first()
+
+
+async def get_payout(rt: Runtime, payout_id: str) -> RowMapping:
+    async with rt.engine.connect() as conn:
+        row = await load(conn, payout_id)
+    if row is None:
+        raise errors.PayoutNotFound(f"No payout with id {payout_id}.")
+    return row
+
+
+async def get_by_internal_id(rt: Runtime, project_id: str, internal_id: str) -> RowMapping:
+    async with rt.engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    select(payouts)
+                    .where(P.project_id == project_id, P.internal_id == internal_id)
+                    .order_by(P.created_at.desc())
+                    .limit(1)
+                )
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise errors.PayoutNotFound(f"No payout with internalId {internal_id} in this project.")
+    return row
+
+
+async def history(rt: Runtime, payout_id: str) -> list[dict[str, Any]]:
+    """Every transition of a payout, oldest first: internal state, public status, cause, time."""
+    async with rt.engine.connect() as conn:
+        events = await audit.payout_history(conn, payout_id)
+    for event in events:
+        event["fromStatus"] = PUBLIC_STATUS[State(event["from"])].value if event["from"] else None
+        event["toStatus"] = PUBLIC_STATUS[State(event["to"])].value
+    return events
+
+
+async def list_payouts(
+    rt: Runtime,
+    project_id: str | None,
+    status: Status | None,
+    limit: int = LIST_LIMIT_DEFAULT,
+    cursor: str | None = None,
+) -> tuple[list[RowMapping], str | None]:
+    """Newest first; the cursor is (created_at, id) so pages never skip or repeat a payout."""
+    where = []
+    if project_id is not None:
+        where.append(P.project_id == project_id)
+    if status is not None:
+        where.append(P.state.in_([s.value for s in states_for(status)]))
+    return await pagination.newest_first(rt.engine, payouts, limit, cursor, *where)
+
+
+def view(row: RowMapping) -> dict[str, Any]:
+    """The public payout object of API.md (camelCase, ISO 8601 UTC times)."""
+    state = State(row["state"])
+    return {
+        "id": row["id"],
+        "internalId": row["internal_id"],
+        "gamertag": row["gamertag"],
+        "amount": row["amount"],
+        "fee": row["fee"],
+        "totalCost": row["amount"] + row["fee"],
+        "projectId": row["project_id"],
+        "idempotencyKey": row["idempotency_key"],
+        "description": row["description"],
+        "callbackUrl": row["callback_url"],
+        "status": PUBLIC_STATUS[state].value,
+        "expiresIn": row["expires_in"],
+        "expiresAt": iso(row["expires_at"]),
+        "createdAt": iso(row["created_at"]),
+        "updatedAt": iso(row["updated_at"]),
+        "settledAt": iso(row["settled_at"]),
+        "failureReason": row["failure_reason"],
+    }
+
+
+# ---------------------------------------------------------------- create
+
+
+async def _by_key(conn: AsyncConnection, project_id: str, key: str) -> RowMapping | None:
+    return (
+        (
+            await conn.execute(
+                select(payouts).where(P.project_id == project_id, P.idempotency_key == key)
+            )
+        )
+        .mappings()
+        .first()
+    )
+
+
+class _ReplayInstead(Exception):
+    def __init__(self, row: RowMapping) -> None:
+        self.row = row
+
+
+async def _lock_gamertag(conn: AsyncConnection, project_id: str, gamertag: str, now: int) -> None:
+    """Take the (project, gamertag) row lock so concurrent rate-limit counts are serialised."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(gamertag_locks).values(
+        project_id=project_id, gamertag=gamertag, touched_at=now
+    )
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["project_id", "gamertag"], set_={"touched_at": now}
+        )
+    )
+
+
+async def _check_rate(rt: Runtime, conn: AsyncConnection, req: PayoutRequest, now: int) -> None:
+    limit = rt.settings.rate_limit_per_hour
+    # The limit-th newest payout in the window: when it leaves the window, a slot frees.
+    oldest_counted = await conn.scalar(
+        select(P.created_at)
+        .where(
+            P.project_id == req.project_id,
+            P.gamertag == req.gamertag,
+            P.created_at > now - RATE_WINDOW_MS,
+        )
+        .order_by(P.created_at.desc())
+        .offset(limit - 1)
+        .limit(1)
+    )
+    if oldest_counted is None:
+        return
+    # A concurrent request may have stamped created_at a moment after our `now`: clamp to
+    # the window so the answer never exceeds it.
+    wait_ms = min(RATE_WINDOW_MS, oldest_counted + RATE_WINDOW_MS - now)
+    retry_after_s = max(1, math.ceil(wait_ms / 1000))
+    raise errors.RateLimitExceeded(
+        f"More than {limit} payouts to gamertag {req.gamertag} in an hour; "
+        f"retry in {retry_after_s} s.",
+        retryAfter=retry_after_s,
+        limit=limit,
+    )
+
+
+async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
+    """Reserve and settle a payout; answers a replay for a key already used in this project."""
+    # The flag decides the settlement path before anything is written (a cached read).
+    path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, req.project_id)
+    try:
+        payout_id = await _reserve(rt, req, path)
+    except _ReplayInstead as other:
+        return await _replay(rt, other.row, req)
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer like a replay.
+        async with rt.engine.connect() as conn:
+            row = await _by_key(conn, req.project_id, req.idempotency_key or "")
+        if row is None:
+            raise
+        return await _replay(rt, row, req)
+    metrics.PAYOUTS_CREATED.labels(path=path).inc()
+    rt.crashpoint("after_reserve")
+    if path == PATH_QUEUE:  # a worker claims the job at once; wait for its outcome
+        return CreateOutcome(await _await_final(rt, payout_id), replay=False)
+    task = rt.spawn(settle_payout(rt, payout_id, job_leased=True))
+    await asyncio.wait({task}, timeout=rt.settings.settle_wait_ms / 1000)
+    if task.done():
+        if isinstance(task.exception(), SimulatedCrash):
+            raise task.exception()  # type: ignore[misc]
+        if task.exception() is None and task.result() is not None:
+            return CreateOutcome(task.result(), replay=False)
+    return CreateOutcome(await get_payout(rt, payout_id), replay=False)
+
+
+async def _reserve(rt: Runtime, req: PayoutRequest, path: str = "inline") -> str:
+    """tx1: rate limit, reservation, payout row and its settle job, all or nothing."""
+    now = rt.clock.now_ms()
+    payout_id = str(uuid.uuid4())
+    fee = fee_sats(req.amount_sats)
+    account = acct.project_account(req.project_id)
+    expires_at = now + req.expires_in_s * 1000
+    async with rt.engine.begin() as conn:
+        await _check_project_and_key(conn, req)
+        await _lock_gamertag(conn, req.project_id, req.gamertag, now)
+        try:
+            await _check_rate(rt, conn, req, now)
+        except errors.RateLimitExceeded:
+            await _replay_if_key_taken(conn, req)
+            raise
+        # The payout row first: a same-key race fails here (unique index), before any lock on
+        # the shared system accounts is taken.
+        await conn.execute(
+            insert(payouts),
+            dict(
+                id=payout_id,
+                project_id=req.project_id,
+                gamertag=req.gamertag,
+                amount=req.amount_sats,
+                fee=fee,
+                internal_id=req.internal_id,
+                description=req.description,
+                callback_url=req.callback_url,
+                idempotency_key=req.idempotency_key,
+                request_hash=req.fingerprint(),
+                state=State.RESERVED.value,
+                charge_posted=False,
+                expires_in=req.expires_in_s,
+                expires_at=expires_at,
+                created_at=now,
+                updated_at=now,
+                settle_path=path,
+                state_cause="api: payout created",  # the audit trigger records it
+            ),
+        )
+        await queue.enqueue(
+            conn,
+            SETTLE_JOB,
+            {"payoutId": payout_id},
+            now,
+            job_id=settle_job_id(payout_id),
+            max_attempts=SETTLE_ATTEMPTS_MAX,
+            # Inline: this process holds the lease and settles right after COMMIT.
+            leased_by=rt.worker_id if path == PATH_INLINE else None,
+            lease_ms=rt.settings.lease_ms,
+        )
+        if req.callback_url:
+            row = await load(conn, payout_id)
+            assert row is not None
+            await callbacks.on_status_change(conn, row, view(row), now)
+        # Last: the reservation. Its row locks (the project's account, then this payout's
+        # system-account shards) are held until COMMIT.
+        amount_id, fee_id = transfer_ids(payout_id)
+        try:
+            await ledger.reserve(
+                conn,
+                [
+                    ledger.Transfer(
+                        amount_id, account, acct.lightning_outbound(payout_id), req.amount_sats
+                    ),
+                    ledger.Transfer(fee_id, account, acct.fees(payout_id), fee),
+                ],
+                now,
+                expires_at,
+            )
+        except ledger.InsufficientFunds as refusal:
+            raise _insufficient(req.amount_sats, fee, refusal.available) from None
+    log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id, path=path)
+    return payout_id
+
+
+async def _check_project_and_key(conn: AsyncConnection, req: PayoutRequest) -> None:
+    """One query: the project exists (else 404) and the key is unused (else replay)."""
+    key_match = and_(
+        P.project_id == projects.c.id,
+        # Without a key nothing may match (`== None` would compile to IS NULL).
+        P.idempotency_key == req.idempotency_key if req.idempotency_key else false(),
+    )
+    row = (
+        (
+            await conn.execute(
+                select(projects.c.id.label("found_project_id"), *payouts.c)
+                .select_from(projects.outerjoin(payouts, key_match))
+                .where(projects.c.id == req.project_id)
+                .limit(1)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise errors.ProjectNotFound(f"No project with id {req.project_id}.")
+    if row["id"] is not None:
+        raise _ReplayInstead(row)
+
+
+async def _replay_if_key_taken(conn: AsyncConnection, req: PayoutRequest) -> None:
+    """A same-key request may have committed while we waited for the lock: replay wins."""
+    if req.idempotency_key:
+        row = await _by_key(conn, req.project_id, req.idempotency_key)
+        if row is not None:
+            raise _ReplayInstead(row)
+
+
+def _insufficient(amount: int, fee: int, available: int) -> errors.InsufficientBalance:
+    total = amount + fee
+    return errors.InsufficientBalance(
+        f"Insufficient balance: the payout of {amount} sats plus the {fee} sat fee needs "
+        f"{total} sats, and {max(available, 0)} sats are available.",
+        requiredAmount=amount,
+        fee=fee,
+        totalCost=total,
+        currentBalance=available,
+    )
+
+
+async def _replay(rt: Runtime, row: RowMapping, req: PayoutRequest) -> CreateOutcome:
+    """Same key, same body: the original payout (once final, within the wait window)."""
+    if row["request_hash"] != req.fingerprint():
+        raise errors.IdempotencyKeyReused(
+            "This idempotencyKey was already used with a different request body in this "
+            "project. Use a new key for a new payout.",
+            payoutId=row["id"],
+        )
+    return CreateOutcome(await _await_final(rt, row["id"], row), replay=True)
+
+
+async def _await_final(rt: Runtime, payout_id: str, row: RowMapping | None = None) -> RowMapping:
+    """The payout once final, or as it is when the settle wait window ends."""
+    row = row or await get_payout(rt, payout_id)
+    deadline = rt.clock.now_ms() + rt.settings.settle_wait_ms
+    while State(row["state"]) not in FINAL_STATES and rt.clock.now_ms() < deadline:
+        await asyncio.sleep(REPLAY_POLL_MS / 1000)
+        row = await get_payout(rt, payout_id)
+    return row
+
+
+# ---------------------------------------------------------------- settle (the saga)
+
+
+async def settle_payout(
+    rt: Runtime, payout_id: str, *, job_leased: bool = False
+) -> RowMapping | None:
+    """Drive one payout toward a final state; safe to run again at any point after a crash.
+
+    Returns the payout's row when this call made it final, else None.
+    """
+    try:
+        return await _settle(rt, payout_id)
+    except (SimulatedCrash, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # the job row keeps the saga: hand it to the worker, with backoff
+        log.warning("settle_error", payout_id=payout_id, error=type(exc).__name__)
+        rt.note_error(exc)
+        if not job_leased:
+            raise
+        async with rt.engine.begin() as conn:
+            now = rt.clock.now_ms()
+            await queue.reschedule(
+                conn, settle_job_id(payout_id), now + queue.backoff_ms(1), now, repr(exc)
+            )
+        return None
+
+
+async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
+    now = rt.clock.now_ms()
+    # The common case first, with no read before it: record the send intent of a payout
+    # that is reserved and not yet expired. One guarded UPDATE (its audit row is written by
+    # the trigger in the same statement), so it needs no transaction around it.
+    async with single_statement(rt.engine) as conn:
+        sending = await _transition(
+            conn,
+            payout_id,
+            State.RESERVED,
+            State.IN_FLIGHT,
+            now,
+            unexpired_at=now,
+            cause="saga: sent to the node",
+        )
+    if sending is not None:
+        rt.crashpoint("after_mark_in_flight")
+        pay = rt.node.pay(payout_id, sending["gamertag"], sending["amount"])
+        result = await _node_call(rt, "pay", pay)
+        rt.crashpoint("after_node_call")
+        return await _apply_outcome(rt, payout_id, result)
+    row = await get_payout(rt, payout_id)
+    state = State(row["state"])
+    if state in FINAL_STATES:
+        async with rt.engine.begin() as conn:
+            await queue.complete(conn, settle_job_id(payout_id), rt.clock.now_ms())
+        return None
+    if state == State.RESERVED:  # not sent before expires_at: release it, never send late
+        await _expire_if_reserved(rt, payout_id, "saga: not sent before expiresAt")
+        return None
+    else:
+        # In flight after a crash or an unknown outcome: ask before sending again.
+        result = await _node_call(rt, "status", rt.node.status(payout_id))
+        if result is not None and result.status == NodeStatus.NOT_FOUND:
+            resend = rt.node.pay(payout_id, row["gamertag"], row["amount"])
+            result = await _node_call(rt, "pay", resend)
+    rt.crashpoint("after_node_call")
+    return await _apply_outcome(rt, payout_id, result)
+
+
+async def _node_call(rt: Runtime, operation: str, call: Any) -> PaymentResult | None:
+    """Bound the node call; None means the outcome is unknown (never a failure)."""
+    started = time.perf_counter()
+    try:
+        result: PaymentResult | None = await asyncio.wait_for(
+            call, rt.settings.node_timeout_ms / 1000
+        )
+    except (TimeoutError, UnknownOutcome, OSError) as exc:
+        log.info("node_outcome_unknown", operation=operation, error=type(exc).__name__)
+        result = None
+    metrics.NODE_CALL_SECONDS.labels(operation=operation).observe(time.perf_counter() - started)
+    metrics.NODE_CALLS.labels(operation=operation, outcome=_node_outcome(result)).inc()
+    return result
+
+
+def _node_outcome(result: PaymentResult | None) -> str:
+    if result is None:
+        return "ambiguous"
+    if result.status == NodeStatus.FAILED:
+        return "timeout" if result.failure_reason == FailureReason.TIMEOUT else "failure"
+    return {NodeStatus.SUCCEEDED: "success", NodeStatus.IN_FLIGHT: "in_flight"}.get(
+        result.status, "not_found"
+    )
+
+
+def _observe_final(final: RowMapping | None, now: int) -> None:
+    """Count a final transition once it has committed (the winner of the guarded UPDATE)."""
+    if final is None:
+        return
+    status = PUBLIC_STATUS[State(final["state"])].value
+    metrics.PAYOUTS_FINAL.labels(
+        status=status,
+        reason=metrics.reason_label(final["failure_reason"], status),
+        path=final["settle_path"] or "inline",
+    ).inc()
+    metrics.SETTLEMENT_SECONDS.labels(status=status).observe(
+        max(0, now - final["created_at"]) / 1000
+    )
+
+
+async def _apply_outcome(
+    rt: Runtime, payout_id: str, result: PaymentResult | None
+) -> RowMapping | None:
+    now = rt.clock.now_ms()
+    if result is None or result.status in (NodeStatus.IN_FLIGHT, NodeStatus.NOT_FOUND):
+        async with rt.engine.begin() as conn:
+            attempts = await conn.scalar(
+                select(queue.J.attempts).where(queue.J.id == settle_job_id(payout_id))
+            )
+            await queue.reschedule(
+                conn,
+                settle_job_id(payout_id),
+                now + queue.backoff_ms(attempts or 1),
+                now,
+                "node outcome unknown; will ask the node again",
+            )
+        return None
+    legacy_charge = False
+    if result.status == NodeStatus.FAILED and result.failure_reason == FailureReason.TIMEOUT:
+        legacy_charge = rt.settings.sandbox and not (await rt.faults.get()).rollbackOnTimeout
+    async with rt.engine.begin() as conn:
+        # The guarded update refuses if another actor already finalised it.
+        if result.status == NodeStatus.SUCCEEDED:
+            final = await _finalize(
+                conn,
+                payout_id,
+                State.IN_FLIGHT,
+                State.COMPLETED,
+                now,
+                charge=True,
+                cause="node: payment succeeded",
+            )
+        else:
+            code = (
+                FailureCode.GATEWAY_TIMEOUT
+                if result.failure_reason == FailureReason.TIMEOUT
+                else FailureCode.PAYMENT_FAILED
+            )
+            final = await _finalize(
+                conn,
+                payout_id,
+                State.IN_FLIGHT,
+                State.FAILED,
+                now,
+                charge=legacy_charge,
+                cause=f"node: payment failed ({result.failure_reason or 'failed'})",
+                failure_code=code,
+                failure_reason=f"node: {result.failure_reason or 'failed'}",
+            )
+    _observe_final(final, now)
+    log.info("payout_final", payout_id=payout_id, node_status=result.status.value)
+    return final
+
+
+async def _transition(
+    conn: AsyncConnection,
+    payout_id: str,
+    current: State,
+    target: State,
+    now: int,
+    *,
+    cause: str,
+    unexpired_at: int | None = None,
+    **values: Any,
+) -> RowMapping | None:
+    """The guarded state change: legal by the table, and only from `current`; audited.
+
+    Returns the updated row, or None when the payout was not in `current` (someone else won).
+    With unexpired_at, only a payout whose expires_at is later than it changes.
+    One statement: the database's audit trigger writes the payout_events row from the cause
+    set here, only when the state really changed (migration 0005).
+    """
+    check_transition(current, target)
+    statement, params = _TRANSITION, {"b_id": payout_id, "b_from": current.value}
+    if unexpired_at is not None:
+        statement, params["b_unexpired_at"] = _TRANSITION_UNEXPIRED, unexpired_at
+    result = await conn.execute(
+        statement,
+        params
+        | {"state": target.value, "updated_at": now, "state_cause": audit.cause_text(cause)}
+        | values,
+    )
+    return result.mappings().first()
+
+
+# Built once: the hot statements carry their values as execute parameters (the SET columns
+# are the parameter keys), so no per-call expression building or cache-key walk.
+_TRANSITION = (
+    update(payouts)
+    .where(P.id == bindparam("b_id"), P.state == bindparam("b_from"))
+    .returning(*payouts.c)
+)
+_TRANSITION_UNEXPIRED = _TRANSITION.where(P.expires_at > bindparam("b_unexpired_at"))
+
+
+async def _finalize(
+    conn: AsyncConnection,
+    payout_id: str,
+    current: State,
+    target: State,
+    now: int,
+    *,
+    charge: bool,
+    cause: str,
+    failure_code: FailureCode | None = None,
+    failure_reason: str | None = None,
+) -> RowMapping | None:
+    """Final transition + ledger post (charge) or void + job done + callback, in one tx."""
+    assert target in FINAL_STATES
+    values: dict[str, Any] = {"charge_posted": charge}
+    if target == State.COMPLETED:
+        values["settled_at"] = now
+    if failure_code is not None:
+        values["failure_code"] = failure_code.value
+        values["failure_reason"] = failure_reason
+    final = await _transition(conn, payout_id, current, target, now, cause=cause, **values)
+    if final is None:
+        return None
+    await queue.complete(conn, settle_job_id(payout_id), now)
+    if final["callback_url"]:
+        await callbacks.on_status_change(conn, final, view(final), now)
+    # Last: the ledger, whose credit side locks the hot system accounts until COMMIT.
+    if charge:
+        await ledger.post(conn, transfer_ids(payout_id), now)
+    else:
+        await ledger.void(conn, transfer_ids(payout_id), now)
+    return final
+
+
+# ---------------------------------------------------------------- expiry and sandbox changes
+
+
+async def _expire_if_reserved(rt: Runtime, payout_id: str, cause: str) -> bool:
+    now = rt.clock.now_ms()
+    async with rt.engine.begin() as conn:
+        final = await _finalize(
+            conn, payout_id, State.RESERVED, State.EXPIRED, now, charge=False, cause=cause
+        )
+    _observe_final(final, now)
+    if final is not None:
+        log.info("payout_expired", payout_id=payout_id)
+    return final is not None
+
+
+async def expire_due(rt: Runtime, batch_max: int = 100) -> int:
+    """Expire reserved payouts that were never sent before expires_at. Returns how many."""
+    async with rt.engine.connect() as conn:
+        due = list(
+            (
+                await conn.execute(
+                    select(P.id)
+                    .where(P.state == State.RESERVED.value, P.expires_at <= rt.clock.now_ms())
+                    .limit(batch_max)
+                )
+            ).scalars()
+        )
+    expired = 0
+    for payout_id in due:
+        expired += await _expire_if_reserved(rt, payout_id, "expiry: expiresAt passed")
+    return expired
+
+
+async def expire_now(rt: Runtime, payout_id: str) -> RowMapping:
+    """Sandbox: expire a pending payout now. Only a never-sent one can expire (it may be paid)."""
+    row = await get_payout(rt, payout_id)
+    check_transition(State(row["state"]), State.EXPIRED)
+    if not await _expire_if_reserved(rt, payout_id, "sandbox: POST /test/expire"):
+        row = await get_payout(rt, payout_id)
+        check_transition(State(row["state"]), State.EXPIRED)
+    return await get_payout(rt, payout_id)
+
+
+SANDBOX_STATUS_CAUSE = "sandbox: PATCH /payouts/{id}/status"
+SANDBOX_SEND_CAUSE = "sandbox: PATCH /payouts/{id}/status (sent first)"
+
+_TARGET_STATE = {
+    Status.COMPLETED: State.COMPLETED,
+    Status.ERROR: State.FAILED,
+    Status.EXPIRED: State.EXPIRED,
+    Status.PENDING: State.RESERVED,
+}
+
+
+async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
+    """Sandbox: move a payout through the real state machine (illegal → 409)."""
+    row = await get_payout(rt, payout_id)
+    current = State(row["state"])
+    if PUBLIC_STATUS[current] == status:
+        return row
+    target = _TARGET_STATE[status]
+    if not (current == State.RESERVED and target == State.COMPLETED):
+        check_transition(current, target)  # 409 before anything is written
+    now = rt.clock.now_ms()
+    async with rt.engine.begin() as conn:
+        if current == State.RESERVED and target == State.COMPLETED:
+            sending = await _transition(
+                conn, payout_id, current, State.IN_FLIGHT, now, cause=SANDBOX_SEND_CAUSE
+            )
+            if sending is None:
+                raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
+            current = State.IN_FLIGHT
+        final = await _finalize(
+            conn,
+            payout_id,
+            current,
+            target,
+            now,
+            charge=target == State.COMPLETED,
+            cause=SANDBOX_STATUS_CAUSE,
+            failure_code=FailureCode.PAYMENT_FAILED if target == State.FAILED else None,
+            failure_reason="set by the sandbox status endpoint" if target == State.FAILED else None,
+        )
+        if final is None:
+            raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
+    _observe_final(final, now)
+    return final
