@@ -13,7 +13,14 @@ VENV="${PAYRAIL_LNBITS_VENV:-$ROOT/.venv-lnbits}"
 PYTHON="${PYTHON:-python3}"
 
 installed() {
-  [ -x "$VENV/bin/lnbits" ] && "$VENV/bin/python" -c "import lnbits.core.services" 2>/dev/null
+  # Importing LNbits writes an auth key into its data folder: point it at a scratch one.
+  local scratch
+  scratch="$(mktemp -d)"
+  [ -x "$VENV/bin/lnbits" ] \
+    && LNBITS_DATA_FOLDER="$scratch" "$VENV/bin/python" -c "import lnbits.core.services" 2>/dev/null
+  local ok=$?
+  rm -rf "$scratch"
+  return $ok
 }
 
 settings() {
