@@ -126,21 +126,30 @@ async def test_a_service_answering_wrongly_is_refused_with_502_and_nothing_moves
 
 
 @pytest.mark.parametrize(
-    "address",
+    ("address", "reason"),
     [
-        "bob@127.0.0.1",  # loopback, not listed as insecure: refused before connecting
-        "bob@10.0.0.7",  # private
-        "bob@169.254.169.254",  # cloud metadata
-        "bob@[::1]:443",
+        ("bob@127.0.0.1", "a loopback address"),  # not listed as insecure (no port)
+        ("bob@10.0.0.7", "a private address"),
+        ("bob@169.254.169.254", "a cloud metadata address"),
     ],
 )
-async def test_ssrf_guard_refuses_lnurl_hosts_that_are_not_public(client, rt, address):
+async def test_ssrf_guard_refuses_lnurl_hosts_that_are_not_public(client, rt, address, reason):
     start = await balance_of(client)
     response = await client.post("/payouts", json=_body(lightningAddress=address))
-    assert response.status_code in (400, 502), response.text
-    assert response.json()["data"]["error"] in ("RECIPIENT_UNREACHABLE", "VALIDATION_ERROR")
+    assert response.status_code == 502, response.text
+    body = response.json()
+    assert body["data"]["error"] == "RECIPIENT_UNREACHABLE"
+    assert "URL guard" in body["message"] and reason in body["message"]  # refused, not tried
     assert await balance_of(client) == start
     assert await _count(rt, payouts) == 0
+
+
+async def test_a_listed_insecure_host_is_allowed_only_on_its_own_port(client, address_server):
+    other_port = f"bob@127.0.0.1:{address_server.port + 1}"
+    response = await client.post("/payouts", json=_body(lightningAddress=other_port))
+    assert response.status_code == 502
+    assert "URL guard" in response.json()["message"]
+    assert address_server.requests == []
 
 
 async def test_lnurl_over_plain_http_to_an_unlisted_host_is_refused(client):

@@ -238,8 +238,8 @@ async def _get_json(rt: Runtime, url: str, who: str) -> dict[str, Any]:
             target = await callback_urls.vet(url, callback_urls.AllowList.parse(()))
         except callback_urls.UnsafeCallbackUrl as refused:
             raise errors.RecipientUnreachable(
-                f"The LNURL service of {who} is refused, not fetched: {refused} "
-                "Nothing was charged."
+                f"The LNURL service of {who} is refused by the URL guard, not fetched "
+                f"(LNURL fetches go to public addresses only): {refused} Nothing was charged."
             ) from None
     headers = {"accept": "application/json", "user-agent": f"payrail/{__version__}"}
     url, extensions = _pinned(url, target, headers)
