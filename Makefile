@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos lint format clean tools alerts lock browser
+.PHONY: run test bench chaos lint format clean tools alerts lock browser lnbits
 
 LOCKS := requirements/build.lock requirements/runtime.lock requirements/dev.lock
+LNBITS_LOCK := requirements/lnbits.lock  # the real LNbits of the tests, in .venv-lnbits
 
 # Installs exactly what requirements/*.lock pin, every file checked against its hash; payrail
 # itself goes in editable with no dependency resolution of its own. `make lock` refreshes the
@@ -27,7 +28,8 @@ lock: $(STAMP)
 	$(UV_COMPILE) requirements/build.in -o requirements/build.lock
 	$(UV_COMPILE) pyproject.toml -o requirements/runtime.lock
 	$(UV_COMPILE) pyproject.toml --extra dev -o requirements/dev.lock
-	@echo "locks written: $(LOCKS); run make test before committing them"
+	$(UV_COMPILE) requirements/lnbits.in -o requirements/lnbits.lock
+	@echo "locks written: $(LOCKS) $(LNBITS_LOCK); run make test before committing them"
 
 run: $(STAMP)
 	$(BIN)/payrail serve
@@ -40,10 +42,14 @@ tools:
 browser:
 	bash scripts/install-chromium.sh
 
+# A real LNbits 1.6.2 in .venv-lnbits for the Lightning tests (tests/lnbits_kit.py starts it).
+lnbits:
+	bash scripts/lnbits.sh install
+
 # The whole suite: lint, unit/integration tests on SQLite and PostgreSQL (alert rules with
 # promtool included), then the chaos runs against a real server on PostgreSQL (including the
 # legacy run that must fail).
-test: $(STAMP) tools browser
+test: $(STAMP) tools browser lnbits
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 	scripts/chaos_ci.sh
@@ -69,4 +75,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests
 
 clean:
-	rm -rf $(VENV) var reports .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-lnbits var reports .pytest_cache .hypothesis

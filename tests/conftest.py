@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -144,3 +145,20 @@ def payout_body(**overrides: object) -> dict[str, object]:
     body: dict[str, object] = {"gamertag": "player1", "amount": 1000, "projectId": PROJECT}
     body.update(overrides)
     return body
+
+
+@pytest.fixture(scope="session")
+def lnbits(tmp_path_factory: pytest.TempPathFactory):
+    """A real LNbits 1.6.2 on loopback for the whole session (tests/lnbits_kit.py)."""
+    from lightning_kit import free_port
+    from lnbits_kit import Lnbits, unavailable
+
+    folder = tmp_path_factory.mktemp("lnbits")
+    server = Lnbits(free_port(), folder / "data", folder / "lnbits.log")
+    try:
+        Lnbits.install()
+        server.start()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        unavailable(f"LNbits could not be set up: {exc!r}")
+    yield server
+    server.stop()

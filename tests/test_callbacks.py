@@ -25,8 +25,9 @@ from sqlalchemy import select
 from payrail.api.app import create_app
 from payrail.config import DEFAULT_SANDBOX_WEBHOOK_SECRET, Settings
 from payrail.db.tables import callback_attempts, callbacks, jobs
+from payrail.domain.recipients import parse_recipient
 from payrail.jobs import worker
-from payrail.services import callback_urls
+from payrail.services import callback_urls, recipients
 from payrail.services import callbacks as cb
 from payrail.services.runtime import SimulatedCrash, build_runtime
 from payrail.webhooks import WebhookVerificationError, verify
@@ -484,6 +485,9 @@ async def production_client(prod: Settings, rt, clock):
         base_url="http://test/api/v1",
         headers={"apikey": SANDBOX_KEY},
     )
+    # Production pays registered recipients only: player1 is a keysend node here.
+    keysend = parse_recipient({"nodePubkey": "02" + "ab" * 32})
+    await recipients.upsert(prod_rt, PROJECT, "player1", keysend, "test")
     return prod_rt, client
 
 

@@ -79,3 +79,34 @@ def test_lease_must_outlast_a_node_call():
 def test_malformed_settings_are_refused_with_the_variable_named(bad):
     with pytest.raises(UnsafeSettings, match=next(iter(bad))):
         Settings.from_env(bad)
+
+
+LNBITS_ONLY_PRODUCTION = {
+    "PAYRAIL_MODE": "production",
+    "PAYRAIL_ADMIN_KEY": "a" * 32,
+    "PAYRAIL_DATABASE_URL": "postgresql://payrail@127.0.0.1:5432/payrail",
+    "PAYRAIL_LIGHTNING_BACKEND": "lnbits",
+    "PAYRAIL_LNBITS_URL": "https://lnbits.example.com",
+    "PAYRAIL_LNBITS_ADMIN_KEY": "k" * 32,
+}
+
+
+def test_production_starts_with_only_lightning_settings_and_card_payments_off():
+    settings = Settings.from_env(LNBITS_ONLY_PRODUCTION)
+    assert (settings.stripe_backend, settings.card_payments) == ("disabled", False)
+    assert Settings.from_env(GOOD_PRODUCTION).card_payments is True
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"PAYRAIL_LNBITS_ADMIN_KEY": ""}, "PAYRAIL_LNBITS_ADMIN_KEY"),
+        ({"PAYRAIL_LIGHTNING_BACKEND": "clightning"}, "PAYRAIL_LIGHTNING_BACKEND"),
+        ({"PAYRAIL_LIGHTNING_NETWORK": "mainnet"}, "PAYRAIL_LIGHTNING_NETWORK"),
+        ({"PAYRAIL_STRIPE_WEBHOOK_SECRET": "whsec_" + "w" * 32}, "PAYRAIL_STRIPE_API_KEY"),
+    ],
+)
+def test_lnbits_production_refuses_incomplete_settings(change, complaint):
+    env = {k: v for k, v in {**LNBITS_ONLY_PRODUCTION, **change}.items() if v != ""}
+    with pytest.raises(UnsafeSettings, match=complaint):
+        Settings.from_env(env)

@@ -12,7 +12,7 @@ import pytest
 from payrail import _python
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCKS = ["build.lock", "runtime.lock", "dev.lock"]
+LOCKS = ["build.lock", "runtime.lock", "dev.lock", "lnbits.lock"]
 
 
 def test_a_python_older_than_requires_python_is_refused_with_what_to_do():

@@ -16,14 +16,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import bolt11
 import httpx
 import pytest
 
-from payrail.lightning.backend import NodeStatus, PaymentResult, UnknownOutcome
+from payrail.lightning.backend import Destination, NodeStatus, PaymentResult, UnknownOutcome
 from payrail.lightning.lnd import KEYSEND_RECORD_TYPE, LndRestBackend
 
 MACAROON = "0201036c6e6402f801030a10" + "ab" * 20
-DEST = "02" + "11" * 32
+DEST = Destination.keysend("02" + "11" * 32)
 URL = "https://lnd.test:8080"
 
 
@@ -76,10 +77,15 @@ class FakeLnd:
         return httpx.Response(200, content=_chunks([{"result": payment}], hang=not final))
 
     def _send(self, body: dict[str, Any]) -> httpx.Response:
-        payment_hash = base64.b64decode(body["payment_hash"]).hex()
-        preimage = base64.b64decode(body["dest_custom_records"][str(KEYSEND_RECORD_TYPE)])
-        if hashlib.sha256(preimage).hexdigest() != payment_hash:
-            return _grpc_error(400, 3, "preimage does not match payment hash")
+        if "payment_request" in body:  # an invoice: LND pays its amount, tracks its hash
+            invoice = bolt11.decode(body["payment_request"])
+            payment_hash = invoice.payment_hash
+            body = body | {"amt": str(invoice.amount_msat // 1000)}
+        else:
+            payment_hash = base64.b64decode(body["payment_hash"]).hex()
+            preimage = base64.b64decode(body["dest_custom_records"][str(KEYSEND_RECORD_TYPE)])
+            if hashlib.sha256(preimage).hexdigest() != payment_hash:
+                return _grpc_error(400, 3, "preimage does not match payment hash")
         if self.before_send is not None and (early := self.before_send(self, payment_hash)):
             return early
         existing = self.payments.get(payment_hash)
@@ -131,14 +137,14 @@ async def test_success_sends_keysend_whose_preimage_hashes_to_the_payment_hash()
     assert await node.pay("payout_1", DEST, 5_000) == PaymentResult(NodeStatus.SUCCEEDED)
     (send,) = fake.sends()
     body = json.loads(send.content)
-    assert base64.b64decode(body["dest"]).hex() == DEST
+    assert base64.b64decode(body["dest"]).hex() == DEST.node_pubkey
     assert body["amt"] == "5000"
     assert base64.b64decode(body["payment_hash"]).hex() == node.payment_hash("payout_1")
     preimage = base64.b64decode(body["dest_custom_records"][str(KEYSEND_RECORD_TYPE)])
     assert hashlib.sha256(preimage).hexdigest() == node.payment_hash("payout_1")
     assert body["timeout_seconds"] == 60
     assert body["fee_limit_sat"] == "50"  # 1% of 5000
-    assert await node.status("payout_1") == PaymentResult(NodeStatus.SUCCEEDED)
+    assert await node.status("payout_1", DEST) == PaymentResult(NodeStatus.SUCCEEDED)
     await node.aclose()
 
 
@@ -154,7 +160,7 @@ async def test_every_call_carries_the_macaroon_header() -> None:
     fake = FakeLnd()
     node = _backend(fake)
     await node.pay("payout_1", DEST, 1_000)
-    await node.status("payout_1")
+    await node.status("payout_1", DEST)
     assert len(fake.requests) == 3  # track, send, track
     assert all(r.headers["Grpc-Metadata-macaroon"] == MACAROON for r in fake.requests)
     await node.aclose()
@@ -175,7 +181,7 @@ async def test_definite_failure_maps_lnd_reason_to_lower_case(
     fake = FakeLnd(outcome=("FAILED", lnd_reason))
     node = _backend(fake)
     assert await node.pay("payout_f", DEST, 1_000) == PaymentResult(NodeStatus.FAILED, expected)
-    assert await node.status("payout_f") == PaymentResult(NodeStatus.FAILED, expected)
+    assert await node.status("payout_f", DEST) == PaymentResult(NodeStatus.FAILED, expected)
     await node.aclose()
 
 
@@ -185,14 +191,14 @@ async def test_failed_payment_with_an_htlc_still_in_flight_is_not_final() -> Non
     payment = _payment(node.payment_hash("payout_x"), "FAILED", reason="FAILURE_REASON_TIMEOUT")
     payment["htlcs"] = [{"attempt_id": "1", "status": "IN_FLIGHT"}]
     fake.payments[node.payment_hash("payout_x")] = payment
-    assert (await node.status("payout_x")).status == NodeStatus.IN_FLIGHT
+    assert (await node.status("payout_x", DEST)).status == NodeStatus.IN_FLIGHT
     await node.aclose()
 
 
 async def test_unknown_hash_is_not_found() -> None:
     fake = FakeLnd()
     node = _backend(fake)
-    assert await node.status("never_sent") == PaymentResult(NodeStatus.NOT_FOUND)
+    assert await node.status("never_sent", DEST) == PaymentResult(NodeStatus.NOT_FOUND)
     await node.aclose()
 
 
@@ -202,7 +208,7 @@ async def test_status_of_an_unfinished_payment_answers_in_flight_without_waiting
     fake.payments[node.payment_hash("payout_w")] = _payment(
         node.payment_hash("payout_w"), "IN_FLIGHT"
     )
-    result = await asyncio.wait_for(node.status("payout_w"), timeout=5)
+    result = await asyncio.wait_for(node.status("payout_w", DEST), timeout=5)
     assert result == PaymentResult(NodeStatus.IN_FLIGHT)
     await node.aclose()
 
@@ -293,7 +299,7 @@ async def test_network_timeout_or_broken_connection_is_unknown_outcome(
     with pytest.raises(UnknownOutcome):
         await node.pay("payout_n", DEST, 1_000)
     with pytest.raises(UnknownOutcome):
-        await node.status("payout_n")
+        await node.status("payout_n", DEST)
     await node.aclose()
 
 
@@ -321,14 +327,14 @@ async def test_silent_node_past_the_deadline_is_unknown_outcome() -> None:
 @pytest.mark.parametrize(
     "destination",
     [
-        "player1",  # a gamertag: the directory mapping gamertags to pubkeys is not here
-        "11" * 32,  # 64 hex: a hash, not a node key
-        "04" + "11" * 32,  # not a compressed key prefix
-        "02" + "zz" * 32,
-        "",
+        Destination.sandbox("player1"),  # a gamertag: only the simulated node pays by name
+        Destination.keysend("11" * 32),  # 64 hex: a hash, not a node key
+        Destination.keysend("04" + "11" * 32),  # not a compressed key prefix
+        Destination.keysend("02" + "zz" * 32),
     ],
+    ids=["gamertag", "hash", "uncompressed", "not-hex"],
 )
-async def test_invalid_destination_fails_without_any_request(destination: str) -> None:
+async def test_invalid_destination_fails_without_any_request(destination: Destination) -> None:
     fake = FakeLnd()
     node = _backend(fake)
     result = await node.pay("payout_d", destination, 1_000)

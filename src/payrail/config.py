@@ -36,6 +36,15 @@ def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> i
     return value
 
 
+def _default_stripe_backend(env: dict[str, str], mode: str) -> str:
+    """Sandbox: the simulator. Production: Stripe when any Stripe setting is given (a half
+    configuration is then refused), else card payments are off and payouts run alone."""
+    if mode == "sandbox":
+        return "simulator"
+    configured = env.get("PAYRAIL_STRIPE_API_KEY") or env.get("PAYRAIL_STRIPE_WEBHOOK_SECRET")
+    return "stripe" if configured else "disabled"
+
+
 @dataclass(frozen=True)
 class Settings:
     mode: str = "sandbox"
@@ -44,7 +53,12 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     admin_key: str = DEFAULT_ADMIN_KEY
     sandbox_api_key: str = DEFAULT_SANDBOX_API_KEY
-    lightning_backend: str = "simulated"  # simulated | lnd
+    lightning_backend: str = "simulated"  # simulated | lnd | lnbits
+    lightning_network: str = "bitcoin"  # bitcoin | testnet | signet | regtest: invoices must match
+    lnbits_url: str = ""
+    lnbits_admin_key: str = ""  # the paying wallet's admin key (X-Api-Key)
+    lnurl_timeout_ms: int = 5_000  # one LNURL fetch (pay parameters or invoice), all of it
+    lnurl_insecure_hosts: tuple[str, ...] = ()  # host:port fetched over http, loopback allowed
     lnd_url: str = ""
     lnd_macaroon_hex: str = ""
     lnd_tls_cert_path: str = ""
@@ -98,6 +112,15 @@ class Settings:
             lightning_backend=env.get(
                 "PAYRAIL_LIGHTNING_BACKEND", "simulated" if mode == "sandbox" else "lnd"
             ),
+            lightning_network=env.get("PAYRAIL_LIGHTNING_NETWORK", "bitcoin"),
+            lnbits_url=env.get("PAYRAIL_LNBITS_URL", ""),
+            lnbits_admin_key=env.get("PAYRAIL_LNBITS_ADMIN_KEY", ""),
+            lnurl_timeout_ms=_int(env, "PAYRAIL_LNURL_TIMEOUT_MS", 5_000, 100, 60_000),
+            lnurl_insecure_hosts=tuple(
+                h.strip().lower()
+                for h in env.get("PAYRAIL_LNURL_INSECURE_HOSTS", "").split(",")
+                if h.strip()
+            ),
             lnd_url=env.get("PAYRAIL_LND_URL", ""),
             lnd_macaroon_hex=env.get("PAYRAIL_LND_MACAROON_HEX", ""),
             lnd_tls_cert_path=env.get("PAYRAIL_LND_TLS_CERT_PATH", ""),
@@ -124,9 +147,7 @@ class Settings:
                 for h in env.get("PAYRAIL_CALLBACK_ALLOW_HOSTS", "").split(",")
                 if h.strip()
             ),
-            stripe_backend=env.get(
-                "PAYRAIL_STRIPE_BACKEND", "simulator" if mode == "sandbox" else "stripe"
-            ),
+            stripe_backend=env.get("PAYRAIL_STRIPE_BACKEND", _default_stripe_backend(env, mode)),
             stripe_api_key=env.get(
                 "PAYRAIL_STRIPE_API_KEY",
                 DEFAULT_SANDBOX_STRIPE_API_KEY if mode == "sandbox" else "",
@@ -145,6 +166,11 @@ class Settings:
         )
         settings.check()
         return settings
+
+    @property
+    def card_payments(self) -> bool:
+        """False when production runs without Stripe: the card routes then answer 503."""
+        return self.stripe_backend != "disabled"
 
     @property
     def stripe_base_url(self) -> str:
@@ -166,8 +192,16 @@ class Settings:
                 "PAYRAIL_LEASE_MS must exceed PAYRAIL_CALLBACK_TIMEOUT_MS, or a callback still "
                 "being sent could be sent again by another worker"
             )
-        if self.stripe_backend not in ("simulator", "stripe"):
-            raise UnsafeSettings("PAYRAIL_STRIPE_BACKEND must be simulator or stripe")
+        if self.stripe_backend not in ("simulator", "stripe", "disabled"):
+            raise UnsafeSettings("PAYRAIL_STRIPE_BACKEND must be simulator, stripe or disabled")
+        if self.lightning_backend not in ("simulated", "lnd", "lnbits"):
+            raise UnsafeSettings("PAYRAIL_LIGHTNING_BACKEND must be simulated, lnd or lnbits")
+        if self.lightning_network not in ("bitcoin", "testnet", "signet", "regtest"):
+            raise UnsafeSettings(
+                "PAYRAIL_LIGHTNING_NETWORK must be bitcoin, testnet, signet or regtest"
+            )
+        if self.lightning_backend == "lnbits" and not (self.lnbits_url and self.lnbits_admin_key):
+            raise UnsafeSettings("PAYRAIL_LNBITS_URL and PAYRAIL_LNBITS_ADMIN_KEY are required")
         if self.order_sweep_after_ms <= self.stripe_timeout_ms:
             raise UnsafeSettings(
                 "PAYRAIL_ORDER_SWEEP_AFTER_MS must exceed PAYRAIL_STRIPE_TIMEOUT_MS, or the "
@@ -178,9 +212,12 @@ class Settings:
         problems = []
         if self.stripe_backend == "simulator":
             problems.append("the Stripe simulator cannot be used in production")
-        if not self.stripe_api_key or self.stripe_api_key == DEFAULT_SANDBOX_STRIPE_API_KEY:
+        stripe = self.stripe_backend == "stripe"  # "disabled": payouts only, cards answer 503
+        if stripe and (
+            not self.stripe_api_key or self.stripe_api_key == DEFAULT_SANDBOX_STRIPE_API_KEY
+        ):
             problems.append("PAYRAIL_STRIPE_API_KEY must be set to your Stripe secret key")
-        if (
+        if stripe and (
             not self.stripe_webhook_secret.startswith("whsec_")
             or self.stripe_webhook_secret == DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET
         ):

@@ -22,6 +22,7 @@ from payrail.api import errors as api_errors
 from payrail.api import health as health_routes
 from payrail.api import payouts as payout_routes
 from payrail.api import projects as project_routes
+from payrail.api import recipients as recipient_routes
 from payrail.api import sandbox as sandbox_routes
 from payrail.api.context import ApiContext
 from payrail.api.limits import BodyLimit
@@ -94,6 +95,7 @@ def create_app(
     # One router module per resource; each adds its routes to the /api/v1 router.
     payout_routes.install(api, ctx)
     project_routes.install(api, ctx)
+    recipient_routes.install(api, ctx)
     callback_routes.install(api, ctx)
     cards.install(api, rt, ctx.principal)
     admin_routes.install(api, ctx)

@@ -21,6 +21,14 @@ JOB_STATES = ("queued", "done", "dead")
 def install(
     api: APIRouter, rt: Runtime, principal: Callable[[Request], Awaitable[Principal]]
 ) -> None:
+    def cards_on() -> None:
+        """Production without Stripe: payouts work, the card routes say why they do not."""
+        if not rt.settings.card_payments:
+            raise errors.CardPaymentsDisabled(
+                "Card payments are disabled: this server runs without Stripe. Set "
+                "PAYRAIL_STRIPE_API_KEY and PAYRAIL_STRIPE_WEBHOOK_SECRET to enable them."
+            )
+
     def scope(who: Principal, project_id: str | None) -> str | None:
         """The project a request acts on: the key's own; the admin key may name one or none."""
         if project_id is not None:
@@ -30,6 +38,7 @@ def install(
 
     @api.post("/orders")
     async def create_order(request: Request) -> JSONResponse:
+        cards_on()
         who = await principal(request)
         body = await read_json(request)
         named = body.get("projectId") if isinstance(body, dict) else None
@@ -43,6 +52,7 @@ def install(
 
     @api.get("/orders")
     async def list_orders(request: Request) -> JSONResponse:
+        cards_on()
         who = await principal(request)
         q = request.query_params
         status = parse_status(q["status"]) if q.get("status") else None
@@ -57,6 +67,7 @@ def install(
 
     @api.get("/orders/{order_id}")
     async def get_order(order_id: str, request: Request) -> JSONResponse:
+        cards_on()
         who = await principal(request)
         row = await orders.get_order(rt, order_id, who.project_id)
         data = orders.view(row) | {"history": await orders.history(rt, order_id)}
@@ -64,6 +75,7 @@ def install(
 
     @api.post("/orders/{order_id}/pay")
     async def pay(order_id: str, request: Request) -> JSONResponse:
+        cards_on()
         who = await principal(request)
         req = parse_pay_request(await read_json(request), request.headers.get("idempotency-key"))
         outcome = await orders.pay_order(rt, who.project_id, order_id, req)
@@ -82,6 +94,7 @@ def install(
 
     @api.post("/webhooks/stripe")
     async def stripe_webhook(request: Request) -> JSONResponse:
+        cards_on()
         received = await order_events.receive_webhook(
             rt, await request.body(), request.headers.get("stripe-signature")
         )

@@ -40,6 +40,11 @@ HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.IdempotencyKeyReused: 422,
     errors.RateLimitExceeded: 429,
     errors.ServiceUnavailable: 503,
+    errors.RecipientSuspended: 403,
+    errors.InvalidInvoice: 400,
+    errors.RecipientUnreachable: 502,
+    errors.RecipientInvoiceInvalid: 502,
+    errors.DestinationUnsupported: 422,
 }
 
 

@@ -104,11 +104,51 @@ payouts = Table(
     Column("settle_path", String(16), nullable=True),
     # Why the state last changed; the audit triggers (migration 0005) copy it to payout_events.
     Column("state_cause", String(120), nullable=True),
+    # Where the money goes (migration 0007). destination_kind: gamertag (sandbox, simulated
+    # node) | lightning_address | lnurl | invoice | keysend. The invoice is fetched before
+    # the reservation and stored in its transaction: a payout is paid with this one invoice.
+    Column("destination_kind", String(24), nullable=True),
+    Column("destination", Text, nullable=True),
+    Column("invoice", Text, nullable=True),
+    Column("payment_hash", String(64), nullable=True),
     UniqueConstraint("project_id", "idempotency_key"),
     Index("ix_payouts_rate", "project_id", "gamertag", "created_at"),
     Index("ix_payouts_list", "project_id", "created_at", "id"),
     Index("ix_payouts_internal", "project_id", "internal_id"),
     Index("ix_payouts_state", "state", "expires_at"),
+)
+
+# The recipient directory (migration 0007): where a project's gamertag is paid. gamertag_key is
+# the gamertag lowercased, so "Alice" and "alice" are one recipient.
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("gamertag", String(64), nullable=False),
+    Column("gamertag_key", String(64), nullable=False),
+    Column("kind", String(24), nullable=False),  # lightning_address | lnurl | node_pubkey
+    Column("destination", Text, nullable=False),
+    Column("suspended", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("project_id", "gamertag_key"),
+    Index("ix_recipients_list", "project_id", "created_at", "id"),
+)
+
+# Every directory change: who, when, what it was, what it became (JSON; None = absent).
+recipient_changes = Table(
+    "recipient_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("gamertag_key", String(64), nullable=False),
+    Column("action", String(16), nullable=False),  # created | updated | deleted
+    Column("actor", String(120), nullable=False),
+    Column("old", Text, nullable=True),
+    Column("new", Text, nullable=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Index("ix_recipient_changes_key", "project_id", "gamertag_key", "at_ms"),
 )
 
 # One row per (project, gamertag): locking it serialises the rate-limit count, so it is exact.

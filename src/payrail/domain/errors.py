@@ -157,3 +157,41 @@ class ProviderTimeout(PayrailError):
 
 class InvalidSignature(PayrailError):
     code = "INVALID_SIGNATURE"
+
+
+class RecipientNotFound(NotFound):
+    code = "RECIPIENT_NOT_FOUND"
+
+
+class RecipientSuspended(PayrailError):
+    """Payouts to this recipient are suspended in the project's directory: nothing is charged."""
+
+    code = "RECIPIENT_SUSPENDED"
+
+
+class InvalidInvoice(PayrailError):
+    """The caller's BOLT11 invoice cannot be paid as asked (amount, network, expiry)."""
+
+    code = "INVALID_INVOICE"
+
+
+class RecipientUnreachable(PayrailError):
+    """The recipient's LNURL service did not give an invoice: nothing was reserved."""
+
+    code = "RECIPIENT_UNREACHABLE"
+
+
+class RecipientInvoiceInvalid(PayrailError):
+    """The recipient's service answered with parameters or an invoice that do not match."""
+
+    code = "RECIPIENT_INVOICE_INVALID"
+
+
+class DestinationUnsupported(PayrailError):
+    """The configured Lightning backend cannot pay this kind of destination (e.g. keysend)."""
+
+    code = "DESTINATION_UNSUPPORTED"
+
+
+class CardPaymentsDisabled(ServiceUnavailable):
+    code = "CARD_PAYMENTS_DISABLED"

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from payrail.domain import errors
+from payrail.domain import errors, invoices
 from payrail.domain.money import AMOUNT_MAX_SATS, AMOUNT_MIN_SATS
+from payrail.domain.recipients import parse_gamertag, parse_lightning_address, rate_key
 
 DESCRIPTION_MAX_CHARS = 144
-GAMERTAG_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 INTERNAL_ID_MAX_CHARS = 128
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 CALLBACK_URL_MAX_CHARS = 2048
@@ -22,6 +21,8 @@ EXPIRES_IN_DEFAULT_S = 300
 EXPIRES_IN_MIN_S = 10
 EXPIRES_IN_MAX_S = 86_400
 REQUIRED_FIELDS = ("gamertag", "amount", "projectId")
+# Where the money goes: exactly one of these (gamertag through the project's directory).
+DESTINATION_FIELDS = ("gamertag", "lightningAddress", "invoice")
 
 
 class State(StrEnum):
@@ -98,10 +99,14 @@ class PayoutRequest:
     callback_url: str | None
     expires_in_s: int
     idempotency_key: str | None
+    # "gamertag" (through the directory), "lightning_address" or "invoice"; for the last two
+    # `destination` holds the address or the BOLT11 text and `gamertag` the rate-limit key.
+    destination_kind: str = "gamertag"
+    destination: str | None = None
 
     def fingerprint(self) -> str:
         """Hash of everything but the key, so a reused key with another body is detected."""
-        body = {
+        body: dict[str, Any] = {
             "projectId": self.project_id,
             "gamertag": self.gamertag,
             "amount": self.amount_sats,
@@ -110,6 +115,8 @@ class PayoutRequest:
             "callbackUrl": self.callback_url,
             "expiresIn": self.expires_in_s,
         }
+        if self.destination_kind != "gamertag":  # gamertag payouts keep their old fingerprint
+            body |= {"destinationKind": self.destination_kind, "destination": self.destination}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -152,7 +159,10 @@ def parse_payout_request(
     """
     if not isinstance(body, dict):
         raise errors.ValidationError("Request body must be a JSON object.")
+    given = [f for f in DESTINATION_FIELDS if body.get(f) not in (None, "")]
     missing = [f for f in REQUIRED_FIELDS if body.get(f) in (None, "")]
+    if given:  # lightningAddress or invoice stands in for gamertag
+        missing = [f for f in missing if f != "gamertag"]
     if missing:
         raise errors.ValidationError(
             "Missing required fields: gamertag, amount, projectId", missingFields=missing
@@ -178,12 +188,11 @@ def parse_payout_request(
     callback_url = validate_callback_url(body.get("callbackUrl"))
     if callback_url is not None and callback_url_refusal is not None:
         raise errors.InvalidCallbackUrl(callback_url_refusal)
-    gamertag = body["gamertag"]
-    if not isinstance(gamertag, str) or not GAMERTAG_RE.match(gamertag):
+    if len(given) > 1:
         raise errors.ValidationError(
-            "gamertag must be 1-64 characters of letters, digits, '_', '.' or '-'.",
-            field="gamertag",
+            "Give exactly one of gamertag, lightningAddress or invoice.", fields=given
         )
+    kind, destination, gamertag = _destination(given[0], body[given[0]])
     project_id = body["projectId"]
     if not isinstance(project_id, str) or len(project_id) > 64:
         raise errors.ValidationError("projectId must be a string.", field="projectId")
@@ -215,7 +224,27 @@ def parse_payout_request(
         callback_url=callback_url,
         expires_in_s=expires_in,
         idempotency_key=key,
+        destination_kind=kind,
+        destination=destination,
     )
+
+
+def _destination(field: str, value: Any) -> tuple[str, str | None, str]:
+    """(destination_kind, destination, gamertag column) of the one destination field given.
+
+    Without a gamertag the column holds what the rate limit counts by: the address, or the
+    invoice's payee node.
+    """
+    if field == "gamertag":
+        return "gamertag", None, parse_gamertag(value)
+    if field == "lightningAddress":
+        address = parse_lightning_address(value)
+        return "lightning_address", address, rate_key(address)
+    try:
+        invoice = invoices.decode(value)
+    except ValueError as exc:
+        raise errors.InvalidInvoice(f"invoice: {exc}.", field="invoice") from None
+    return "invoice", invoice.bolt11, rate_key(invoice.payee or invoice.payment_hash)
 
 
 def parse_status(value: Any) -> Status:

@@ -1,4 +1,9 @@
-"""The Lightning backend protocol. The node call is idempotent by payment_id (our payout id)."""
+"""The Lightning backend protocol: one interface for the simulated node, LND and LNbits.
+
+The node call is idempotent by payment_id (our payout id). Every call carries the
+Destination, built from the payout row: the invoice and its payment hash, a keysend node key,
+or (sandbox only) the gamertag the simulated node pays by name.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,47 @@ class PaymentResult:
     failure_reason: str | None = None
 
 
+class DestinationKind(StrEnum):
+    INVOICE = "invoice"  # a BOLT11 invoice, tracked by its payment hash
+    KEYSEND = "keysend"  # a spontaneous payment to a node public key
+    SANDBOX = "sandbox"  # the simulated node pays a gamertag by name
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one payment goes. `invoice`+`payment_hash`, `node_pubkey` or `gamertag`."""
+
+    kind: DestinationKind
+    invoice: str | None = None
+    payment_hash: str | None = None
+    node_pubkey: str | None = None
+    gamertag: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == DestinationKind.INVOICE:
+            assert self.invoice and self.payment_hash, "an invoice destination needs both"
+        elif self.kind == DestinationKind.KEYSEND:
+            assert self.node_pubkey, "a keysend destination needs the node key"
+        else:
+            assert self.gamertag, "a sandbox destination needs the gamertag"
+
+    @classmethod
+    def to_invoice(cls, invoice: str, payment_hash: str) -> Destination:
+        return cls(DestinationKind.INVOICE, invoice=invoice, payment_hash=payment_hash)
+
+    @classmethod
+    def keysend(cls, node_pubkey: str) -> Destination:
+        return cls(DestinationKind.KEYSEND, node_pubkey=node_pubkey)
+
+    @classmethod
+    def sandbox(cls, gamertag: str) -> Destination:
+        return cls(DestinationKind.SANDBOX, gamertag=gamertag)
+
+    def label(self) -> str:
+        """A short name for logs and the simulator's record: hash, node key or gamertag."""
+        return self.payment_hash or self.node_pubkey or self.gamertag or ""
+
+
 class UnknownOutcome(Exception):
     """Our call timed out or the connection broke: the payment may or may not happen.
 
@@ -34,10 +80,20 @@ class UnknownOutcome(Exception):
 
 
 class LightningBackend(Protocol):
-    async def pay(self, payment_id: str, destination: str, amount_sats: int) -> PaymentResult:
-        """Send once per payment_id; a repeated call returns the first call's payment."""
+    # The destination kinds this backend can pay; checked before a payout is reserved.
+    kinds: frozenset[DestinationKind]
+
+    async def pay(
+        self, payment_id: str, destination: Destination, amount_sats: int
+    ) -> PaymentResult:
+        """Send once per payment_id; a repeated call returns the first call's payment.
+
+        Raises UnknownOutcome when the backend's answer is lost: never a failure.
+        """
         ...
 
-    async def status(self, payment_id: str) -> PaymentResult: ...
+    async def status(self, payment_id: str, destination: Destination) -> PaymentResult:
+        """What the backend knows of this payment now; NOT_FOUND if it never received it."""
+        ...
 
     async def aclose(self) -> None: ...

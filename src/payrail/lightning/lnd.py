@@ -1,6 +1,8 @@
-"""LightningBackend over LND's REST API: keysend payments through routerrpc.
+"""LightningBackend over LND's REST API: invoices and keysend payments through routerrpc.
 
-One payout id maps to one payment hash forever. The keysend preimage is derived, not
+An invoice is paid with SendPaymentV2's `payment_request` and tracked by its payment hash,
+which the payout row holds from before the first send. For keysend, one payout id maps to
+one payment hash forever. The keysend preimage is derived, not
 random: preimage = HMAC-SHA256(secret, payment_id), payment_hash = sha256(preimage). LND's
 control tower refuses a second payment for a hash that is in flight or already paid, so a
 resend after a crash can never pay twice.
@@ -37,7 +39,14 @@ from typing import Any
 
 import httpx
 
-from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
+from payrail.lightning.backend import (
+    Destination,
+    DestinationKind,
+    FailureReason,
+    NodeStatus,
+    PaymentResult,
+    UnknownOutcome,
+)
 
 KEYSEND_RECORD_TYPE = 5482373484  # the TLV record type that carries a keysend preimage
 PUBKEY_PATTERN = re.compile(r"\A0[23][0-9a-fA-F]{64}\Z")  # a compressed secp256k1 node key
@@ -101,7 +110,7 @@ class _LndError(Exception):
 
 
 class LndRestBackend:
-    """Keysend payouts through one LND node's REST proxy (routerrpc v2 endpoints).
+    """Invoice and keysend payouts through one LND node's REST proxy (routerrpc v2 endpoints).
 
     node_timeout_ms bounds each whole `pay` or `status` call, not only each socket read:
     past it the answer is IN_FLIGHT if LND confirmed it has the payment, else UnknownOutcome.
@@ -111,6 +120,8 @@ class LndRestBackend:
     could be paid a second time under its new hash: in production pass an explicit,
     never-rotated `preimage_secret`, or resolve every in-flight payout before rotating.
     """
+
+    kinds = frozenset({DestinationKind.INVOICE, DestinationKind.KEYSEND})
 
     def __init__(
         self,
@@ -171,21 +182,34 @@ class LndRestBackend:
 
     # ------------------------------------------------------------------ protocol
 
-    async def pay(self, payment_id: str, destination: str, amount_sats: int) -> PaymentResult:
+    def hash_of(self, payment_id: str, destination: Destination) -> str:
+        """The hash LND tracks this payment by: the invoice's, or the derived keysend one."""
+        if destination.kind == DestinationKind.INVOICE:
+            assert destination.payment_hash is not None
+            return destination.payment_hash
+        return self.payment_hash(payment_id)
+
+    async def pay(
+        self, payment_id: str, destination: Destination, amount_sats: int
+    ) -> PaymentResult:
         """Send once per payment_id; a repeated call returns what LND has for its hash."""
-        if not PUBKEY_PATTERN.match(destination):
-            # Nothing is sent, so this is definite. Gamertag -> pubkey lookup is not ours.
+        if destination.kind not in self.kinds or not (
+            destination.kind == DestinationKind.INVOICE
+            or PUBKEY_PATTERN.match(destination.node_pubkey or "")
+        ):
+            # Nothing is sent, so this is definite (a sandbox gamertag is no LND destination).
             return PaymentResult(NodeStatus.FAILED, "unknown_destination")
         if amount_sats <= 0:
             raise ValueError(f"amount_sats must be positive, got {amount_sats}")
-        payment_hash = self.payment_hash(payment_id)
+        payment_hash = self.hash_of(payment_id, destination)
         sent = _Progress()
         try:
             async with asyncio.timeout(self._timeout_s):
                 existing = await self._track(payment_hash)
                 if existing.status != NodeStatus.NOT_FOUND:
                     return existing  # never resend: not even a FAILED hash (LND would retry it)
-                return await self._send(payment_id, payment_hash, destination, amount_sats, sent)
+                body = self._send_body(payment_id, payment_hash, destination, amount_sats)
+                return await self._send(payment_hash, body, sent)
         except TimeoutError:
             if sent.last is not None:
                 return sent.last  # LND has the payment and has not finished it
@@ -193,14 +217,35 @@ class LndRestBackend:
                 f"LND did not answer within {self._timeout_s}s; ask status() later"
             ) from None
 
-    async def status(self, payment_id: str) -> PaymentResult:
+    async def status(self, payment_id: str, destination: Destination) -> PaymentResult:
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await self._track(self.payment_hash(payment_id))
+                return await self._track(self.hash_of(payment_id, destination))
         except TimeoutError:
             raise UnknownOutcome(
                 f"LND did not answer within {self._timeout_s}s; ask again later"
             ) from None
+
+    def _send_body(
+        self, payment_id: str, payment_hash: str, destination: Destination, amount_sats: int
+    ) -> dict[str, Any]:
+        common = {
+            "timeout_seconds": self._payment_timeout_s,
+            "fee_limit_sat": str(
+                fee_limit_sats(amount_sats, self._fee_limit_ppm, self._fee_limit_min_sats)
+            ),
+            "no_inflight_updates": False,  # the first update confirms LND recorded it
+        }
+        if destination.kind == DestinationKind.INVOICE:
+            # The amount is the invoice's own (checked equal to the payout before reserving).
+            return {"payment_request": destination.invoice} | common
+        assert destination.node_pubkey is not None
+        return {
+            "dest": _b64(bytes.fromhex(destination.node_pubkey)),
+            "amt": str(amount_sats),
+            "payment_hash": _b64(bytes.fromhex(payment_hash)),
+            "dest_custom_records": {str(KEYSEND_RECORD_TYPE): _b64(self.preimage(payment_id))},
+        } | common
 
     # ------------------------------------------------------------------ calls
 
@@ -219,25 +264,8 @@ class LndRestBackend:
         raise UnknownOutcome("LND closed the track stream without an update; ask again later")
 
     async def _send(
-        self,
-        payment_id: str,
-        payment_hash: str,
-        destination: str,
-        amount_sats: int,
-        sent: _Progress,
+        self, payment_hash: str, body: dict[str, Any], sent: _Progress
     ) -> PaymentResult:
-        preimage = self.preimage(payment_id)
-        body = {
-            "dest": _b64(bytes.fromhex(destination)),
-            "amt": str(amount_sats),
-            "payment_hash": _b64(bytes.fromhex(payment_hash)),
-            "dest_custom_records": {str(KEYSEND_RECORD_TYPE): _b64(preimage)},
-            "timeout_seconds": self._payment_timeout_s,
-            "fee_limit_sat": str(
-                fee_limit_sats(amount_sats, self._fee_limit_ppm, self._fee_limit_min_sats)
-            ),
-            "no_inflight_updates": False,  # the first update confirms LND recorded it
-        }
         try:
             async with contextlib.aclosing(
                 self._stream("POST", "/v2/router/send", body)

@@ -17,13 +17,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from payrail.clock import Clock
 from payrail.db.engine import single_statement
 from payrail.db.tables import sim_node_payments
-from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
+from payrail.lightning.backend import (
+    Destination,
+    DestinationKind,
+    FailureReason,
+    NodeStatus,
+    PaymentResult,
+    UnknownOutcome,
+)
 from payrail.sandbox import FaultStore
 
 P = sim_node_payments.c
 
 
 class SimulatedNode:
+    """Pays anything: a gamertag by name (sandbox), an invoice, a keysend node key."""
+
+    kinds = frozenset(DestinationKind)
+
     def __init__(self, engine: AsyncEngine, clock: Clock, faults: FaultStore, seed: int) -> None:
         self._engine = engine
         self._clock = clock
@@ -34,7 +45,9 @@ class SimulatedNode:
     async def aclose(self) -> None:
         return None
 
-    async def pay(self, payment_id: str, destination: str, amount_sats: int) -> PaymentResult:
+    async def pay(
+        self, payment_id: str, destination: Destination, amount_sats: int
+    ) -> PaymentResult:
         cfg = await self._faults.get()
         roll = self._rng.random()
         now = self._clock.now_ms()
@@ -51,9 +64,10 @@ class SimulatedNode:
                     now + cfg.ambiguousSettleMs,
                     True,
                 )
-        if not await self._record(payment_id, destination, amount_sats, status, reason, settle_at):
+        label = destination.label()[:64]  # sim_node_payments.destination's width
+        if not await self._record(payment_id, label, amount_sats, status, reason, settle_at):
             # A resend: the node already has this payment id and never pays it twice.
-            return await self._answer_existing(await self.status(payment_id))
+            return await self._answer_existing(await self.status(payment_id, destination))
         delay_ms = cfg.latencyMs if cfg.enabled else 0
         if reason == FailureReason.TIMEOUT or ambiguous:
             delay_ms += cfg.timeoutMs
@@ -99,7 +113,7 @@ class SimulatedNode:
             return False
         return True
 
-    async def status(self, payment_id: str) -> PaymentResult:
+    async def status(self, payment_id: str, destination: Destination) -> PaymentResult:
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(

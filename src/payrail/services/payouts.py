@@ -51,7 +51,7 @@ from payrail.jobs import queue
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
-from payrail.services import audit, callbacks, flags, pagination
+from payrail.services import audit, callbacks, destinations, flags, pagination
 from payrail.services.runtime import Runtime, SimulatedCrash
 
 log = structlog.get_logger("payrail.payouts")
@@ -165,6 +165,7 @@ def view(row: RowMapping) -> dict[str, Any]:
         "updatedAt": iso(row["updated_at"]),
         "settledAt": iso(row["settled_at"]),
         "failureReason": row["failure_reason"],
+        **destinations.view(row),
     }
 
 
@@ -233,8 +234,15 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     """Reserve and settle a payout; answers a replay for a key already used in this project."""
     # The flag decides the settlement path before anything is written (a cached read).
     path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, req.project_id)
+    if req.idempotency_key:  # a replay answers without resolving (no second invoice fetched)
+        async with rt.engine.connect() as conn:
+            earlier = await _by_key(conn, req.project_id, req.idempotency_key)
+        if earlier is not None:
+            return await _replay(rt, earlier, req)
+    # Where the money goes, invoice included: network calls, so before the reservation's tx.
+    resolved = await destinations.resolve(rt, req)
     try:
-        payout_id = await _reserve(rt, req, path)
+        payout_id = await _reserve(rt, req, path, resolved)
     except _ReplayInstead as other:
         return await _replay(rt, other.row, req)
     except IntegrityError:
@@ -258,7 +266,12 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     return CreateOutcome(await get_payout(rt, payout_id), replay=False)
 
 
-async def _reserve(rt: Runtime, req: PayoutRequest, path: str = "inline") -> str:
+async def _reserve(
+    rt: Runtime,
+    req: PayoutRequest,
+    path: str = "inline",
+    resolved: destinations.Resolved | None = None,
+) -> str:
     """tx1: rate limit, reservation, payout row and its settle job, all or nothing."""
     now = rt.clock.now_ms()
     payout_id = str(uuid.uuid4())
@@ -296,6 +309,8 @@ async def _reserve(rt: Runtime, req: PayoutRequest, path: str = "inline") -> str
                 updated_at=now,
                 settle_path=path,
                 state_cause="api: payout created",  # the audit trigger records it
+                # The destination and its one invoice, durable before anything is sent.
+                **(resolved or destinations.sandbox_gamertag(req.gamertag)).columns(),
             ),
         )
         await queue.enqueue(
@@ -444,7 +459,7 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
         )
     if sending is not None:
         rt.crashpoint("after_mark_in_flight")
-        pay = rt.node.pay(payout_id, sending["gamertag"], sending["amount"])
+        pay = rt.node.pay(payout_id, destinations.backend_destination(sending), sending["amount"])
         result = await _node_call(rt, "pay", pay)
         rt.crashpoint("after_node_call")
         return await _apply_outcome(rt, payout_id, result)
@@ -459,9 +474,10 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
         return None
     else:
         # In flight after a crash or an unknown outcome: ask before sending again.
-        result = await _node_call(rt, "status", rt.node.status(payout_id))
+        destination = destinations.backend_destination(row)  # the row's one invoice, again
+        result = await _node_call(rt, "status", rt.node.status(payout_id, destination))
         if result is not None and result.status == NodeStatus.NOT_FOUND:
-            resend = rt.node.pay(payout_id, row["gamertag"], row["amount"])
+            resend = rt.node.pay(payout_id, destination, row["amount"])
             result = await _node_call(rt, "pay", resend)
     rt.crashpoint("after_node_call")
     return await _apply_outcome(rt, payout_id, result)

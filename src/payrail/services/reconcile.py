@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import func, select
+from sqlalchemy.engine import RowMapping
 
 from payrail.db.engine import is_sqlite
 from payrail.db.tables import accounts, order_events, order_payments, orders, payouts, transfers
@@ -20,6 +21,7 @@ from payrail.domain.payouts import State
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import NodeStatus
+from payrail.services import destinations
 from payrail.services.payouts import transfer_ids
 from payrail.services.runtime import Runtime, wait_or_stop
 
@@ -123,7 +125,7 @@ async def reconcile(rt: Runtime) -> Report:
             )
     for transfer_id, count in charge_counts.items():
         found.append(Discrepancy("double-payment", f"posted {count} times", [transfer_id], count))
-    node_status = await _node_statuses(rt, [r["id"] for r in rows])
+    node_status = await _node_statuses(rt, rows)
     expected_balance: dict[str, int] = dict(funded)
     for row in rows:
         payout_id, total = row["id"], row["amount"] + row["fee"]
@@ -341,13 +343,14 @@ async def run_periodically(rt: Runtime, stop: asyncio.Event, interval_s: float) 
         await wait_or_stop(stop, interval_s)
 
 
-async def _node_statuses(rt: Runtime, payout_ids: list[str]) -> dict[str, NodeStatus]:
+async def _node_statuses(rt: Runtime, rows: list[RowMapping]) -> dict[str, NodeStatus]:
     # SQLite has one writer and the simulated node writes when a payment settles: parallel
     # queries there would only queue for its lock.
     limit = asyncio.Semaphore(1 if is_sqlite(rt.engine) else NODE_QUERIES_CONCURRENT_MAX)
 
-    async def one(payout_id: str) -> tuple[str, NodeStatus]:
+    async def one(row: RowMapping) -> tuple[str, NodeStatus]:
         async with limit:
-            return payout_id, (await rt.node.status(payout_id)).status
+            destination = destinations.backend_destination(row)
+            return row["id"], (await rt.node.status(row["id"], destination)).status
 
-    return dict(await asyncio.gather(*(one(p) for p in payout_ids)))
+    return dict(await asyncio.gather(*(one(r) for r in rows)))

@@ -161,4 +161,10 @@ def _make_node(settings: Settings, engine: AsyncEngine, clock: Clock, faults: Fa
             tls_cert_path=settings.lnd_tls_cert_path or None,
             preimage_secret=settings.lnd_preimage_secret.encode() or None,
         )
+    if settings.lightning_backend == "lnbits":
+        from payrail.lightning.lnbits import LnbitsBackend
+
+        return LnbitsBackend(
+            settings.lnbits_url, settings.lnbits_admin_key, settings.node_timeout_ms
+        )
     raise ValueError(f"unknown lightning backend {settings.lightning_backend!r}")

@@ -20,7 +20,8 @@ from payrail.db.tables import orders, payouts, projects
 from payrail.domain import errors
 from payrail.domain.flags import KNOWN_FLAGS
 from payrail.domain.orders import OrderStatus
-from payrail.domain.payouts import GAMERTAG_RE, FailureCode, State, Status, states_for
+from payrail.domain.payouts import FailureCode, State, Status, states_for
+from payrail.domain.recipients import GAMERTAG_RE
 from payrail.jobs import queue
 from payrail.loadtest import svg
 from payrail.services import callbacks, flags, pagination
