@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos lint format clean tools alerts
+.PHONY: run test bench bench-sqlite chaos lint format clean tools alerts
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ alerts: tools
 
 bench: $(STAMP)
 	$(BIN)/payrail bench
+
+# The SQLite default (`make run`'s database), one server process, driven by wrk.
+bench-sqlite: $(STAMP)
+	scripts/bench_sqlite.sh
 
 # Chaos runs on PostgreSQL (timeout_recovery, duplicate_detection, spike_timeouts), then a
 # legacy-mode run that must fail: docs/loadtest.md.
