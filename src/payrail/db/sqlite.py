@@ -22,6 +22,7 @@ default slow, so this module owns how payrail uses SQLite instead:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -36,7 +37,7 @@ from sqlalchemy.util import await_only
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # another process holding the file's write lock
 SQLITE_BUSY_RETRY_MS_MAX = 50  # the writer's sleep between BEGIN IMMEDIATE attempts, at most
-SQLITE_WRITE_WAIT_MS = 30_000  # a write waiting for this process's writer connection
+SQLITE_GROUP_COMMIT_MAX = 64  # write transactions sharing one COMMIT, at most
 SQLITE_READERS_MAX = 4
 # FULL: a commit is on disk (the WAL fsynced) before anyone hears of it. What NORMAL would
 # save and what a power loss could then drop: docs/operations.md, "SQLite durability".
@@ -58,26 +59,106 @@ class SQLiteEngine(AsyncEngine):
         path = make_url(aurl).database or ""
 
         async def open_writer() -> _InlineConnection:
-            return _InlineConnection(sqlite3.connect(path, isolation_level=None))
+            # Used on the loop's thread, except COMMIT, which waits for the disk in a thread.
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            return _InlineConnection(conn)
 
         self.writer = create_async_engine(
-            aurl,
-            async_creator=open_writer,
-            poolclass=AsyncAdaptedQueuePool,
-            pool_size=1,
-            max_overflow=0,
-            pool_timeout=SQLITE_WRITE_WAIT_MS / 1000,
+            aurl, async_creator=open_writer, poolclass=AsyncAdaptedQueuePool, pool_size=1
         )
         _writer_connection(self.writer.sync_engine, synchronous)
+        self._group = _GroupCommit(self.writer)
 
-    @asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
-        async with self.writer.begin() as conn:
-            yield conn
+    def begin(self) -> Any:  # an async context manager, as AsyncEngine.begin's
+        return self._group.transaction()
 
     async def dispose(self, close: bool = True) -> None:
+        await self._group.close()
         await self.writer.dispose(close)
         await super().dispose(close)
+
+
+class _GroupCommit:
+    """Write transactions on the one writer connection, several per COMMIT when they queue.
+
+    A transaction takes the writer (an asyncio lock, first come first served) and runs its
+    statements; if an earlier transaction is still waiting for its COMMIT, it runs inside
+    that one's BEGIN IMMEDIATE under a SAVEPOINT, so its failure undoes its own writes only.
+    When its block ends it waits for the COMMIT, which a separate task issues once the
+    transactions queued behind it have had their turn (at most SQLITE_GROUP_COMMIT_MAX):
+    one fsync for the group instead of one each. Nobody hears "committed" before the
+    COMMIT that contains their writes has returned; if that COMMIT fails, every member of
+    the group gets its error, and none of their writes exist. All or nothing per request.
+    """
+
+    def __init__(self, writer: AsyncEngine) -> None:
+        self._writer = writer
+        self._lock = asyncio.Lock()
+        self._conn: AsyncConnection | None = None
+        self._tx: Any = None  # the open BEGIN IMMEDIATE, shared by the group
+        self._members: list[asyncio.Future[None]] = []
+        self._commit_task: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self._lock:
+            if len(self._members) >= SQLITE_GROUP_COMMIT_MAX:
+                await self._commit()
+            if self._conn is None:
+                self._conn = await self._writer.connect()
+            conn = self._conn
+            savepoint = await conn.begin_nested() if self._tx is not None else None
+            if savepoint is None:
+                self._tx = await conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                if savepoint is not None:
+                    await savepoint.rollback()
+                else:  # the group's first: nobody else is in this transaction yet
+                    tx, self._tx = self._tx, None
+                    await tx.rollback()
+                raise
+            if savepoint is not None:
+                await savepoint.commit()
+            committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._members.append(committed)
+            if self._commit_task is None:
+                self._commit_task = asyncio.create_task(self._commit_when_free())
+        await committed
+
+    async def _commit_when_free(self) -> None:
+        async with self._lock:  # behind every transaction already queued for the writer
+            self._commit_task = None
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """COMMIT the group (the lock is held) and tell each member how it went."""
+        tx, members = self._tx, self._members
+        self._tx, self._members = None, []
+        if tx is None:
+            return
+        try:
+            await tx.commit()
+        except BaseException as error:
+            with contextlib.suppress(Exception):
+                await tx.rollback()
+            for member in members:
+                if not member.done():
+                    member.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for member in members:
+            if not member.done():
+                member.set_result(None)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._commit()
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
 
 
 def _pragmas(dbapi_conn: Any, *statements: str) -> None:
@@ -166,7 +247,9 @@ class _InlineConnection:
         self._conn.create_function(*args, **kw)
 
     async def commit(self) -> None:
-        self._conn.commit()
+        # The one call that waits for the disk (fsync): off the loop, so the server goes on
+        # answering, and the writer's next transactions queue up for the next group.
+        await asyncio.to_thread(self._conn.commit)
 
     async def rollback(self) -> None:
         self._conn.rollback()
