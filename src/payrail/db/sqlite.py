@@ -5,11 +5,11 @@ connections (each waiting in SQLite's sleeping busy handler) is what made the em
 default slow, so this module owns how payrail uses SQLite instead:
 
 - Writes (`engine.begin()`) run on ONE long-lived connection per process that takes
-  BEGIN IMMEDIATE. Its statements run on the event loop's own thread: a statement on a
-  local file takes microseconds, far less than a hop to a driver thread and back, and a
-  transaction that never waits on anything else runs to its COMMIT without letting
-  another writer in between, so writers queue (first come, first served: a pool of one)
-  instead of colliding.
+  BEGIN IMMEDIATE; they queue for it in-process (an asyncio lock, first come first served)
+  instead of colliding. Its statements run on the event loop's own thread: a statement on
+  a local file takes microseconds, far less than a hop to a driver thread and back. Only
+  COMMIT, which waits for the disk, runs in a thread; the transactions that queued up
+  meanwhile share the next COMMIT (group commit, see _GroupCommit).
 - Reads (`engine.connect()`) take one of SQLITE_READERS_MAX read-only connections, each on
   its own aiosqlite thread, in a deferred transaction: a consistent snapshot of the WAL
   that the writer never blocks, and a long report (reconciliation) never stalls the loop.
