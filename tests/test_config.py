@@ -79,3 +79,11 @@ def test_lease_must_outlast_a_node_call():
 def test_malformed_settings_are_refused_with_the_variable_named(bad):
     with pytest.raises(UnsafeSettings, match=next(iter(bad))):
         Settings.from_env(bad)
+
+
+def test_sqlite_durability_is_full_unless_normal_is_asked_for():
+    assert Settings.from_env({}).sqlite_synchronous == "FULL"
+    normal = Settings.from_env({"PAYRAIL_SQLITE_SYNCHRONOUS": "normal"})
+    assert normal.sqlite_synchronous == "NORMAL"
+    with pytest.raises(UnsafeSettings, match="PAYRAIL_SQLITE_SYNCHRONOUS"):
+        Settings.from_env({"PAYRAIL_SQLITE_SYNCHRONOUS": "OFF"})
