@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench bench-sqlite chaos lint format clean tools alerts
+.PHONY: run test bench chaos lint format clean tools alerts
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/payrail bench
 
 # The SQLite default (`make run`'s database), one server process, driven by wrk.
+.PHONY: bench-sqlite
 bench-sqlite: $(STAMP)
 	scripts/bench_sqlite.sh
 
