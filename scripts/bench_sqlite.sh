@@ -19,7 +19,7 @@ export PAYRAIL_DATABASE_URL=sqlite:///$work/bench.db PAYRAIL_ADMIN_KEY=$admin \
 base=http://127.0.0.1:$port
 setsid "$V/payrail" serve --log-level warning >"$work/serve.log" 2>&1 </dev/null &
 server=$!
-trap 'kill -- -$server 2>/dev/null || true' EXIT
+trap 'kill -- -$server 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do curl -sf -o /dev/null "$base/health" && break; sleep 0.3; done
 for i in $(seq 0 9); do
   curl -sf -o /dev/null -X POST "$base/api/v1/projects" -H "apikey: $admin" \
