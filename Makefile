@@ -61,6 +61,11 @@ alerts: tools
 bench: $(STAMP)
 	$(BIN)/payrail bench
 
+# The SQLite default (`make run`'s database), one server process, driven by wrk.
+.PHONY: bench-sqlite
+bench-sqlite: $(STAMP)
+	scripts/bench_sqlite.sh
+
 # Chaos runs on PostgreSQL (timeout_recovery, duplicate_detection, spike_timeouts), then a
 # legacy-mode run that must fail: docs/loadtest.md.
 chaos: $(STAMP)

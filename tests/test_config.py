@@ -110,3 +110,11 @@ def test_lnbits_production_refuses_incomplete_settings(change, complaint):
     env = {k: v for k, v in {**LNBITS_ONLY_PRODUCTION, **change}.items() if v != ""}
     with pytest.raises(UnsafeSettings, match=complaint):
         Settings.from_env(env)
+
+
+def test_sqlite_durability_is_full_unless_normal_is_asked_for():
+    assert Settings.from_env({}).sqlite_synchronous == "FULL"
+    normal = Settings.from_env({"PAYRAIL_SQLITE_SYNCHRONOUS": "normal"})
+    assert normal.sqlite_synchronous == "NORMAL"
+    with pytest.raises(UnsafeSettings, match="PAYRAIL_SQLITE_SYNCHRONOUS"):
+        Settings.from_env({"PAYRAIL_SQLITE_SYNCHRONOUS": "OFF"})

@@ -55,6 +55,7 @@ def serve(
     from payrail.db.migrate import upgrade
 
     settings = _settings()
+    _refuse_sqlite_processes(settings, workers)
     _ensure_sqlite_dir(settings)
     upgrade(settings.database_url)
     if settings.sandbox:
@@ -79,6 +80,18 @@ def serve(
         log_level="warning",
         access_log=False,
     )
+
+
+def _refuse_sqlite_processes(settings: Settings, workers: int) -> None:
+    """SQLite has one writer per file: each process has its own writer connection (db/sqlite.py),
+    so N processes would only take turns at the file lock, slower than one."""
+    if workers > 1 and settings.database_url.startswith("sqlite"):
+        console.print(
+            f"[red]error:[/red] --workers {workers} needs PostgreSQL: on SQLite one server "
+            "process is the fastest (it already queues every write for the file's single "
+            "writer). Run without --workers, or set PAYRAIL_DATABASE_URL=postgresql://..."
+        )
+        raise typer.Exit(2)
 
 
 def _prepare_multiprocess_metrics(workers: int) -> None:

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from payrail.db.sqlite import SQLITE_SYNCHRONOUS_CHOICES, SQLITE_SYNCHRONOUS_DEFAULT
+
 DEFAULT_SANDBOX_API_KEY = "test_api_key_12345"
 DEFAULT_ADMIN_KEY = "sandbox_admin_key_change_me"
 DEFAULT_DATABASE_URL = "sqlite:///" + str(Path("var") / "payrail.db")
@@ -72,6 +74,7 @@ class Settings:
     rate_limit_per_hour: int = 10
     body_max_bytes: int = 64 * 1024
     db_pool_size: int = 20
+    sqlite_synchronous: str = SQLITE_SYNCHRONOUS_DEFAULT  # docs/operations.md, SQLite durability
     sim_seed: int | None = None
     run_worker: bool = True
     reconcile_interval_s: int = 60
@@ -131,6 +134,9 @@ class Settings:
             worker_poll_ms=_int(env, "PAYRAIL_WORKER_POLL_MS", 200, 10, 60_000),
             rate_limit_per_hour=_int(env, "PAYRAIL_RATE_LIMIT_PER_HOUR", 10, 1, 1_000_000),
             db_pool_size=_int(env, "PAYRAIL_DB_POOL_SIZE", 20, 1, 500),
+            sqlite_synchronous=env.get(
+                "PAYRAIL_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS_DEFAULT
+            ).upper(),
             sim_seed=int(seed) if seed else None,
             run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),
             reconcile_interval_s=_int(env, "PAYRAIL_RECONCILE_INTERVAL_S", 60, 0, 86_400),
@@ -202,6 +208,10 @@ class Settings:
             )
         if self.lightning_backend == "lnbits" and not (self.lnbits_url and self.lnbits_admin_key):
             raise UnsafeSettings("PAYRAIL_LNBITS_URL and PAYRAIL_LNBITS_ADMIN_KEY are required")
+        if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS_CHOICES:
+            raise UnsafeSettings(
+                f"PAYRAIL_SQLITE_SYNCHRONOUS must be one of {', '.join(SQLITE_SYNCHRONOUS_CHOICES)}"
+            )
         if self.order_sweep_after_ms <= self.stripe_timeout_ms:
             raise UnsafeSettings(
                 "PAYRAIL_ORDER_SWEEP_AFTER_MS must exceed PAYRAIL_STRIPE_TIMEOUT_MS, or the "

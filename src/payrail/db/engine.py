@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+from payrail.db.sqlite import SQLITE_SYNCHRONOUS_DEFAULT, SQLiteEngine
+
 PG_POOL_SIZE = 20
 PG_POOL_OVERFLOW = 10
 PG_STATEMENT_TIMEOUT_MS = 30_000
@@ -47,12 +46,12 @@ async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
         yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def make_engine(url: str, pool_size: int = PG_POOL_SIZE) -> AsyncEngine:
+def make_engine(
+    url: str, pool_size: int = PG_POOL_SIZE, sqlite_synchronous: str = SQLITE_SYNCHRONOUS_DEFAULT
+) -> AsyncEngine:
     aurl = async_url(url)
     if aurl.startswith("sqlite"):
-        engine = create_async_engine(aurl, poolclass=NullPool)
-        _sqlite_immediate_transactions(engine)
-        return engine
+        return SQLiteEngine(aurl, sqlite_synchronous)
     return create_async_engine(
         aurl,
         pool_size=pool_size,
@@ -65,25 +64,3 @@ def make_engine(url: str, pool_size: int = PG_POOL_SIZE) -> AsyncEngine:
             }
         },
     )
-
-
-def _sqlite_immediate_transactions(engine: AsyncEngine) -> None:
-    """SQLite: WAL, a busy timeout, and BEGIN IMMEDIATE so writers serialise across processes.
-
-    pysqlite's own transaction handling is bypassed (isolation_level=None), as SQLAlchemy's
-    docs recommend, so that the conditional UPDATEs see the latest committed row.
-    """
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn):  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")

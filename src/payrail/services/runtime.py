@@ -122,7 +122,11 @@ def build_runtime(
     provider: PaymentProvider | None = None,
 ) -> Runtime:
     clock = clock or SystemClock()
-    engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = engine or make_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
     faults = FaultStore(engine, clock)
     if node is None:
         node = _make_node(settings, engine, clock, faults)

@@ -26,9 +26,8 @@ def _do_run(connection) -> None:  # type: ignore[no-untyped-def]
 async def _run_async() -> None:
     engine = make_engine(config.get_main_option("sqlalchemy.url"), pool_size=1)
     try:
-        async with engine.connect() as conn:
+        async with engine.begin() as conn:  # the writer (SQLite readers are read-only)
             await conn.run_sync(_do_run)
-            await conn.commit()
     finally:
         await engine.dispose()
 
