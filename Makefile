@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos lint format clean tools alerts
+.PHONY: run test bench chaos lint format clean tools alerts deploy-tools deploy-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,17 @@ run: $(STAMP)
 	$(BIN)/payrail serve
 
 # promtool checks and unit-tests ops/prometheus/alerts.yml (tests/test_alert_rules.py).
-tools:
+tools: deploy-tools
 	bash scripts/install-promtool.sh
+
+# PgBouncer and HAProxy (Debian packages) for tests/test_pgbouncer.py and deploy-test.
+deploy-tools:
+	bash scripts/install-deploy-tools.sh
+
+# The reference deployment on real parts, with faults (docs/deployment.md): its own
+# PostgreSQL, PgBouncer, HAProxy, two nodes and a worker on ports 18400-18499. ≤ 5 minutes.
+deploy-test: $(STAMP) deploy-tools
+	$(BIN)/python -m payrail.deploytest.run
 
 # The whole suite: lint, unit/integration tests on SQLite and PostgreSQL (alert rules with
 # promtool included), then the chaos runs against a real server on PostgreSQL (including the
@@ -26,6 +35,7 @@ test: $(STAMP) tools
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 	scripts/chaos_ci.sh
+	$(BIN)/python -m payrail.deploytest.run
 
 alerts: tools
 	promtool check rules ops/prometheus/alerts.yml
