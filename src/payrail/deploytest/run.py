@@ -56,6 +56,7 @@ REQUEST_TIMEOUT_S = 20.0
 ATTEMPTS_MAX = 40  # per payout; past it the key is replayed once more after the load
 BACKOFF_MAX_S = 2.0
 SETTLE_DEADLINE_S = 120.0  # every payout must be final by then
+MEASURE_MAX_S = 120.0  # --measure-s is capped at this, per phase
 FAULTS = {
     "enabled": True,
     "timeoutRate": 0.05,
@@ -267,7 +268,7 @@ class Deployment:
         return done
 
 
-def setup_project(base: str, tally: Tally) -> str:
+def setup_project(base: str, tally: Tally, faults: bool) -> str:
     admin = {"apikey": ADMIN_KEY}
     with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S) as c:
         r = c.post("/api/v1/projects", headers=admin, json={"id": PROJECT, "name": "deploy"})
@@ -280,7 +281,8 @@ def setup_project(base: str, tally: Tally) -> str:
         )
         r.raise_for_status()
         tally.ledger.fund(PROJECT, FUNDING_SATS)
-        c.post("/api/v1/test/failure-injection", headers=admin, json=FAULTS).raise_for_status()
+        if faults:
+            c.post("/api/v1/test/failure-injection", headers=admin, json=FAULTS).raise_for_status()
     return api_key
 
 
@@ -327,6 +329,11 @@ def check(deployment: Deployment, api_key: str, tally: Tally) -> list[str]:
     async def db() -> dict[str, Any]:
         conn = await asyncpg.connect(deployment.postgres.url(DATABASE), timeout=10)
         try:
+            reasons = await conn.fetch(
+                "SELECT failure_reason, count(*) AS n FROM payouts WHERE state = 'failed' "
+                "GROUP BY 1 ORDER BY 2 DESC"
+            )
+            say("failed payouts by reason: " + str({r["failure_reason"]: r["n"] for r in reasons}))
             return dict(
                 await conn.fetchrow(
                     """
@@ -385,33 +392,111 @@ def check(deployment: Deployment, api_key: str, tally: Tally) -> list[str]:
     return problems
 
 
-def main() -> int:
+def start_clients(
+    base: str, api_key: str, tally: Tally, stop: threading.Event, offset: int = 0
+) -> list[threading.Thread]:
+    threads = [
+        threading.Thread(
+            target=client_loop, args=(offset + i, base, api_key, stop, tally), daemon=True
+        )
+        for i in range(CLIENTS)
+    ]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def stop_clients(stop: threading.Event, threads: list[threading.Thread]) -> None:
+    stop.set()
+    for t in threads:
+        t.join(REQUEST_TIMEOUT_S * 3)
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes and all their descendants."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def measure(deployment: Deployment, api_key: str, tally: Tally, seconds: float) -> list[str]:
+    """Throughput without faults: one node alone (clients straight to node0), then both
+    nodes through HAProxy; with the CPU each tier spent per payout."""
+    pg_pid = int((deployment.postgres.data / "postmaster.pid").read_text().split()[0])
+    tiers = {
+        "nodes": [n.proc.pid for n in deployment.nodes if n.proc is not None],
+        "worker": [deployment.worker.proc.pid] if deployment.worker.proc else [],
+        "pgbouncer": [deployment.pgbouncer.proc.pid] if deployment.pgbouncer.proc else [],
+        "postgresql": [pg_pid],
+    }
+    lines = []
+    targets = [
+        ("1 node", f"http://127.0.0.1:{NODE_PORTS[0]}"),
+        ("2 nodes (HAProxy)", deployment.base),
+    ]
+    for phase, (label, base) in enumerate(targets):
+        before_n = len(tally.ledger.payouts)
+        before_cpu = {k: _cpu_s(v) for k, v in tiers.items()}
+        stop = threading.Event()
+        started = time.monotonic()
+        threads = start_clients(base, api_key, tally, stop, offset=1_000 * (phase + 1))
+        time.sleep(seconds)
+        stop_clients(stop, threads)
+        elapsed = time.monotonic() - started
+        count = len(tally.ledger.payouts) - before_n
+        cpu = {k: (_cpu_s(v) - before_cpu[k]) * 1000 / max(count, 1) for k, v in tiers.items()}
+        line = f"{label}: {count / elapsed:.1f} payouts/s; CPU ms per payout " + ", ".join(
+            f"{k} {v:.1f}" for k, v in cpu.items()
+        )
+        say(line)
+        lines.append(line)
+    say(f"answers: {dict(tally.codes)}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m payrail.deploytest.run")
+    parser.add_argument(
+        "--measure-s",
+        type=float,
+        default=0.0,
+        help="no faults: measure throughput of 1 node, then 2, for this many seconds each",
+    )
+    args = parser.parse_args(argv)
     started_at = time.monotonic()
     deployment = Deployment()
     tally = Tally()
     problems: list[str] = []
     try:
         deployment.up()
-        api_key = setup_project(deployment.base, tally)
-        say(f"load: {CLIENTS} clients for {LOAD_S:.0f} s through HAProxy, faults {FAULTS}")
-        stop = threading.Event()
-        clients = [
-            threading.Thread(
-                target=client_loop, args=(i, deployment.base, api_key, stop, tally), daemon=True
+        api_key = setup_project(deployment.base, tally, faults=not args.measure_s)
+        if args.measure_s:
+            measure(deployment, api_key, tally, min(args.measure_s, MEASURE_MAX_S))
+        else:
+            say(f"load: {CLIENTS} clients for {LOAD_S:.0f} s through HAProxy, faults {FAULTS}")
+            stop = threading.Event()
+            load_started = time.monotonic()
+            threads = start_clients(deployment.base, api_key, tally, stop)
+            done = deployment.faults(load_started, stop)
+            time.sleep(max(0.0, load_started + LOAD_S - time.monotonic()))
+            stop_clients(stop, threads)
+            load_s = time.monotonic() - load_started
+            say(f"faults done: {'; '.join(done)}")
+            say(
+                f"answers: {dict(tally.codes)}; "
+                f"{len(tally.ledger.payouts)} payouts in {load_s:.0f} s"
             )
-            for i in range(CLIENTS)
-        ]
-        load_started = time.monotonic()
-        for t in clients:
-            t.start()
-        done = deployment.faults(load_started, stop)
-        time.sleep(max(0.0, load_started + LOAD_S - time.monotonic()))
-        stop.set()
-        for t in clients:
-            t.join(REQUEST_TIMEOUT_S * 3)
-        load_s = time.monotonic() - load_started
-        say(f"faults done: {'; '.join(done)}")
-        say(f"answers: {dict(tally.codes)}; {len(tally.ledger.payouts)} payouts in {load_s:.0f} s")
         problems += settle(deployment.base, api_key, tally)
         say(f"final statuses: {tally.ledger.status_counts()}")
         problems += check(deployment, api_key, tally)
