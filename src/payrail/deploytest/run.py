@@ -145,7 +145,7 @@ def client_loop(index: int, base: str, api_key: str, stop: threading.Event, tall
 
 
 class Deployment:
-    def __init__(self) -> None:
+    def __init__(self, through_pgbouncer: bool = True) -> None:
         self.root = service_dir("payrail-14-deploy-")
         self.postgres = Postgres(self.root / "pg", POSTGRES_PORT)
         self.pgbouncer = PgBouncer(self.root / "pgbouncer", PGBOUNCER_PORT, POSTGRES_PORT)
@@ -156,7 +156,9 @@ class Deployment:
                 del self.env[name]
         self.env.update(
             PAYRAIL_MODE="sandbox",
-            PAYRAIL_DATABASE_URL=self.pgbouncer.url(DATABASE),
+            PAYRAIL_DATABASE_URL=(
+                self.pgbouncer.url(DATABASE) if through_pgbouncer else self.postgres.url(DATABASE)
+            ),
             PAYRAIL_ADMIN_KEY=ADMIN_KEY,
             PAYRAIL_DB_POOL_SIZE="5",
             PAYRAIL_NODE_TIMEOUT_MS="2000",
@@ -413,13 +415,16 @@ def stop_clients(stop: threading.Event, threads: list[threading.Thread]) -> None
 
 
 def _cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes and all their descendants."""
+    """User + system CPU seconds of these processes and all their descendants, including
+    descendants that already exited (PostgreSQL backends come and go)."""
     import psutil
 
     total = 0.0
     for pid in pids:
         try:
             root = psutil.Process(pid)
+            own = root.cpu_times()
+            total += own.children_user + own.children_system  # children reaped so far
             for proc in [root, *root.children(recursive=True)]:
                 times = proc.cpu_times()
                 total += times.user + times.system
@@ -473,9 +478,16 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="no faults: measure throughput of 1 node, then 2, for this many seconds each",
     )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="with --measure-s: nodes connect to PostgreSQL directly, not through PgBouncer",
+    )
     args = parser.parse_args(argv)
+    if args.direct and not args.measure_s:
+        parser.error("--direct only goes with --measure-s: the fault run needs PgBouncer")
     started_at = time.monotonic()
-    deployment = Deployment()
+    deployment = Deployment(through_pgbouncer=not args.direct)
     tally = Tally()
     problems: list[str] = []
     try:
