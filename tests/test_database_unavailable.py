@@ -84,6 +84,8 @@ async def test_connections_killed_by_the_server_are_503_then_served_again(pg_url
     "exc, unavailable",
     [
         (ConnectionRefusedError(111, "refused"), True),
+        (OSError(113, "No route to host"), True),
+        (FileNotFoundError(2, "no such file"), False),
         (asyncpg.exceptions.AdminShutdownError("terminating connection"), True),
         (asyncpg.exceptions.CannotConnectNowError("the database system is starting up"), True),
         (asyncpg.exceptions.ProtocolViolationError("server conn crashed?"), True),

@@ -12,6 +12,8 @@ off mid-transaction is unknown to the caller, who retries with the same idempote
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 
 from sqlalchemy.exc import DBAPIError
 
@@ -19,6 +21,9 @@ RETRY_AFTER_S = 2  # what a client is told to wait before retrying
 UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # shutdown, crash, starting up
 CONNECTION_SQLSTATE_CLASS = "08"
 CHAIN_DEPTH_MAX = 8  # exceptions wrap exceptions; look this deep at most
+NETWORK_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.ETIMEDOUT, errno.EPIPE}
+)  # beyond ConnectionError's (refused, reset, aborted)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -40,8 +45,10 @@ def is_database_unavailable(exc: BaseException) -> bool:
             return True
         if isinstance(current, (ConnectionError, asyncio.TimeoutError, TimeoutError)):
             return True
-        if isinstance(current, OSError) and current.errno is not None:
-            return True  # e.g. ECONNREFUSED, EHOSTUNREACH while connecting
+        if isinstance(current, socket.gaierror) or (
+            isinstance(current, OSError) and current.errno in NETWORK_ERRNOS
+        ):
+            return True  # the database's host cannot be resolved or reached
         sqlstate = getattr(current, "sqlstate", None)
         if isinstance(sqlstate, str) and (
             sqlstate.startswith(CONNECTION_SQLSTATE_CLASS) or sqlstate in UNAVAILABLE_SQLSTATES
