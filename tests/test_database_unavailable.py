@@ -89,6 +89,7 @@ async def test_connections_killed_by_the_server_are_503_then_served_again(pg_url
         (asyncpg.exceptions.AdminShutdownError("terminating connection"), True),
         (asyncpg.exceptions.CannotConnectNowError("the database system is starting up"), True),
         (asyncpg.exceptions.ProtocolViolationError("server conn crashed?"), True),
+        (asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"), True),
         (asyncpg.exceptions.UniqueViolationError("duplicate key"), False),
         (ValueError("a bug"), False),
     ],

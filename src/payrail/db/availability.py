@@ -4,7 +4,8 @@ A PostgreSQL restart or failover, a PgBouncer restart or a refused connection su
 different exception types depending on when they hit: while connecting (OSError), on a
 pooled connection the server closed (asyncpg's ConnectionDoesNotExistError, wrapped by
 SQLAlchemy as an invalidated DBAPIError), or as a server error of SQLSTATE class 08
-(connection exception) or 57P01-57P03 (the server is shutting down or starting up).
+(connection exception), 57P01-57P03 (the server is shutting down or starting up) or 53300
+(too many connections).
 The API answers all of them 503 with Retry-After (api/errors.py); the outcome of a write cut
 off mid-transaction is unknown to the caller, who retries with the same idempotency key.
 """
@@ -18,7 +19,8 @@ import socket
 from sqlalchemy.exc import DBAPIError
 
 RETRY_AFTER_S = 2  # what a client is told to wait before retrying
-UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # shutdown, crash, starting up
+# shutdown, crash, starting up; and too many connections (a refusal at connect time)
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 CONNECTION_SQLSTATE_CLASS = "08"
 CHAIN_DEPTH_MAX = 8  # exceptions wrap exceptions; look this deep at most
 NETWORK_ERRNOS = frozenset(
