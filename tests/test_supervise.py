@@ -120,11 +120,11 @@ def test_sigterm_lets_an_in_flight_payout_finish(tmp_path: Path) -> None:
     proc = _start(tmp_path)
     try:
         _servers(proc)
-        # every node call takes 1.5 s, so the payout is still running when SIGTERM arrives
+        # every node call takes 3 s, so the payout is still running when SIGTERM arrives
         httpx.post(
             f"{BASE}/api/v1/test/failure-injection",
             headers=KEY,
-            json={"enabled": True, "latencyMs": 1500},
+            json={"enabled": True, "latencyMs": 3000},
             timeout=10,
         ).raise_for_status()
         before = httpx.get(
@@ -142,7 +142,7 @@ def test_sigterm_lets_an_in_flight_payout_finish(tmp_path: Path) -> None:
 
         client = threading.Thread(target=pay)
         client.start()
-        time.sleep(0.5)  # the request is in flight (no assertion depends on this timing)
+        _wait_in_flight()
         proc.send_signal(signal.SIGTERM)
         client.join(EXIT_S)
         assert proc.wait(EXIT_S) == 0
@@ -160,6 +160,17 @@ def test_sigterm_lets_an_in_flight_payout_finish(tmp_path: Path) -> None:
     finally:
         _stop(again)
     assert before - after == 1020
+
+
+def _wait_in_flight() -> None:
+    """Until the payout is committed as pending: its node call (3 s) has begun."""
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        listed = httpx.get(f"{BASE}/api/v1/payouts?limit=1", headers=KEY, timeout=10).json()
+        if listed["data"]["count"]:
+            return
+        time.sleep(0.05)
+    pytest.fail("the payout never appeared")
 
 
 def test_guard_does_nothing_without_a_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
