@@ -180,6 +180,9 @@ class Deployment:
         self.worker = PayrailProcess("worker", ["worker"], self.env, self.root / "worker")
 
     def up(self) -> None:
+        missing = [b for b in ("pgbouncer", "haproxy") if shutil.which(b) is None]
+        if missing:
+            raise PartFailed(f"{', '.join(missing)} missing: run scripts/install-deploy-tools.sh")
         say(f"PostgreSQL (own instance, initdb) on :{POSTGRES_PORT}")
         self.postgres.init()
         self.postgres.start()
@@ -512,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         problems += settle(deployment.base, api_key, tally)
         say(f"final statuses: {tally.ledger.status_counts()}")
         problems += check(deployment, api_key, tally)
-    except (PartFailed, subprocess.CalledProcessError, httpx.HTTPError) as exc:
+    except (PartFailed, subprocess.CalledProcessError, httpx.HTTPError, OSError) as exc:
         detail = getattr(exc, "stderr", None) or b""
         detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
         problems.append(f"{type(exc).__name__}: {exc} {detail[-1000:]}")
