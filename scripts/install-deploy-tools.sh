@@ -4,6 +4,7 @@
 # binaries (initdb, pg_ctl) are taken from PATH or /usr/lib/postgresql/*/bin; if neither has
 # them, postgresql is installed too.
 set -euo pipefail
+PATH="$PATH:/usr/sbin:/usr/local/sbin"  # Debian puts pgbouncer and haproxy there
 missing=()
 command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)

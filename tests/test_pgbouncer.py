@@ -16,7 +16,7 @@ from payrail.api.app import create_app
 from payrail.config import Settings
 from payrail.db.engine import make_engine
 from payrail.db.migrate import upgrade
-from payrail.deploytest.parts import PgBouncer, Postgres, service_dir
+from payrail.deploytest.parts import PgBouncer, Postgres, service_dir, tool
 from payrail.services import projects
 from payrail.services.runtime import build_runtime
 
@@ -30,7 +30,7 @@ COST_SATS = 1_020  # 1,000 + 2% fee
 @pytest.fixture
 def bouncer() -> Iterator[PgBouncer]:
     """Our own PostgreSQL instance (initdb) with PgBouncer in front of it."""
-    if shutil.which("pgbouncer") is None:
+    if tool("pgbouncer") is None:
         message = "pgbouncer is not installed (scripts/install-deploy-tools.sh installs it)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(message)

@@ -34,12 +34,18 @@ class PartFailed(RuntimeError):
 
 
 def _as_service_user() -> list[str]:
-    return ["runuser", "-u", SERVICE_USER, "--"] if os.geteuid() == 0 else []
+    return [tool("runuser") or "runuser", "-u", SERVICE_USER, "--"] if os.geteuid() == 0 else []
 
 
 def _own(path: Path) -> None:
     if os.geteuid() == 0:
         shutil.chown(path, SERVICE_USER, SERVICE_USER)
+
+
+def tool(name: str) -> str | None:
+    """A daemon's binary: PATH first, then /usr/sbin (where Debian puts pgbouncer and haproxy,
+    often not on a non-root PATH)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
 
 
 def pg_bin(name: str) -> str:
@@ -190,7 +196,7 @@ class PgBouncer:
         ini = self.write_config()
         user = ["-u", SERVICE_USER] if os.geteuid() == 0 else []
         self.proc = subprocess.Popen(
-            ["pgbouncer", *user, str(ini)],
+            [tool("pgbouncer") or "pgbouncer", *user, str(ini)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -239,7 +245,7 @@ class HAProxy:
             "    option httpchk GET /ready\n    http-check expect status 200\n" + servers
         )
         self.proc = subprocess.Popen(
-            ["haproxy", "-db", "-f", str(cfg)],
+            [tool("haproxy") or "haproxy", "-db", "-f", str(cfg)],
             stdout=subprocess.DEVNULL,
             stderr=(self.directory / "haproxy.log").open("ab"),
             start_new_session=True,

@@ -36,6 +36,7 @@ from payrail.deploytest.parts import (
     PgBouncer,
     Postgres,
     service_dir,
+    tool,
 )
 from payrail.loadtest.ledger import ClientLedger
 
@@ -180,7 +181,7 @@ class Deployment:
         self.worker = PayrailProcess("worker", ["worker"], self.env, self.root / "worker")
 
     def up(self) -> None:
-        missing = [b for b in ("pgbouncer", "haproxy") if shutil.which(b) is None]
+        missing = [b for b in ("pgbouncer", "haproxy") if tool(b) is None]
         if missing:
             raise PartFailed(f"{', '.join(missing)} missing: run scripts/install-deploy-tools.sh")
         say(f"PostgreSQL (own instance, initdb) on :{POSTGRES_PORT}")
