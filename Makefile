@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos lint format clean tools alerts lock browser lnbits
+.PHONY: run test bench chaos lint format clean tools alerts lock browser lnbits deploy-tools \
+	deploy-test
 
 LOCKS := requirements/build.lock requirements/runtime.lock requirements/dev.lock
 LNBITS_LOCK := requirements/lnbits.lock  # the real LNbits of the tests, in .venv-lnbits
@@ -35,7 +36,7 @@ run: $(STAMP)
 	$(BIN)/payrail serve
 
 # promtool checks and unit-tests ops/prometheus/alerts.yml (tests/test_alert_rules.py).
-tools:
+tools: deploy-tools
 	bash scripts/install-promtool.sh
 
 # Chromium for the dashboard's browser test (tests/test_dashboard_browser.py).
@@ -46,13 +47,23 @@ browser:
 lnbits:
 	bash scripts/lnbits.sh install
 
+# PgBouncer and HAProxy (Debian packages) for tests/test_pgbouncer.py and deploy-test.
+deploy-tools:
+	bash scripts/install-deploy-tools.sh
+
+# The reference deployment on real parts, with faults (docs/deployment.md): its own
+# PostgreSQL, PgBouncer, HAProxy, two nodes and a worker on ports 18400-18499. ≤ 5 minutes.
+deploy-test: $(STAMP) deploy-tools
+	$(BIN)/python -m payrail.deploytest.run
+
 # The whole suite: lint, unit/integration tests on SQLite and PostgreSQL (alert rules with
 # promtool included), then the chaos runs against a real server on PostgreSQL (including the
-# legacy run that must fail).
+# legacy run that must fail), then the multi-node deployment test (docs/deployment.md).
 test: $(STAMP) tools browser lnbits
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 	scripts/chaos_ci.sh
+	$(BIN)/python -m payrail.deploytest.run
 
 alerts: tools
 	promtool check rules ops/prometheus/alerts.yml

@@ -53,6 +53,7 @@ def serve(
     import uvicorn
 
     from payrail.db.migrate import upgrade
+    from payrail.supervise import DRAIN_TIMEOUT_S, mark_supervisor
 
     settings = _settings()
     _refuse_sqlite_processes(settings, workers)
@@ -71,6 +72,8 @@ def serve(
     os.environ["PAYRAIL_MIGRATED"] = "1"
     os.environ["PAYRAIL_LOG_LEVEL"] = log_level
     _prepare_multiprocess_metrics(workers)
+    if workers > 1:
+        mark_supervisor()
     uvicorn.run(
         "payrail.api.main:app_from_env",
         factory=True,
@@ -79,6 +82,7 @@ def serve(
         workers=workers,
         log_level="warning",
         access_log=False,
+        timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
     )
 
 

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from payrail.db.availability import RETRY_AFTER_S, is_database_unavailable
 from payrail.domain import errors
 
 log = structlog.get_logger("payrail.api")
@@ -89,6 +90,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_database_unavailable(exc):
+            # A restart, failover or pooler restart: not our bug, and not final. The request
+            # may or may not have committed; a retry with the same idempotency key is safe.
+            log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+            return envelope(
+                False,
+                "The database is unavailable. Retry after the indicated seconds with the "
+                "same idempotency key.",
+                {"error": "DATABASE_UNAVAILABLE", "retryAfter": RETRY_AFTER_S},
+                503,
+            )
         # Never a stack trace or a secret in the answer; the log has the type for operators.
         log.error("unhandled_error", path=request.url.path, error=type(exc).__name__)
         runtime = getattr(request.app.state, "runtime", None)

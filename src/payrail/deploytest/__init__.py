@@ -1,0 +1,1 @@
+"""The deployment test: real PostgreSQL, PgBouncer, HAProxy and payrail processes."""
