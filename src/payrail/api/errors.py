@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from payrail.domain import errors
+from payrail.domain.text import JSON_DEPTH_MAX, check_json
 
 log = structlog.get_logger("payrail.api")
 
@@ -102,9 +103,14 @@ async def read_json(request: Request) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise errors.ValidationError("The request body is not valid JSON.") from None
+    except RecursionError:  # nested thousands deep: the parser gives up before we can count
+        raise errors.ValidationError(
+            f"The request body is nested more than {JSON_DEPTH_MAX} levels deep."
+        ) from None
+    return check_json(value)
 
 
 def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
