@@ -66,6 +66,7 @@ class Settings:
     webhook_secret_grace_s: int = 86_400  # a rotated-out webhook secret keeps signing this long
     sandbox_webhook_secret: str = DEFAULT_SANDBOX_WEBHOOK_SECRET
     callback_allow_hosts: tuple[str, ...] = ()  # hosts/CIDRs exempt from the private-address ban
+    metrics_token: str = ""  # set: GET /metrics needs "Authorization: Bearer <token>"
     # Card payments (docs/card-payments.md).
     stripe_backend: str = "simulator"  # simulator | stripe
     stripe_api_key: str = DEFAULT_SANDBOX_STRIPE_API_KEY
@@ -124,6 +125,7 @@ class Settings:
                 for h in env.get("PAYRAIL_CALLBACK_ALLOW_HOSTS", "").split(",")
                 if h.strip()
             ),
+            metrics_token=env.get("PAYRAIL_METRICS_TOKEN", ""),
             stripe_backend=env.get(
                 "PAYRAIL_STRIPE_BACKEND", "simulator" if mode == "sandbox" else "stripe"
             ),
