@@ -680,7 +680,6 @@ async def expire_now(rt: Runtime, payout_id: str) -> RowMapping:
 
 
 SANDBOX_STATUS_CAUSE = "sandbox: PATCH /payouts/{id}/status"
-SANDBOX_SEND_CAUSE = "sandbox: PATCH /payouts/{id}/status (sent first)"
 
 _TARGET_STATE = {
     Status.COMPLETED: State.COMPLETED,
@@ -691,30 +690,41 @@ _TARGET_STATE = {
 
 
 async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
-    """Sandbox: move a payout through the real state machine (illegal → 409)."""
+    """Sandbox: move a payout through the real state machine (illegal → 409).
+
+    Only the Lightning node's answer may end a payout that was sent: an in-flight payout
+    voided here could still be paid by the node (paid, not charged), and a reserved one
+    completed here was never paid at all (charged, not paid). So the endpoint can only end
+    a payout that was never sent, and only without a charge: error or expired.
+    """
     row = await get_payout(rt, payout_id)
     current = State(row["state"])
     if PUBLIC_STATUS[current] == status:
         return row
     target = _TARGET_STATE[status]
-    if not (current == State.RESERVED and target == State.COMPLETED):
-        check_transition(current, target)  # 409 before anything is written
+    if current == State.IN_FLIGHT:
+        raise errors.InvalidStatusTransition(
+            "The payout is in flight: the Lightning node may pay it, so only the node's answer "
+            "can end it. Wait for it (GET /payouts/{id}), or set failure injection before "
+            "creating the next payout.",
+            currentStatus=str(PUBLIC_STATUS[current]),
+        )
+    if current == State.RESERVED and target == State.COMPLETED:
+        raise errors.InvalidStatusTransition(
+            "The payout was never sent to the Lightning node, so it cannot be completed "
+            "without a node payment. Let the settle job send it, or set it to error or expired.",
+            currentStatus=str(PUBLIC_STATUS[current]),
+        )
+    check_transition(current, target)  # 409 before anything is written
     now = rt.clock.now_ms()
     async with rt.engine.begin() as conn:
-        if current == State.RESERVED and target == State.COMPLETED:
-            sending = await _transition(
-                conn, payout_id, current, State.IN_FLIGHT, now, cause=SANDBOX_SEND_CAUSE
-            )
-            if sending is None:
-                raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
-            current = State.IN_FLIGHT
         final = await _finalize(
             conn,
             payout_id,
             current,
             target,
             now,
-            charge=target == State.COMPLETED,
+            charge=False,
             cause=SANDBOX_STATUS_CAUSE,
             failure_code=FailureCode.PAYMENT_FAILED if target == State.FAILED else None,
             failure_reason="set by the sandbox status endpoint" if target == State.FAILED else None,
