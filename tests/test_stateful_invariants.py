@@ -145,6 +145,7 @@ class PayoutHistory(RuleBasedStateMachine):
                 node_timeout_ms=NODE_TIMEOUT_MS,
                 lease_ms=LEASE_MS,
                 rate_limit_per_hour=RATE_LIMIT_PER_HOUR,
+                recipient_failures_max=0,  # the model has the rate limit, not the failure block
                 sim_seed=0,  # only rates of 0 and 1 are used: the node's dice never matter
                 run_worker=False,
             ),

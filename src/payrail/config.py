@@ -56,6 +56,11 @@ class Settings:
     worker_batch_max: int = 50
     worker_concurrency_max: int = 32
     rate_limit_per_hour: int = 10
+    # Recipient guard: this many failed payouts to one gamertag within the window block it
+    # for block_s (0 failures: off). A project may override each (services/recipient_guard.py).
+    recipient_failures_max: int = 3
+    recipient_failure_window_s: int = 600
+    recipient_block_s: int = 600
     body_max_bytes: int = 64 * 1024
     db_pool_size: int = 20
     sim_seed: int | None = None
@@ -108,6 +113,11 @@ class Settings:
             lease_ms=_int(env, "PAYRAIL_LEASE_MS", 30_000, 1_000, 600_000),
             worker_poll_ms=_int(env, "PAYRAIL_WORKER_POLL_MS", 200, 10, 60_000),
             rate_limit_per_hour=_int(env, "PAYRAIL_RATE_LIMIT_PER_HOUR", 10, 1, 1_000_000),
+            recipient_failures_max=_int(env, "PAYRAIL_RECIPIENT_FAILURES_MAX", 3, 0, 1_000),
+            recipient_failure_window_s=_int(
+                env, "PAYRAIL_RECIPIENT_FAILURE_WINDOW_S", 600, 1, 86_400
+            ),
+            recipient_block_s=_int(env, "PAYRAIL_RECIPIENT_BLOCK_S", 600, 1, 86_400),
             db_pool_size=_int(env, "PAYRAIL_DB_POOL_SIZE", 20, 1, 500),
             sim_seed=int(seed) if seed else None,
             run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),

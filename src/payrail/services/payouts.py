@@ -16,7 +16,6 @@ whoever races for it: the inline path, a worker that found an expired lease, or 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from payrail.jobs import queue
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
-from payrail.services import audit, callbacks, flags, pagination
+from payrail.services import audit, callbacks, flags, pagination, recipient_guard
 from payrail.services.runtime import Runtime, SimulatedCrash
 
 log = structlog.get_logger("payrail.payouts")
@@ -59,7 +58,6 @@ P = payouts.c
 
 SETTLE_JOB = "settle_payout"
 SETTLE_ATTEMPTS_MAX = 2_000  # with the 60 s backoff cap: more than a day of asking the node
-RATE_WINDOW_MS = 3_600_000
 REPLAY_POLL_MS = 20
 # The settlement paths, chosen per project by the flag: the API process calls the node
 # right after tx1 (inline, the old path), or a worker claims the settle job (queue, new).
@@ -201,34 +199,6 @@ async def _lock_gamertag(conn: AsyncConnection, project_id: str, gamertag: str, 
     )
 
 
-async def _check_rate(rt: Runtime, conn: AsyncConnection, req: PayoutRequest, now: int) -> None:
-    limit = rt.settings.rate_limit_per_hour
-    # The limit-th newest payout in the window: when it leaves the window, a slot frees.
-    oldest_counted = await conn.scalar(
-        select(P.created_at)
-        .where(
-            P.project_id == req.project_id,
-            P.gamertag == req.gamertag,
-            P.created_at > now - RATE_WINDOW_MS,
-        )
-        .order_by(P.created_at.desc())
-        .offset(limit - 1)
-        .limit(1)
-    )
-    if oldest_counted is None:
-        return
-    # A concurrent request may have stamped created_at a moment after our `now`: clamp to
-    # the window so the answer never exceeds it.
-    wait_ms = min(RATE_WINDOW_MS, oldest_counted + RATE_WINDOW_MS - now)
-    retry_after_s = max(1, math.ceil(wait_ms / 1000))
-    raise errors.RateLimitExceeded(
-        f"More than {limit} payouts to gamertag {req.gamertag} in an hour; "
-        f"retry in {retry_after_s} s.",
-        retryAfter=retry_after_s,
-        limit=limit,
-    )
-
-
 async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     """Reserve and settle a payout; answers a replay for a key already used in this project."""
     # The flag decides the settlement path before anything is written (a cached read).
@@ -267,9 +237,9 @@ async def _reserve(rt: Runtime, req: PayoutRequest, path: str = "inline") -> str
     expires_at = now + req.expires_in_s * 1000
     async with rt.engine.begin() as conn:
         await _check_project_and_key(conn, req)
-        await _lock_gamertag(conn, req.project_id, req.gamertag, now)
-        try:
-            await _check_rate(rt, conn, req, now)
+        await _lock_gamertag(conn, req.project_id, recipient_guard.recipient_key(req.gamertag), now)
+        try:  # the rate limit and the failed-payout block (a RateLimitExceeded each)
+            await recipient_guard.check(conn, rt.settings, req.project_id, req.gamertag, now)
         except errors.RateLimitExceeded:
             await _replay_if_key_taken(conn, req)
             raise
