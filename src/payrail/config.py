@@ -54,7 +54,9 @@ class Settings:
     lease_ms: int = 30_000  # a job's lease; must exceed node_timeout_ms
     worker_poll_ms: int = 200
     worker_batch_max: int = 50
-    worker_concurrency_max: int = 32
+    worker_concurrency_max: int = 32  # running jobs other than callbacks, per worker
+    callback_concurrency_max: int = 16  # running callback deliveries, per worker
+    callback_host_concurrency_max: int = 4  # ... of which to one destination host
     rate_limit_per_hour: int = 10
     # Recipient guard: this many failed payouts to one gamertag within the window block it
     # for block_s (0 failures: off). A project may override each (services/recipient_guard.py).
@@ -124,6 +126,10 @@ class Settings:
             reconcile_interval_s=_int(env, "PAYRAIL_RECONCILE_INTERVAL_S", 60, 0, 86_400),
             flag_guard_interval_s=_int(env, "PAYRAIL_FLAG_GUARD_INTERVAL_S", 15, 0, 3_600),
             callback_timeout_ms=_int(env, "PAYRAIL_CALLBACK_TIMEOUT_MS", 5_000, 100, 60_000),
+            callback_concurrency_max=_int(env, "PAYRAIL_CALLBACK_CONCURRENCY_MAX", 16, 1, 1_000),
+            callback_host_concurrency_max=_int(
+                env, "PAYRAIL_CALLBACK_HOST_CONCURRENCY_MAX", 4, 1, 1_000
+            ),
             webhook_secret_grace_s=_int(
                 env, "PAYRAIL_WEBHOOK_SECRET_GRACE_S", 86_400, 0, 30 * 86_400
             ),
