@@ -68,6 +68,8 @@ class Settings:
     sim_seed: int | None = None
     run_worker: bool = True
     reconcile_interval_s: int = 60
+    # A pending payout that changed this recently is in motion, not a discrepancy (reconcile).
+    reconcile_settle_window_ms: int = 30_000
     flag_guard_interval_s: int = 15  # how often rollback guards are checked (0: never)
     callback_timeout_ms: int = 5_000  # one callback attempt, connect to last byte read
     webhook_secret_grace_s: int = 86_400  # a rotated-out webhook secret keeps signing this long
@@ -124,6 +126,9 @@ class Settings:
             sim_seed=int(seed) if seed else None,
             run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),
             reconcile_interval_s=_int(env, "PAYRAIL_RECONCILE_INTERVAL_S", 60, 0, 86_400),
+            reconcile_settle_window_ms=_int(
+                env, "PAYRAIL_RECONCILE_SETTLE_WINDOW_MS", 30_000, 0, 3_600_000
+            ),
             flag_guard_interval_s=_int(env, "PAYRAIL_FLAG_GUARD_INTERVAL_S", 15, 0, 3_600),
             callback_timeout_ms=_int(env, "PAYRAIL_CALLBACK_TIMEOUT_MS", 5_000, 100, 60_000),
             callback_concurrency_max=_int(env, "PAYRAIL_CALLBACK_CONCURRENCY_MAX", 16, 1, 1_000),
