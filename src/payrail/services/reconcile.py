@@ -57,7 +57,7 @@ class Report:
     discrepancies: list[Discrepancy]
     payouts_checked: int
     orders_checked: int = 0
-    in_motion: int = 0  # findings about pending payouts held back (see the module docstring)
+    in_motion: int = 0  # pending payouts whose findings were held back (module docstring)
 
     @property
     def clean(self) -> bool:
@@ -215,7 +215,7 @@ async def reconcile(rt: Runtime, settle_window_ms: int | None = None) -> Report:
     orders_checked = await _check_orders(rt, order_reads, found)
     moving = await _in_motion(rt, pending_findings, snapshot_ms, window_ms)
     found.extend(d for row, d in pending_findings if row["id"] not in moving)
-    held = sum(1 for row, _ in pending_findings if row["id"] in moving)
+    held = len({row["id"] for row, _ in pending_findings} & moving)
     return Report(found, len(rows), orders_checked, held)
 
 
