@@ -68,7 +68,11 @@ def test_alert_expressions_fire_on_bad_series_and_stay_quiet_on_healthy_ones():
 def test_alerts_cover_the_required_signals_with_severity_and_a_runbook_that_exists():
     rules = {r["alert"]: r for r in _rules()}
     assert set(rules) >= REQUIRED_ALERTS
-    assert rules["PayrailReconciliationMismatch"]["labels"]["severity"] == "critical"
+    # A finding is looked at after several runs and pages only once it has lasted 30 min.
+    assert rules["PayrailReconciliationMismatch"]["labels"]["severity"] == "warning"
+    assert rules["PayrailReconciliationMismatch"]["for"] == "5m"
+    assert rules["PayrailReconciliationMismatchPersistent"]["labels"]["severity"] == "critical"
+    assert rules["PayrailReconciliationMismatchPersistent"]["for"] == "30m"
     assert rules["PayrailNodeTimeoutRateHigh"]["labels"]["severity"] == "warning"
     guide = OPERATIONS.read_text()
     for name, rule in rules.items():

@@ -145,6 +145,7 @@ class PayoutHistory(RuleBasedStateMachine):
                 node_timeout_ms=NODE_TIMEOUT_MS,
                 lease_ms=LEASE_MS,
                 rate_limit_per_hour=RATE_LIMIT_PER_HOUR,
+                recipient_failures_max=0,  # the model has the rate limit, not the failure block
                 sim_seed=0,  # only rates of 0 and 1 are used: the node's dice never matter
                 run_worker=False,
             ),
@@ -153,7 +154,7 @@ class PayoutHistory(RuleBasedStateMachine):
         )
         self.run(self._start())
         self.funded = {SANDBOX_PROJECT_ID: SANDBOX_PROJECT_FUNDING_SATS, SMALL_PROJECT: 0}
-        self.fund_keys: set[tuple[str, str]] = set()
+        self.fund_keys: dict[tuple[str, str], int] = {}  # (project, key) → amount funded
         self.payouts: dict[str, ModelPayout] = {}
         self.keys: dict[tuple[str, str], str] = {}  # (project, idempotency key) → payout id
         self.moves_allowed = False  # only the worker (and the final rounds) advance old payouts
@@ -227,14 +228,21 @@ class PayoutHistory(RuleBasedStateMachine):
     )
     def fund_a_project(self, project: str, amount: int, key: str | None) -> None:
         self._begin()
-        replay = key is not None and (project, key) in self.fund_keys
+        first = self.fund_keys.get((project, key)) if key is not None else None
+        if first is not None and first != amount:  # a reused key with another amount: 422
+            try:
+                self.run(projects.fund(self.rt, project, amount, key))
+            except errors.IdempotencyKeyReused:
+                return
+            raise AssertionError("a reused funding key with another amount was accepted")
+        replay = first is not None
         answer = self.run(projects.fund(self.rt, project, amount, key))
         assert answer["replayed"] is replay
         assert answer["addedAmount"] == (0 if replay else amount)
         if not replay:
             self.funded[project] += amount
         if key is not None:
-            self.fund_keys.add((project, key))
+            self.fund_keys[(project, key)] = amount
         assert answer["newBalance"] == self._available(project)
 
     @rule(req=requests)

@@ -70,19 +70,29 @@ class Settings:
     lease_ms: int = 30_000  # a job's lease; must exceed node_timeout_ms
     worker_poll_ms: int = 200
     worker_batch_max: int = 50
-    worker_concurrency_max: int = 32
+    worker_concurrency_max: int = 32  # running jobs other than callbacks, per worker
+    callback_concurrency_max: int = 16  # running callback deliveries, per worker
+    callback_host_concurrency_max: int = 4  # ... of which to one destination host
     rate_limit_per_hour: int = 10
+    # Recipient guard: this many failed payouts to one gamertag within the window block it
+    # for block_s (0 failures: off). A project may override each (services/recipient_guard.py).
+    recipient_failures_max: int = 3
+    recipient_failure_window_s: int = 600
+    recipient_block_s: int = 600
     body_max_bytes: int = 64 * 1024
     db_pool_size: int = 20
     sqlite_synchronous: str = SQLITE_SYNCHRONOUS_DEFAULT  # docs/operations.md, SQLite durability
     sim_seed: int | None = None
     run_worker: bool = True
     reconcile_interval_s: int = 60
+    # A pending payout that changed this recently is in motion, not a discrepancy (reconcile).
+    reconcile_settle_window_ms: int = 30_000
     flag_guard_interval_s: int = 15  # how often rollback guards are checked (0: never)
     callback_timeout_ms: int = 5_000  # one callback attempt, connect to last byte read
     webhook_secret_grace_s: int = 86_400  # a rotated-out webhook secret keeps signing this long
     sandbox_webhook_secret: str = DEFAULT_SANDBOX_WEBHOOK_SECRET
     callback_allow_hosts: tuple[str, ...] = ()  # hosts/CIDRs exempt from the private-address ban
+    metrics_token: str = ""  # set: GET /metrics needs "Authorization: Bearer <token>"
     # Card payments (docs/card-payments.md).
     stripe_backend: str = "simulator"  # simulator | stripe
     stripe_api_key: str = DEFAULT_SANDBOX_STRIPE_API_KEY
@@ -133,6 +143,11 @@ class Settings:
             lease_ms=_int(env, "PAYRAIL_LEASE_MS", 30_000, 1_000, 600_000),
             worker_poll_ms=_int(env, "PAYRAIL_WORKER_POLL_MS", 200, 10, 60_000),
             rate_limit_per_hour=_int(env, "PAYRAIL_RATE_LIMIT_PER_HOUR", 10, 1, 1_000_000),
+            recipient_failures_max=_int(env, "PAYRAIL_RECIPIENT_FAILURES_MAX", 3, 0, 1_000),
+            recipient_failure_window_s=_int(
+                env, "PAYRAIL_RECIPIENT_FAILURE_WINDOW_S", 600, 1, 86_400
+            ),
+            recipient_block_s=_int(env, "PAYRAIL_RECIPIENT_BLOCK_S", 600, 1, 86_400),
             db_pool_size=_int(env, "PAYRAIL_DB_POOL_SIZE", 20, 1, 500),
             sqlite_synchronous=env.get(
                 "PAYRAIL_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS_DEFAULT
@@ -140,8 +155,15 @@ class Settings:
             sim_seed=int(seed) if seed else None,
             run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),
             reconcile_interval_s=_int(env, "PAYRAIL_RECONCILE_INTERVAL_S", 60, 0, 86_400),
+            reconcile_settle_window_ms=_int(
+                env, "PAYRAIL_RECONCILE_SETTLE_WINDOW_MS", 30_000, 0, 3_600_000
+            ),
             flag_guard_interval_s=_int(env, "PAYRAIL_FLAG_GUARD_INTERVAL_S", 15, 0, 3_600),
             callback_timeout_ms=_int(env, "PAYRAIL_CALLBACK_TIMEOUT_MS", 5_000, 100, 60_000),
+            callback_concurrency_max=_int(env, "PAYRAIL_CALLBACK_CONCURRENCY_MAX", 16, 1, 1_000),
+            callback_host_concurrency_max=_int(
+                env, "PAYRAIL_CALLBACK_HOST_CONCURRENCY_MAX", 4, 1, 1_000
+            ),
             webhook_secret_grace_s=_int(
                 env, "PAYRAIL_WEBHOOK_SECRET_GRACE_S", 86_400, 0, 30 * 86_400
             ),
@@ -154,6 +176,7 @@ class Settings:
                 if h.strip()
             ),
             stripe_backend=env.get("PAYRAIL_STRIPE_BACKEND", _default_stripe_backend(env, mode)),
+            metrics_token=env.get("PAYRAIL_METRICS_TOKEN", ""),
             stripe_api_key=env.get(
                 "PAYRAIL_STRIPE_API_KEY",
                 DEFAULT_SANDBOX_STRIPE_API_KEY if mode == "sandbox" else "",

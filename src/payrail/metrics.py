@@ -79,6 +79,10 @@ CALLBACK_DELIVERIES = Counter(
 CALLBACKS_DEAD = Counter(
     "payrail_callbacks_dead_total", "Callback deliveries that gave up (dead, replayable)."
 )
+CALLBACKS_DEFERRED_HOST_BUSY = Counter(
+    "payrail_callbacks_deferred_host_busy_total",
+    "Callbacks claimed while their destination host had no free slot, given back for later.",
+)
 CALLBACK_LAG_SECONDS = Histogram(
     "payrail_callback_delivery_lag_seconds",
     "Status change → callback delivered.",

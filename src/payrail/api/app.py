@@ -25,7 +25,7 @@ from payrail.api import projects as project_routes
 from payrail.api import recipients as recipient_routes
 from payrail.api import sandbox as sandbox_routes
 from payrail.api.context import ApiContext
-from payrail.api.limits import BodyLimit
+from payrail.api.limits import BodyLimit, RequestLineText
 from payrail.api.observe import API_PREFIX, Observe
 from payrail.config import STRIPE_SIMULATOR_PATH, Settings
 from payrail.db import migrate
@@ -107,6 +107,7 @@ def create_app(
     if stripe_sim is not None:
         app.include_router(stripe_sim.router(STRIPE_SIMULATOR_PATH))
     app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)
+    app.add_middleware(RequestLineText)
 
     app.add_middleware(Observe)  # outermost: it sees the 413s of BodyLimit too
 

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from payrail.db.availability import RETRY_AFTER_S, is_database_unavailable
 from payrail.domain import errors
+from payrail.domain.text import JSON_DEPTH_MAX, check_json
 
 log = structlog.get_logger("payrail.api")
 
@@ -119,9 +120,14 @@ async def read_json(request: Request) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise errors.ValidationError("The request body is not valid JSON.") from None
+    except RecursionError:  # nested thousands deep: the parser gives up before we can count
+        raise errors.ValidationError(
+            f"The request body is nested more than {JSON_DEPTH_MAX} levels deep."
+        ) from None
+    return check_json(value)
 
 
 def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:

@@ -1,8 +1,13 @@
-"""Routes with no key: the status reference, health, readiness and Prometheus metrics."""
+"""Routes with no key: the status reference, health, readiness and Prometheus metrics.
+
+Metrics show platform-wide figures; PAYRAIL_METRICS_TOKEN puts them behind a bearer token.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+import hmac
+
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
@@ -10,6 +15,7 @@ from sqlalchemy import text
 from payrail import __version__
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope
+from payrail.domain import errors
 from payrail.domain.payouts import STATUS_DESCRIPTIONS, Status
 from payrail.services import ops_metrics, readiness
 
@@ -56,5 +62,17 @@ def install(app: FastAPI, api: APIRouter, ctx: ApiContext) -> None:
     app.add_api_route("/ready", ready, methods=["GET"])
 
     @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
+        if settings.metrics_token and not _bearer_matches(request, settings.metrics_token):
+            raise errors.Unauthorized(
+                "GET /metrics needs the header 'Authorization: Bearer <PAYRAIL_METRICS_TOKEN>'."
+            )
         return Response(await ops_metrics.render(rt), media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_matches(request: Request, token: str) -> bool:
+    """Constant-time comparison, so the answer's timing does not spell the token out."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )

@@ -1,11 +1,14 @@
-"""ASGI middleware bounding request bodies: a too-large body is refused before it is read."""
+"""ASGI middleware bounding requests: a too-large body is refused before it is read, and a
+path or query string that is not storable text (a NUL, invalid UTF-8) before any route runs."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from payrail.domain.errors import PayloadTooLarge
+from payrail.domain.text import text_refusal
 
 Scope = dict[str, Any]
 
@@ -65,3 +68,46 @@ class _TooLarge(PayloadTooLarge):
 
     def __init__(self) -> None:
         super().__init__("The request body is too large.")
+
+
+class RequestLineText:
+    """400 for a path or query string whose decoded text has a NUL or is not UTF-8.
+
+    Every path and query parameter reaches a database lookup; PostgreSQL refuses a NUL with a
+    500, and SQLite looked it up. Checked once here instead of in every route.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogatepass")
+        for part, raw in (("path", raw_path), ("query string", scope.get("query_string", b""))):
+            reason = _line_refusal(raw)
+            if reason is not None:
+                return await _refuse_text(send, f"The request {part} {reason}.")
+        await self.app(scope, receive, send)
+
+
+def _line_refusal(raw: bytes) -> str | None:
+    try:
+        text = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not valid UTF-8 once percent-decoded"
+    return text_refusal(text)
+
+
+async def _refuse_text(send: Any, message: str) -> None:
+    body = json.dumps(
+        {"success": False, "message": message, "data": {"error": "VALIDATION_ERROR"}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

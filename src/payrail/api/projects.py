@@ -1,4 +1,5 @@
-"""HTTP routes of projects: create (admin), balance, fund, webhook-secret rotation (admin)."""
+"""HTTP routes of projects: create (admin), balance, fund, webhook-secret rotation (admin),
+the recipient guard's per-project settings (admin)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi.responses import JSONResponse
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope, read_json
 from payrail.clock import iso
-from payrail.services import projects, webhook_secrets
+from payrail.services import projects, recipient_guard, webhook_secrets
 
 
 def install(api: APIRouter, ctx: ApiContext) -> None:
@@ -63,3 +64,21 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         data = await projects.fund(rt, project_id, amount, request.headers.get("idempotency-key"))
         message = "Funding already processed" if data["replayed"] else "Project funded"
         return envelope(True, message, data, 200)
+
+    @api.get("/projects/{project_id}/recipient-guard")
+    async def get_recipient_guard(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        async with rt.engine.connect() as conn:
+            data = await recipient_guard.view(conn, settings, project_id)
+        return envelope(True, "Recipient guard", data, 200)
+
+    @api.put("/projects/{project_id}/recipient-guard")
+    async def put_recipient_guard(project_id: str, request: Request) -> JSONResponse:
+        """Override failuresMax (0: no block), failureWindowS, blockS; null: the default."""
+        who = await ctx.principal(request)
+        who.require_admin()
+        changes = recipient_guard.parse_overrides(await read_json(request))
+        async with rt.engine.begin() as conn:
+            data = await recipient_guard.set_overrides(conn, settings, project_id, changes)
+        return envelope(True, "Recipient guard updated", data, 200)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
 )
 
 metadata = MetaData(
@@ -76,6 +77,10 @@ projects = Table(
     Column("api_key_hash", String(64), nullable=False, unique=True),
     Column("account_id", String(80), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # Recipient guard overrides (services/recipient_guard.py); NULL: the server's setting.
+    Column("recipient_failures_max", Integer, nullable=True),
+    Column("recipient_failure_window_s", Integer, nullable=True),
+    Column("recipient_block_s", Integer, nullable=True),
 )
 
 payouts = Table(
@@ -112,7 +117,6 @@ payouts = Table(
     Column("invoice", Text, nullable=True),
     Column("payment_hash", String(64), nullable=True),
     UniqueConstraint("project_id", "idempotency_key"),
-    Index("ix_payouts_rate", "project_id", "gamertag", "created_at"),
     Index("ix_payouts_list", "project_id", "created_at", "id"),
     Index("ix_payouts_internal", "project_id", "internal_id"),
     Index("ix_payouts_state", "state", "expires_at"),
@@ -149,6 +153,14 @@ recipient_changes = Table(
     Column("new", Text, nullable=True),
     Column("at_ms", BigInteger, nullable=False),
     Index("ix_recipient_changes_key", "project_id", "gamertag_key", "at_ms"),
+)
+
+# The rate limit and the failed-payout block find a recipient's payouts whatever its spelling.
+Index(
+    "ix_payouts_rate_key",
+    payouts.c.project_id,
+    func.lower(payouts.c.gamertag),
+    payouts.c.created_at,
 )
 
 # One row per (project, gamertag): locking it serialises the rate-limit count, so it is exact.

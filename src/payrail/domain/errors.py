@@ -91,6 +91,12 @@ class RateLimitExceeded(PayrailError):
     code = "RATE_LIMIT_EXCEEDED"
 
 
+class RecipientTemporarilyBlocked(RateLimitExceeded):
+    """Too many failed payouts to one recipient lately: a 429 like the rate limit, own code."""
+
+    code = "RECIPIENT_TEMPORARILY_BLOCKED"
+
+
 class InsufficientBalance(PayrailError):
     code = "INSUFFICIENT_BALANCE"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,9 +83,18 @@ async def enqueue(
 
 
 async def claim(
-    engine: AsyncEngine, worker_id: str, now_ms: int, lease_ms: int, limit: int
+    engine: AsyncEngine,
+    worker_id: str,
+    now_ms: int,
+    lease_ms: int,
+    limit: int,
+    kinds: Collection[str] | None = None,
+    exclude_kinds: Collection[str] = (),
 ) -> list[Job]:
-    """Claim up to `limit` due jobs. PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: BEGIN IMMEDIATE."""
+    """Claim up to `limit` due jobs (of `kinds`, if given, and none of `exclude_kinds`).
+
+    PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: BEGIN IMMEDIATE.
+    """
     due = (
         select(J.id)
         .where(
@@ -95,6 +105,10 @@ async def claim(
         .order_by(J.run_at)
         .limit(limit)
     )
+    if kinds is not None:
+        due = due.where(J.kind.in_(list(kinds)))
+    if exclude_kinds:
+        due = due.where(J.kind.not_in(list(exclude_kinds)))
     if engine.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     async with engine.begin() as conn:
@@ -124,6 +138,22 @@ _COMPLETE = (
 
 async def complete(conn: AsyncConnection, job_id: str, now_ms: int) -> None:
     await conn.execute(_COMPLETE, {"b_id": job_id, "b_now": now_ms})
+
+
+async def release(conn: AsyncConnection, job_id: str, run_at_ms: int, now_ms: int) -> None:
+    """Give a claimed job back unrun: queued again at run_at, its claim not counted as an
+    attempt (the worker had no room to run it, e.g. its destination host was busy)."""
+    await conn.execute(
+        update(jobs)
+        .where(and_(J.id == job_id, J.state == "queued"))
+        .values(
+            run_at=run_at_ms,
+            lease_until=None,
+            locked_by=None,
+            attempts=J.attempts - 1,
+            updated_at=now_ms,
+        )
+    )
 
 
 async def reschedule(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -140,17 +141,38 @@ class StripeProvider:
         return found[:count_max]
 
     def verify_event(self, payload: bytes, signature: str | None) -> dict[str, Any]:
-        """Stripe-Signature checked by the library (HMAC, 300 s tolerance), then the event."""
+        """Stripe-Signature checked by the library (HMAC, 300 s tolerance), then the event.
+
+        The library refuses only signatures older than the tolerance; one dated further in
+        the future is refused here too, or a signature made ahead of time would stay valid.
+        """
         try:
             stripe.WebhookSignature.verify_header(
                 payload.decode("utf-8"), signature, self._webhook_secret, WEBHOOK_TOLERANCE_S
             )
+            ahead_s = _signed_at_s(signature) - time.time()
+            if ahead_s > WEBHOOK_TOLERANCE_S:
+                raise InvalidEvent(
+                    f"the signature is dated {ahead_s:.0f} s in the future, beyond the "
+                    f"{WEBHOOK_TOLERANCE_S} s tolerance"
+                )
             event = json.loads(payload)
         except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as exc:
             raise InvalidEvent(str(exc).split("\n")[0]) from None
+        except RecursionError:
+            raise InvalidEvent("the payload is nested too deep to be an event") from None
         if not isinstance(event, dict):
             raise InvalidEvent("the payload is not an event object")
         return event
+
+
+def _signed_at_s(signature: str | None) -> int:
+    """The t= of a Stripe-Signature header the library has already verified."""
+    for item in (signature or "").split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            return int(value)
+    raise ValueError("the signature has no timestamp")
 
 
 def _refusal(exc: stripe.StripeError) -> ProviderRefused:

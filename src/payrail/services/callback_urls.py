@@ -26,6 +26,16 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RESOLVE_TIMEOUT_MS = 2_000
 ADDRESSES_MAX = 16  # a name resolving to more is checked on its first 16, and used on those
 NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE_PREFIX = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d (RFC 4291)
+SIIT_PREFIX = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated ::ffff:0:a.b.c.d
+# IPv6 ranges no public callback receiver can live in, whatever they embed; Python's
+# is_global says True for all of them.
+NOT_ROUTABLE_NETWORKS = (
+    (IPV4_COMPATIBLE_PREFIX, "a deprecated IPv4-compatible IPv6 address"),
+    (SIIT_PREFIX, "an IPv4-translated (SIIT) IPv6 address"),
+    (ipaddress.ip_network("64:ff9b:1::/48"), "a local-use NAT64 address"),
+    (ipaddress.ip_network("fec0::/10"), "a site-local IPv6 address"),
+)
 # Cloud metadata services. Most are already link-local or private; listed so the refusal
 # names them, and for the ones that are not (Oracle's 192.0.0.192).
 METADATA_ADDRESSES = frozenset(
@@ -39,22 +49,29 @@ class UnsafeCallbackUrl(Exception):
 
 
 def _embedded(ip: IPAddress) -> list[IPAddress]:
-    """The address and any IPv4 address tunnelled inside it (mapped, 6to4, Teredo, NAT64)."""
+    """The address and any IPv4 address tunnelled inside it.
+
+    Mapped, IPv4-compatible, SIIT, 6to4, Teredo and NAT64: each carries an IPv4 address a
+    dual-stack host may reach, so the inner address is checked as if it were the target.
+    """
     found: list[IPAddress] = [ip]
     if isinstance(ip, ipaddress.IPv6Address):
+        low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if ip.ipv4_mapped is not None:
             found.append(ip.ipv4_mapped)
         if ip.sixtofour is not None:
             found.append(ip.sixtofour)
         if ip.teredo is not None:
             found.extend(ip.teredo)
-        if ip in NAT64_PREFIX:
-            found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if any(ip in net for net in (NAT64_PREFIX, IPV4_COMPATIBLE_PREFIX, SIIT_PREFIX)):
+            found.append(low32)
     return found
 
 
 def address_refusal(ip: IPAddress) -> str | None:
     """Why a callback may not go to `ip`, or None when it is a public unicast address."""
+    if ip.is_loopback or ip.is_unspecified:  # ::1 and :: sit inside the IPv4-compatible /96
+        return "a loopback address" if ip.is_loopback else "not a unicast address"
     for candidate in _embedded(ip):
         if candidate in METADATA_ADDRESSES:
             return "a cloud metadata address"
@@ -68,6 +85,9 @@ def address_refusal(ip: IPAddress) -> str | None:
             return "a private address"
         if not candidate.is_global:
             return "not a public address"
+    for network, reason in NOT_ROUTABLE_NETWORKS:
+        if ip.version == network.version and ip in network:
+            return reason
     return None
 
 

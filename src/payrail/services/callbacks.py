@@ -138,7 +138,7 @@ async def on_status_change(
     await queue.enqueue(
         conn,
         CALLBACK_JOB,
-        {"callbackId": event_id},
+        job_payload(event_id, row["callback_url"]),
         now,
         job_id=job_id_for(event_id),
         max_attempts=JOB_ATTEMPTS_MAX,
@@ -146,6 +146,15 @@ async def on_status_change(
 
 
 # ---------------------------------------------------------------- deliver
+
+
+def destination_host(url: str) -> str:
+    """The host a callback goes to: the worker bounds concurrent deliveries per host."""
+    return (urlsplit(url).hostname or "").lower()
+
+
+def job_payload(callback_id: str, url: str) -> dict[str, str]:
+    return {"callbackId": callback_id, "host": destination_host(url)}
 
 
 def is_loopback_url(url: str) -> bool:
@@ -472,7 +481,7 @@ async def replay(rt: Runtime, callback_id: str, project_id: str | None) -> RowMa
             await queue.enqueue(
                 conn,
                 CALLBACK_JOB,
-                {"callbackId": callback_id},
+                job_payload(callback_id, row["url"]),
                 now,
                 job_id=job_id_for(callback_id),
                 max_attempts=JOB_ATTEMPTS_MAX,

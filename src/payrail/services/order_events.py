@@ -37,6 +37,7 @@ from payrail.domain.orders import (
     intent_outcome,
     is_legal,
 )
+from payrail.domain.text import check_json
 from payrail.jobs import queue
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
@@ -82,6 +83,7 @@ class Received:
 
 def _event_fields(event: dict[str, Any]) -> tuple[str, str, str | None, str | None]:
     """(event id, type, intent id, order id) of a verified event, or a 400."""
+    check_json(event, "The Stripe event")  # a NUL in a field PostgreSQL stores was a 500
     event_id, type_, data = event.get("id"), event.get("type"), event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
     if (

@@ -10,6 +10,9 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payrail.domain import errors
+from payrail.domain.text import text_refusal
+
+CURSOR_TIME_MAX_MS = 2**63 - 1  # created_at is a BIGINT; a larger number is no row's time
 
 
 def encode_cursor(row: RowMapping) -> str:
@@ -20,9 +23,12 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     """The (created_at, id) a cursor names; a cursor this API did not return is a 400."""
     try:
         created_at, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
-        return int(created_at), row_id
+        time_ms = int(created_at)
     except (ValueError, UnicodeDecodeError):
-        raise errors.ValidationError("cursor is not one this API returned.") from None
+        time_ms, row_id = -1, ""
+    if not 0 <= time_ms <= CURSOR_TIME_MAX_MS or text_refusal(row_id) is not None:
+        raise errors.ValidationError("cursor is not one this API returned.", field="cursor")
+    return time_ms, row_id
 
 
 async def newest_first(

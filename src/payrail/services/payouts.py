@@ -16,7 +16,6 @@ whoever races for it: the inline path, a worker that found an expired lease, or 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from payrail.jobs import queue
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
-from payrail.services import audit, callbacks, destinations, flags, pagination
+from payrail.services import audit, callbacks, destinations, flags, pagination, recipient_guard
 from payrail.services.runtime import Runtime, SimulatedCrash
 
 log = structlog.get_logger("payrail.payouts")
@@ -59,7 +58,6 @@ P = payouts.c
 
 SETTLE_JOB = "settle_payout"
 SETTLE_ATTEMPTS_MAX = 2_000  # with the 60 s backoff cap: more than a day of asking the node
-RATE_WINDOW_MS = 3_600_000
 REPLAY_POLL_MS = 20
 # The settlement paths, chosen per project by the flag: the API process calls the node
 # right after tx1 (inline, the old path), or a worker claims the settle job (queue, new).
@@ -202,34 +200,6 @@ async def _lock_gamertag(conn: AsyncConnection, project_id: str, gamertag: str, 
     )
 
 
-async def _check_rate(rt: Runtime, conn: AsyncConnection, req: PayoutRequest, now: int) -> None:
-    limit = rt.settings.rate_limit_per_hour
-    # The limit-th newest payout in the window: when it leaves the window, a slot frees.
-    oldest_counted = await conn.scalar(
-        select(P.created_at)
-        .where(
-            P.project_id == req.project_id,
-            P.gamertag == req.gamertag,
-            P.created_at > now - RATE_WINDOW_MS,
-        )
-        .order_by(P.created_at.desc())
-        .offset(limit - 1)
-        .limit(1)
-    )
-    if oldest_counted is None:
-        return
-    # A concurrent request may have stamped created_at a moment after our `now`: clamp to
-    # the window so the answer never exceeds it.
-    wait_ms = min(RATE_WINDOW_MS, oldest_counted + RATE_WINDOW_MS - now)
-    retry_after_s = max(1, math.ceil(wait_ms / 1000))
-    raise errors.RateLimitExceeded(
-        f"More than {limit} payouts to gamertag {req.gamertag} in an hour; "
-        f"retry in {retry_after_s} s.",
-        retryAfter=retry_after_s,
-        limit=limit,
-    )
-
-
 async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     """Reserve and settle a payout; answers a replay for a key already used in this project."""
     # The flag decides the settlement path before anything is written (a cached read).
@@ -280,9 +250,9 @@ async def _reserve(
     expires_at = now + req.expires_in_s * 1000
     async with rt.engine.begin() as conn:
         await _check_project_and_key(conn, req)
-        await _lock_gamertag(conn, req.project_id, req.gamertag, now)
-        try:
-            await _check_rate(rt, conn, req, now)
+        await _lock_gamertag(conn, req.project_id, recipient_guard.recipient_key(req.gamertag), now)
+        try:  # the rate limit and the failed-payout block (a RateLimitExceeded each)
+            await recipient_guard.check(conn, rt.settings, req.project_id, req.gamertag, now)
         except errors.RateLimitExceeded:
             await _replay_if_key_taken(conn, req)
             raise
@@ -696,7 +666,6 @@ async def expire_now(rt: Runtime, payout_id: str) -> RowMapping:
 
 
 SANDBOX_STATUS_CAUSE = "sandbox: PATCH /payouts/{id}/status"
-SANDBOX_SEND_CAUSE = "sandbox: PATCH /payouts/{id}/status (sent first)"
 
 _TARGET_STATE = {
     Status.COMPLETED: State.COMPLETED,
@@ -707,30 +676,41 @@ _TARGET_STATE = {
 
 
 async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
-    """Sandbox: move a payout through the real state machine (illegal → 409)."""
+    """Sandbox: move a payout through the real state machine (illegal → 409).
+
+    Only the Lightning node's answer may end a payout that was sent: an in-flight payout
+    voided here could still be paid by the node (paid, not charged), and a reserved one
+    completed here was never paid at all (charged, not paid). So the endpoint can only end
+    a payout that was never sent, and only without a charge: error or expired.
+    """
     row = await get_payout(rt, payout_id)
     current = State(row["state"])
     if PUBLIC_STATUS[current] == status:
         return row
     target = _TARGET_STATE[status]
-    if not (current == State.RESERVED and target == State.COMPLETED):
-        check_transition(current, target)  # 409 before anything is written
+    if current == State.IN_FLIGHT:
+        raise errors.InvalidStatusTransition(
+            "The payout is in flight: the Lightning node may pay it, so only the node's answer "
+            "can end it. Wait for it (GET /payouts/{id}), or set failure injection before "
+            "creating the next payout.",
+            currentStatus=str(PUBLIC_STATUS[current]),
+        )
+    if current == State.RESERVED and target == State.COMPLETED:
+        raise errors.InvalidStatusTransition(
+            "The payout was never sent to the Lightning node, so it cannot be completed "
+            "without a node payment. Let the settle job send it, or set it to error or expired.",
+            currentStatus=str(PUBLIC_STATUS[current]),
+        )
+    check_transition(current, target)  # 409 before anything is written
     now = rt.clock.now_ms()
     async with rt.engine.begin() as conn:
-        if current == State.RESERVED and target == State.COMPLETED:
-            sending = await _transition(
-                conn, payout_id, current, State.IN_FLIGHT, now, cause=SANDBOX_SEND_CAUSE
-            )
-            if sending is None:
-                raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
-            current = State.IN_FLIGHT
         final = await _finalize(
             conn,
             payout_id,
             current,
             target,
             now,
-            charge=target == State.COMPLETED,
+            charge=False,
             cause=SANDBOX_STATUS_CAUSE,
             failure_code=FailureCode.PAYMENT_FAILED if target == State.FAILED else None,
             failure_reason="set by the sandbox status endpoint" if target == State.FAILED else None,

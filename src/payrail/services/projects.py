@@ -156,7 +156,16 @@ async def fund(
     except IntegrityError:
         replay = True
         async with rt.engine.connect() as conn:
+            first = await conn.scalar(
+                select(tables.transfers.c.amount).where(tables.transfers.c.id == transfer_id)
+            )
             after = await ledger.balance(conn, account)
+        if first != amount:
+            raise errors.IdempotencyKeyReused(
+                f"This Idempotency-Key already funded this project with {first} sats; "
+                f"it cannot fund {amount}. Use a new key for a new funding.",
+                fundedAmount=first,
+            ) from None
     assert after is not None
     return {
         "projectId": project_id,

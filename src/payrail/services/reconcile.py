@@ -1,23 +1,33 @@
-"""Check DESIGN.md's invariants, and the ledger against the Lightning node's own record.
+"""Check the invariants of payrail's promise, and the ledger against the node's own record.
 
 Used by the tests after every step, by `payrail reconcile`, and by the load harness.
+
+Everything from the database is read on one snapshot (REPEATABLE READ on PostgreSQL; one
+transaction on SQLite), so payouts, transfers and balances are seen at the same moment; the
+node is asked right after. A payout still pending can move between the two: a finding about
+one is held back ("in motion") while it changed since the snapshot or within the settle
+window (PAYRAIL_RECONCILE_SETTLE_WINDOW_MS) before it, and reported once it outlives it.
+Final payouts never move, so what is wrong with one is reported at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from payrail.db.engine import is_sqlite
 from payrail.db.tables import accounts, order_events, order_payments, orders, payouts, transfers
 from payrail.domain.orders import AWAITING_PROVIDER, CHARGED, OrderStatus
-from payrail.domain.payouts import State
+from payrail.domain.payouts import FINAL_STATES, State
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import NodeStatus
@@ -48,6 +58,7 @@ class Report:
     discrepancies: list[Discrepancy]
     payouts_checked: int
     orders_checked: int = 0
+    in_motion: int = 0  # pending payouts whose findings were held back (module docstring)
 
     @property
     def clean(self) -> bool:
@@ -60,9 +71,24 @@ class Report:
         return dict(counts)
 
 
-async def reconcile(rt: Runtime) -> Report:
+@asynccontextmanager
+async def _snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One read transaction: every query in it sees the same committed state."""
+    async with engine.connect() as conn:
+        if not is_sqlite(engine):  # SQLite: the connection's one transaction already is
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            yield conn
+
+
+async def reconcile(rt: Runtime, settle_window_ms: int | None = None) -> Report:
+    window_ms = (
+        rt.settings.reconcile_settle_window_ms if settle_window_ms is None else settle_window_ms
+    )
     found: list[Discrepancy] = []
-    async with rt.engine.connect() as conn:
+    async with _snapshot(rt.engine) as conn:
+        snapshot_ms = rt.clock.now_ms()
+        order_reads = await _read_orders(conn)
         totals = await ledger.totals(conn)
         rows = list((await conn.execute(select(payouts))).mappings())
         resolutions = {
@@ -127,6 +153,15 @@ async def reconcile(rt: Runtime) -> Report:
         found.append(Discrepancy("double-payment", f"posted {count} times", [transfer_id], count))
     node_status = await _node_statuses(rt, rows)
     expected_balance: dict[str, int] = dict(funded)
+    # Findings about a pending payout wait for _in_motion; about a final one, they stand.
+    pending_findings: list[tuple[RowMapping, Discrepancy]] = []
+
+    def report(row: RowMapping, finding: Discrepancy) -> None:
+        if State(row["state"]) in FINAL_STATES:
+            found.append(finding)
+        else:
+            pending_findings.append((row, finding))
+
     for row in rows:
         payout_id, total = row["id"], row["amount"] + row["fee"]
         state = State(row["state"])
@@ -135,34 +170,36 @@ async def reconcile(rt: Runtime) -> Report:
         account = acct.project_account(row["project_id"])
         posted, voided, open_ = kinds == {"post"}, kinds == {"void"}, kinds == {None}
         if not (posted or voided or open_):
-            found.append(Discrepancy("double-resolution", "transfers resolved apart", [payout_id]))
+            report(row, Discrepancy("double-resolution", "transfers resolved apart", [payout_id]))
         if posted or open_:
             expected_balance[account] = expected_balance.get(account, 0) - total
         # Invariant 3: posted iff the node paid; never paid twice; a final payout is resolved.
         if posted and node != NodeStatus.SUCCEEDED:
-            found.append(
+            report(
+                row,
                 Discrepancy(
                     "charged-not-paid",
                     f"payout {state.value}: ledger posted, node says {node.value}",
                     [payout_id],
                     total,
-                )
+                ),
             )
         if node == NodeStatus.SUCCEEDED and not posted and not open_:
-            found.append(
+            report(
+                row,
                 Discrepancy(
                     "paid-not-charged",
                     f"payout {state.value}: node paid, ledger voided",
                     [payout_id],
                     row["amount"],
-                )
+                ),
             )
         if state in (State.COMPLETED,) and not posted:
-            found.append(Discrepancy("state-ledger-mismatch", "completed, not posted", [payout_id]))
+            report(row, Discrepancy("state-ledger-mismatch", "completed, not posted", [payout_id]))
         if state in (State.RESERVED, State.IN_FLIGHT) and not open_:
-            found.append(Discrepancy("state-ledger-mismatch", "pending, resolved", [payout_id]))
+            report(row, Discrepancy("state-ledger-mismatch", "pending, resolved", [payout_id]))
         if state == State.RESERVED and node != NodeStatus.NOT_FOUND:
-            found.append(Discrepancy("sent-while-reserved", "node has it", [payout_id]))
+            report(row, Discrepancy("sent-while-reserved", "node has it", [payout_id]))
     # Invariant 4: the balance the API shows equals funded − Σ charged − Σ reserved.
     for account_id, row in project_accounts.items():
         shown = row.credits_posted - row.debits_posted - row.debits_pending
@@ -176,50 +213,100 @@ async def reconcile(rt: Runtime) -> Report:
                     shown - expected,
                 )
             )
-    orders_checked = await _check_orders(rt, found)
-    return Report(found, len(rows), orders_checked)
+    orders_checked = await _check_orders(rt, order_reads, found)
+    moving = await _in_motion(rt, pending_findings, snapshot_ms, window_ms)
+    found.extend(d for row, d in pending_findings if row["id"] not in moving)
+    held = len({row["id"] for row, _ in pending_findings} & moving)
+    return Report(found, len(rows), orders_checked, held)
 
 
-async def _check_orders(rt: Runtime, found: list[Discrepancy]) -> int:
-    """Invariant 5: an order is charged at most once at the provider and completed at most
-    once, with one payment log row and one ledger posting; no charge without its order."""
-    T = transfers.c
+async def _in_motion(
+    rt: Runtime, findings: list[tuple[RowMapping, Discrepancy]], snapshot_ms: int, window_ms: int
+) -> set[str]:
+    """Ids of the pending payouts behind `findings` that are still moving: changed since the
+    snapshot (read again now, after the node answered), or within the window before it."""
+    ids = sorted({row["id"] for row, _ in findings})
+    if not ids:
+        return set()
     async with rt.engine.connect() as conn:
-        rows = {r["id"]: r for r in (await conn.execute(select(orders))).mappings()}
-        if not rows:
-            return 0
-        logged = _counts(await conn.execute(select(order_payments.c.order_id)))
-        completions = _counts(
-            await conn.execute(
-                select(order_events.c.order_id).where(
-                    order_events.c.to_status == OrderStatus.COMPLETE.value
-                )
-            )
-        )
-        postings = list(
-            await conn.execute(
-                select(T.id, T.amount, T.credit_account_id)
-                .join(accounts, accounts.c.id == T.credit_account_id)
-                .where(accounts.c.code == int(acct.Code.MERCHANT_REVENUE))
-            )
-        )
-        revenue = {
-            r.id: int(r.credits_posted)
+        now_rows = {
+            r.id: r
             for r in await conn.execute(
-                select(accounts.c.id, accounts.c.credits_posted).where(
-                    accounts.c.code == int(acct.Code.MERCHANT_REVENUE)
+                select(payouts.c.id, payouts.c.state, payouts.c.updated_at).where(
+                    payouts.c.id.in_(ids)
                 )
             )
         }
-        by_currency = await conn.execute(
+    moving = set()
+    for row, _ in findings:
+        now = now_rows.get(row["id"])
+        changed = now is None or (now.state, now.updated_at) != (row["state"], row["updated_at"])
+        if changed or snapshot_ms - row["updated_at"] < window_ms:
+            moving.add(row["id"])
+    return moving
+
+
+@dataclass
+class _OrderReads:
+    rows: dict[str, Any]
+    logged: dict[str, int] = field(default_factory=dict)
+    completions: dict[str, int] = field(default_factory=dict)
+    postings: list[Any] = field(default_factory=list)
+    revenue: dict[str, int] = field(default_factory=dict)
+    nets: list[tuple[str, int]] = field(default_factory=list)
+
+
+async def _read_orders(conn: AsyncConnection) -> _OrderReads:
+    """The order side of the snapshot (read in the same transaction as the payouts)."""
+    T = transfers.c
+    rows = {r["id"]: r for r in (await conn.execute(select(orders))).mappings()}
+    if not rows:
+        return _OrderReads(rows)
+    logged = _counts(await conn.execute(select(order_payments.c.order_id)))
+    completions = _counts(
+        await conn.execute(
+            select(order_events.c.order_id).where(
+                order_events.c.to_status == OrderStatus.COMPLETE.value
+            )
+        )
+    )
+    postings = list(
+        await conn.execute(
+            select(T.id, T.amount, T.credit_account_id)
+            .join(accounts, accounts.c.id == T.credit_account_id)
+            .where(accounts.c.code == int(acct.Code.MERCHANT_REVENUE))
+        )
+    )
+    revenue = {
+        r.id: int(r.credits_posted)
+        for r in await conn.execute(
+            select(accounts.c.id, accounts.c.credits_posted).where(
+                accounts.c.code == int(acct.Code.MERCHANT_REVENUE)
+            )
+        )
+    }
+    nets = [
+        (str(currency), int(net))
+        for currency, net in await conn.execute(
             select(
                 accounts.c.currency,
                 func.sum(accounts.c.credits_posted - accounts.c.debits_posted).label("net"),
             ).group_by(accounts.c.currency)
         )
-        for currency, net in by_currency:
-            if int(net) != 0:
-                found.append(Discrepancy("imbalance", f"{currency}: credits − debits = {net}"))
+    ]
+    return _OrderReads(rows, logged, completions, postings, revenue, nets)
+
+
+async def _check_orders(rt: Runtime, reads: _OrderReads, found: list[Discrepancy]) -> int:
+    """Invariant 5: an order is charged at most once at the provider and completed at most
+    once, with one payment log row and one ledger posting; no charge without its order."""
+    rows, logged, completions = reads.rows, reads.logged, reads.completions
+    postings, revenue = reads.postings, reads.revenue
+    if not rows:
+        return 0
+    for currency, net in reads.nets:
+        if net != 0:
+            found.append(Discrepancy("imbalance", f"{currency}: credits − debits = {net}"))
     posted = _counts([(t.id.removeprefix(acct.order_transfer_id("")),) for t in postings])
     expected_revenue: dict[str, int] = defaultdict(int)
     for order_id, row in rows.items():
@@ -314,6 +401,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "clean": report.clean,
         "payoutsChecked": report.payouts_checked,
         "ordersChecked": report.orders_checked,
+        "inMotion": report.in_motion,
         "counts": report.kinds(),
         "discrepancies": [d.to_dict() for d in report.discrepancies],
     }

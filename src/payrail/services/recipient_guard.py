@@ -1,0 +1,216 @@
+"""The recipient guard: who may be paid right now, checked inside the reservation transaction.
+
+Two rules, per project and recipient, the recipient being its gamertag compared without case
+("Ratey", "RATEY" and "ratey" are one player):
+
+- the rate limit: at most `rate_limit_per_hour` payouts in a rolling hour (429
+  RATE_LIMIT_EXCEEDED);
+- anti-fraud: `failures_max` failed payouts within `failure_window_s` block the recipient for
+  `block_s` from the last of them (429 RECIPIENT_TEMPORARILY_BLOCKED). A studio whose players
+  keep feeding it unpayable destinations stops paying them for a while instead of paying fees
+  and node time on each retry. Server defaults come from PAYRAIL_RECIPIENT_*; a project may
+  override each (PUT /projects/{id}/recipient-guard).
+
+Both answers carry `retryAfter` in seconds. The caller holds the (project, recipient) lock
+(payouts._lock_gamertag with `recipient_key`), so counts are exact under concurrency.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from payrail.config import Settings
+from payrail.db.tables import payouts, projects
+from payrail.domain import errors
+from payrail.domain.payouts import State
+
+P = payouts.c
+RATE_WINDOW_MS = 3_600_000
+FAILURES_SCAN_MAX = 200  # failed payouts read per check; more would already have blocked
+# A failure counts when its payout was created within this long before the window: a payout
+# ends at most a day after it was created in practice, and the index is on created_at.
+FAILURE_LOOKBACK_MS = 86_400_000
+# Bounds of a project's overrides (and of the PAYRAIL_RECIPIENT_* settings).
+FAILURES_MAX_LIMIT = 1_000
+SECONDS_LIMIT = 86_400
+OVERRIDE_FIELDS = {
+    "failuresMax": ("recipient_failures_max", 0, FAILURES_MAX_LIMIT),
+    "failureWindowS": ("recipient_failure_window_s", 1, SECONDS_LIMIT),
+    "blockS": ("recipient_block_s", 1, SECONDS_LIMIT),
+}
+
+
+def recipient_key(gamertag: str) -> str:
+    """One spelling per recipient (gamertags are ASCII, so lower() is the whole folding)."""
+    return gamertag.lower()
+
+
+@dataclass(frozen=True)
+class Policy:
+    failures_max: int  # 0: the block is off
+    failure_window_s: int
+    block_s: int
+
+    def view(self) -> dict[str, int]:
+        return {
+            "failuresMax": self.failures_max,
+            "failureWindowS": self.failure_window_s,
+            "blockS": self.block_s,
+        }
+
+
+def _policy(settings: Settings, row: Any) -> Policy:
+    def pick(column: str, default: int) -> int:
+        value = row[column] if row is not None else None
+        return default if value is None else int(value)
+
+    return Policy(
+        pick("recipient_failures_max", settings.recipient_failures_max),
+        pick("recipient_failure_window_s", settings.recipient_failure_window_s),
+        pick("recipient_block_s", settings.recipient_block_s),
+    )
+
+
+async def policy_for(conn: AsyncConnection, settings: Settings, project_id: str) -> Policy:
+    row = (
+        (
+            await conn.execute(
+                select(
+                    projects.c.recipient_failures_max,
+                    projects.c.recipient_failure_window_s,
+                    projects.c.recipient_block_s,
+                ).where(projects.c.id == project_id)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return _policy(settings, row)
+
+
+def blocked_until_ms(failed_at_ms: list[int], policy: Policy) -> int | None:
+    """When the block that `failed_at_ms` (ascending) started ends, or None for no block.
+
+    Any `failures_max` failures within the window start a block at the last of them.
+    """
+    k = policy.failures_max
+    if k <= 0 or len(failed_at_ms) < k:
+        return None
+    window_ms, until = policy.failure_window_s * 1000, None
+    for i in range(k - 1, len(failed_at_ms)):
+        if failed_at_ms[i] - failed_at_ms[i - k + 1] <= window_ms:
+            until = failed_at_ms[i] + policy.block_s * 1000
+    return until
+
+
+def _retry_after_s(wait_ms: int) -> int:
+    return max(1, math.ceil(wait_ms / 1000))
+
+
+async def check(
+    conn: AsyncConnection, settings: Settings, project_id: str, gamertag: str, now_ms: int
+) -> None:
+    """Raise the 429 this payout would break, if any: the block first, then the rate limit."""
+    key = recipient_key(gamertag)
+    mine = (P.project_id == project_id, func.lower(P.gamertag) == key)
+    policy = await policy_for(conn, settings, project_id)
+    if policy.failures_max > 0:
+        horizon_ms = now_ms - (policy.failure_window_s + policy.block_s) * 1000
+        failed_at = list(
+            await conn.scalars(
+                select(P.updated_at)
+                .where(
+                    *mine,
+                    P.created_at > horizon_ms - FAILURE_LOOKBACK_MS,
+                    P.state == State.FAILED.value,
+                    P.updated_at > horizon_ms,
+                )
+                .order_by(P.updated_at.desc())
+                .limit(FAILURES_SCAN_MAX)
+            )
+        )
+        until = blocked_until_ms(sorted(failed_at), policy)
+        if until is not None and until > now_ms:
+            retry_after_s = _retry_after_s(until - now_ms)
+            raise errors.RecipientTemporarilyBlocked(
+                f"Payouts to gamertag {gamertag} are blocked for {retry_after_s} s: "
+                f"{policy.failures_max} payouts to it failed within "
+                f"{policy.failure_window_s} s. Check the recipient before retrying.",
+                retryAfter=retry_after_s,
+                failuresMax=policy.failures_max,
+            )
+    limit = settings.rate_limit_per_hour
+    # The limit-th newest payout in the window: when it leaves the window, a slot frees.
+    oldest_counted = await conn.scalar(
+        select(P.created_at)
+        .where(*mine, P.created_at > now_ms - RATE_WINDOW_MS)
+        .order_by(P.created_at.desc())
+        .offset(limit - 1)
+        .limit(1)
+    )
+    if oldest_counted is None:
+        return
+    # A concurrent request may have stamped created_at a moment after our `now`: clamp to
+    # the window so the answer never exceeds it.
+    retry_after_s = _retry_after_s(min(RATE_WINDOW_MS, oldest_counted + RATE_WINDOW_MS - now_ms))
+    raise errors.RateLimitExceeded(
+        f"Maximum {limit} payouts per gamertag per hour (gamertags count whatever their "
+        f"case); retry in {retry_after_s} s.",
+        retryAfter=retry_after_s,
+        limit=limit,
+    )
+
+
+# ---------------------------------------------------------------- per-project overrides
+
+
+def parse_overrides(body: object) -> dict[str, int | None]:
+    """{column: value or None} from a PUT body; null resets a field to the server default."""
+    if not isinstance(body, dict) or not body:
+        raise errors.ValidationError(
+            "Send a JSON object with any of failuresMax, failureWindowS, blockS (null: default)."
+        )
+    unknown = sorted(set(body) - set(OVERRIDE_FIELDS))
+    if unknown:
+        raise errors.ValidationError(f"Unknown fields: {', '.join(unknown)}.", fields=unknown)
+    changes: dict[str, int | None] = {}
+    for name, value in body.items():
+        column, low, high = OVERRIDE_FIELDS[name]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+        ):
+            raise errors.ValidationError(
+                f"{name} must be an integer from {low} to {high}, or null.", field=name
+            )
+        changes[column] = value
+    return changes
+
+
+async def set_overrides(
+    conn: AsyncConnection, settings: Settings, project_id: str, changes: dict[str, int | None]
+) -> dict[str, Any]:
+    done = await conn.execute(update(projects).where(projects.c.id == project_id).values(**changes))
+    if done.rowcount == 0:
+        raise errors.ProjectNotFound(f"No project with id {project_id}.")
+    return await view(conn, settings, project_id)
+
+
+async def view(conn: AsyncConnection, settings: Settings, project_id: str) -> dict[str, Any]:
+    """The project's effective policy, its own overrides and the server defaults."""
+    row = (
+        (await conn.execute(select(projects).where(projects.c.id == project_id))).mappings().first()
+    )
+    if row is None:
+        raise errors.ProjectNotFound(f"No project with id {project_id}.")
+    return {
+        "projectId": project_id,
+        "effective": _policy(settings, row).view(),
+        "overrides": {name: row[column] for name, (column, _, _) in OVERRIDE_FIELDS.items()},
+        "defaults": _policy(settings, None).view(),
+        "rateLimitPerHour": settings.rate_limit_per_hour,
+    }
