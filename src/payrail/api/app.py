@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import RedirectResponse
 
 from payrail import __version__
 from payrail.api import admin as admin_routes
@@ -24,6 +25,7 @@ from payrail.api import projects as project_routes
 from payrail.api import sandbox as sandbox_routes
 from payrail.api.context import ApiContext
 from payrail.api.limits import BodyLimit
+from payrail.api.models import install_openapi
 from payrail.api.observe import API_PREFIX, Observe
 from payrail.config import STRIPE_SIMULATOR_PATH, Settings
 from payrail.db import migrate
@@ -100,6 +102,12 @@ def create_app(
     sandbox_routes.install(api, ctx)
 
     app.include_router(api)
+    install_openapi(app)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_redirect() -> RedirectResponse:
+        return RedirectResponse(f"{API_PREFIX}/docs")
+
     if stripe_sim is not None:
         app.include_router(stripe_sim.router(STRIPE_SIMULATOR_PATH))
     app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)

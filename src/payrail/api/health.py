@@ -10,6 +10,8 @@ from sqlalchemy import text
 from payrail import __version__
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope
+from payrail.api.models import doc
+from payrail.api.models.ops import Health, NotReadyEnvelope, Readiness, Statuses
 from payrail.domain.payouts import STATUS_DESCRIPTIONS, Status
 from payrail.services import ops_metrics, readiness
 
@@ -17,7 +19,7 @@ from payrail.services import ops_metrics, readiness
 def install(app: FastAPI, api: APIRouter, ctx: ApiContext) -> None:
     rt, settings = ctx.rt, ctx.settings
 
-    @api.get("/statuses")
+    @api.get("/statuses", **doc(ok={200: (Statuses, "The four statuses")}, auth=False))
     async def statuses() -> JSONResponse:
         data = {
             "statuses": [s.value for s in Status],
@@ -41,8 +43,13 @@ def install(app: FastAPI, api: APIRouter, ctx: ApiContext) -> None:
         }
         return envelope(healthy, "payrail is " + data["status"], data, 200 if healthy else 503)
 
-    api.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/health", health, methods=["GET"])
+    health_doc = doc(
+        ok={200: (Health, "Healthy")},
+        other={503: (NotReadyEnvelope, "The database is unreachable")},
+        auth=False,
+    )
+    api.add_api_route("/health", health, methods=["GET"], **health_doc)
+    app.add_api_route("/health", health, methods=["GET"], **health_doc)
 
     async def ready() -> JSONResponse:
         """Readiness: the database answers, its schema is at head, and a worker is alive."""
@@ -52,9 +59,17 @@ def install(app: FastAPI, api: APIRouter, ctx: ApiContext) -> None:
             ok, "payrail is " + data["status"].replace("_", " "), data, 200 if ok else 503
         )
 
-    api.add_api_route("/ready", ready, methods=["GET"])
-    app.add_api_route("/ready", ready, methods=["GET"])
+    ready_doc = doc(
+        ok={200: (Readiness, "Ready")},
+        other={503: (NotReadyEnvelope, "Not ready: data.checks says what is missing")},
+        auth=False,
+    )
+    api.add_api_route("/ready", ready, methods=["GET"], **ready_doc)
+    app.add_api_route("/ready", ready, methods=["GET"], **ready_doc)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        responses={200: {"description": "Prometheus exposition", "content": {"text/plain": {}}}},
+    )
     async def metrics_endpoint() -> Response:
         return Response(await ops_metrics.render(rt), media_type=CONTENT_TYPE_LATEST)

@@ -7,6 +7,16 @@ from fastapi.responses import JSONResponse
 
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope, read_json
+from payrail.api.models import doc, header_param
+from payrail.api.models.projects import (
+    Balance,
+    CreatedProject,
+    Funding,
+    FundRequest,
+    NewProject,
+    RotatedSecret,
+    Rotation,
+)
 from payrail.clock import iso
 from payrail.services import projects, webhook_secrets
 
@@ -14,7 +24,17 @@ from payrail.services import projects, webhook_secrets
 def install(api: APIRouter, ctx: ApiContext) -> None:
     rt, settings = ctx.rt, ctx.settings
 
-    @api.post("/projects")
+    @api.post(
+        "/projects",
+        **doc(
+            ok={201: (CreatedProject, "Created; the API key and webhook secret are shown once")},
+            errors={403: ("FORBIDDEN",), 409: ("PROJECT_EXISTS",)},
+            body=NewProject,
+            body_required=False,
+            body_example={"id": "studio_42", "name": "Studio 42"},
+            summary="Admin: create a project",
+        ),
+    )
     async def create_project(request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         who.require_admin()
@@ -32,7 +52,16 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             201,
         )
 
-    @api.post("/projects/{project_id}/webhook-secret/rotate")
+    @api.post(
+        "/projects/{project_id}/webhook-secret/rotate",
+        **doc(
+            ok={200: (RotatedSecret, "The new secret; the old one signs too until it expires")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            body=Rotation,
+            body_required=False,
+            summary="Admin: rotate a project's callback signing secret",
+        ),
+    )
     async def rotate_webhook_secret(project_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         who.require_admin()
@@ -47,13 +76,29 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         }
         return envelope(True, "Webhook secret rotated. Store it now: it is shown once.", data, 200)
 
-    @api.get("/projects/{project_id}/balance")
+    @api.get(
+        "/projects/{project_id}/balance",
+        **doc(
+            ok={200: (Balance, "Available and reserved sats")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+        ),
+    )
     async def balance(project_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         who.require(project_id)
         return envelope(True, "Balance", await projects.balance(rt, project_id), 200)
 
-    @api.post("/projects/{project_id}/fund")
+    @api.post(
+        "/projects/{project_id}/fund",
+        **doc(
+            ok={200: (Funding, "Funded, or already funded with this Idempotency-Key")},
+            errors={400: ("INVALID_AMOUNT",), 403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            body=FundRequest,
+            body_example={"amount": 50000},
+            headers=[header_param("Idempotency-Key", "A retry with the same key adds nothing.")],
+            summary="Fund a project (admin; any key in sandbox)",
+        ),
+    )
     async def fund(project_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         if not settings.sandbox:
