@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos lint format clean tools alerts
+.PHONY: run test bench chaos lint format clean tools alerts install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# .venv with payrail installed (editable) and its `payrail` command in .venv/bin.
+install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/payrail serve
