@@ -1,4 +1,4 @@
-"""The payout API of API.md through HTTP: the seed scenario, the fixed defects, bad input."""
+"""The payout API (docs/api.md) through HTTP: the seed scenario, the fixed defects, bad input."""
 
 from __future__ import annotations
 
