@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
@@ -69,7 +69,13 @@ def install(app: FastAPI, api: APIRouter, ctx: ApiContext) -> None:
 
     @app.get(
         "/metrics",
-        responses={200: {"description": "Prometheus exposition", "content": {"text/plain": {}}}},
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus text exposition",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
     )
     async def metrics_endpoint() -> Response:
         return Response(await ops_metrics.render(rt), media_type=CONTENT_TYPE_LATEST)
