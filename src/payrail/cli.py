@@ -338,24 +338,7 @@ app.add_typer(flags_app, name="flags")
 
 def _run_flags(action):  # type: ignore[no-untyped-def]
     """Run `action(runtime)` once (flags, jobs, orders commands); a PayrailError exits 1."""
-    from payrail.domain.errors import PayrailError
-    from payrail.services.runtime import build_runtime
-
-    configure("warning")
-    settings = _settings()
-
-    async def main():  # type: ignore[no-untyped-def]
-        rt = build_runtime(settings)
-        try:
-            return await action(rt)
-        finally:
-            await rt.aclose()
-
-    try:
-        return asyncio.run(main())
-    except PayrailError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from None
+    return cli_resources.run(action)
 
 
 @flags_app.command("list")

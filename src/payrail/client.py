@@ -25,7 +25,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NotRequired, TypedDict, cast
 
@@ -219,54 +219,115 @@ def _retry_on(call: _Call, exc: Exception) -> bool:
     return isinstance(exc, _Retryable | httpx.TimeoutException | httpx.TransportError)
 
 
-class _Api:
-    """The routes, once: each builds a `_Call`; Client and AsyncClient send it."""
+def _query(**params: Any) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
 
-    def _payout_call(
-        self,
+
+class Calls:
+    """Every route as a `_Call`, once; `Client` and `AsyncClient` only send them."""
+
+    @staticmethod
+    def create_payout(
         gamertag: str,
         amount: int,
         project_id: str,
-        idempotency_key: str | None,
-        extra: Mapping[str, Any],
+        idempotency_key: str | None = None,
+        **optional: Any,
     ) -> _Call:
         body = {"gamertag": gamertag, "amount": amount, "projectId": project_id}
-        body |= {k: v for k, v in extra.items() if v is not None}
-        return _Call(
-            "POST",
-            "/payouts",
-            json=body,
-            idempotency_key=idempotency_key or _new_key("payout"),
-            is_payout=True,
+        body |= _query(
+            callbackUrl=optional.get("callback_url"),
+            expiresIn=optional.get("expires_in_s"),
+            description=optional.get("description"),
+            internalId=optional.get("internal_id"),
         )
+        key = idempotency_key or _new_key("payout")
+        return _Call("POST", "/payouts", json=body, idempotency_key=key, is_payout=True)
 
     @staticmethod
-    def _batch_call(project_id: str, items: list[BatchItem]) -> _Call:
+    def create_payouts_batch(project_id: str, items: list[BatchItem]) -> _Call:
         # One key per item, kept across retries: each item is a logical payout.
         keyed = [
             dict(item) | {"idempotencyKey": item.get("idempotencyKey") or _new_key("payout")}
             for item in items
         ]
+        body = {"projectId": project_id, "items": keyed}
+        return _Call("POST", "/payouts/batch", json=body, idempotency_key=_new_key("batch"))
+
+    @staticmethod
+    def get_payout(payout_id: str) -> _Call:
+        return _Call("GET", f"/payouts/{payout_id}")
+
+    @staticmethod
+    def get_payout_by_internal_id(internal_id: str, project_id: str | None) -> _Call:
+        path = f"/payouts/by-internal-id/{internal_id}"
+        return _Call("GET", path, params=_query(projectId=project_id))
+
+    @staticmethod
+    def list_payouts(**params: Any) -> _Call:
+        return _Call("GET", "/payouts", params=_query(**params))
+
+    @staticmethod
+    def payout_history(payout_id: str) -> _Call:
+        return _Call("GET", f"/payouts/{payout_id}/history")
+
+    @staticmethod
+    def create_project(project_id: str | None, name: str | None) -> _Call:
+        return _Call("POST", "/projects", json=_query(id=project_id, name=name))
+
+    @staticmethod
+    def fund_project(project_id: str, amount: int, idempotency_key: str | None) -> _Call:
+        key = idempotency_key or _new_key("fund")
         return _Call(
-            "POST",
-            "/payouts/batch",
-            json={"projectId": project_id, "items": keyed},
-            idempotency_key=_new_key("batch"),
+            "POST", f"/projects/{project_id}/fund", json={"amount": amount}, idempotency_key=key
         )
 
     @staticmethod
-    def _query(**params: Any) -> dict[str, Any]:
-        return {k: v for k, v in params.items() if v is not None}
+    def balance(project_id: str) -> _Call:
+        return _Call("GET", f"/projects/{project_id}/balance")
+
+    @staticmethod
+    def recipient(method: str, gamertag: str, body: dict[str, Any] | None = None) -> _Call:
+        return _Call(method, f"/recipients/{gamertag}", json=body)
+
+    @staticmethod
+    def list_recipients(**params: Any) -> _Call:
+        return _Call("GET", "/recipients", params=_query(**params))
+
+    @staticmethod
+    def create_order(amount: int, currency: str, **optional: Any) -> _Call:
+        body = {"amount": amount, "currency": currency} | _query(
+            customerId=optional.get("customer_id"),
+            metadata=optional.get("metadata"),
+            projectId=optional.get("project_id"),
+        )
+        return _Call("POST", "/orders", json=body)
+
+    @staticmethod
+    def pay_order(order_id: str, payment_method: str, idempotency_key: str | None) -> _Call:
+        key = idempotency_key or _new_key("pay")
+        body = {"paymentMethod": payment_method}
+        return _Call("POST", f"/orders/{order_id}/pay", json=body, idempotency_key=key)
+
+    @staticmethod
+    def get_order(order_id: str) -> _Call:
+        return _Call("GET", f"/orders/{order_id}")
+
+    @staticmethod
+    def list_orders(**params: Any) -> _Call:
+        return _Call("GET", "/orders", params=_query(**params))
 
 
 def _client_headers(api_key: str) -> dict[str, str]:
     return {"apikey": api_key, "user-agent": "payrail-python-client"}
 
 
+Json = dict[str, Any]
+
 # ---------------------------------------------------------------- sync
 
 
-class Client(_Api):
+class Client:
     """Blocking client. `http` may be any httpx.Client (e.g. with a custom transport)."""
 
     def __init__(
@@ -311,7 +372,6 @@ class Client(_Api):
                 self._sleep(self.retry.delay_s(attempt))
         raise AssertionError("unreachable: the loop returns or raises")
 
-    # payouts
     def create_payout(
         self,
         gamertag: str,
@@ -325,28 +385,21 @@ class Client(_Api):
         internal_id: str | None = None,
     ) -> Payout:
         """201 completed or 202 pending (or the replay of an earlier call with the same key)."""
-        extra = {
-            "callbackUrl": callback_url,
-            "expiresIn": expires_in_s,
-            "description": description,
-            "internalId": internal_id,
-        }
-        call = self._payout_call(gamertag, amount, project_id, idempotency_key, extra)
+        call = Calls.create_payout(
+            gamertag, amount, project_id, idempotency_key, callback_url=callback_url,
+            expires_in_s=expires_in_s, description=description, internal_id=internal_id,
+        )  # fmt: skip
         return cast(Payout, self._send(call))
 
-    def create_payouts_batch(self, project_id: str, items: list[BatchItem]) -> list[dict[str, Any]]:
+    def create_payouts_batch(self, project_id: str, items: list[BatchItem]) -> list[Json]:
         """POST /payouts/batch: `data.items[i]` answers `items[i]`."""
-        return cast(list[dict[str, Any]], self._send(self._batch_call(project_id, items))["items"])
+        return cast(list[Json], self._send(Calls.create_payouts_batch(project_id, items))["items"])
 
     def get_payout(self, payout_id: str) -> Payout:
-        return cast(Payout, self._send(_Call("GET", f"/payouts/{payout_id}")))
+        return cast(Payout, self._send(Calls.get_payout(payout_id)))
 
     def get_payout_by_internal_id(self, internal_id: str, project_id: str | None = None) -> Payout:
-        params = self._query(projectId=project_id)
-        return cast(
-            Payout,
-            self._send(_Call("GET", f"/payouts/by-internal-id/{internal_id}", params=params)),
-        )
+        return cast(Payout, self._send(Calls.get_payout_by_internal_id(internal_id, project_id)))
 
     def list_payouts(
         self,
@@ -356,55 +409,37 @@ class Client(_Api):
         limit: int | None = None,
         cursor: str | None = None,
     ) -> PayoutPage:
-        params = self._query(projectId=project_id, status=status, limit=limit, cursor=cursor)
-        return cast(PayoutPage, self._send(_Call("GET", "/payouts", params=params)))
+        call = Calls.list_payouts(projectId=project_id, status=status, limit=limit, cursor=cursor)
+        return cast(PayoutPage, self._send(call))
 
-    def payout_history(self, payout_id: str) -> list[dict[str, Any]]:
-        return cast(
-            list[dict[str, Any]],
-            self._send(_Call("GET", f"/payouts/{payout_id}/history"))["events"],
-        )
+    def payout_history(self, payout_id: str) -> list[Json]:
+        return cast(list[Json], self._send(Calls.payout_history(payout_id))["events"])
 
-    # projects
     def create_project(
         self, project_id: str | None = None, name: str | None = None
     ) -> CreatedProject:
-        body = self._query(id=project_id, name=name)
-        return cast(CreatedProject, self._send(_Call("POST", "/projects", json=body)))
+        return cast(CreatedProject, self._send(Calls.create_project(project_id, name)))
 
     def fund_project(
         self, project_id: str, amount: int, *, idempotency_key: str | None = None
     ) -> Funding:
-        call = _Call(
-            "POST",
-            f"/projects/{project_id}/fund",
-            json={"amount": amount},
-            idempotency_key=idempotency_key or _new_key("fund"),
-        )
-        return cast(Funding, self._send(call))
+        return cast(Funding, self._send(Calls.fund_project(project_id, amount, idempotency_key)))
 
     def balance(self, project_id: str) -> Balance:
-        return cast(Balance, self._send(_Call("GET", f"/projects/{project_id}/balance")))
+        return cast(Balance, self._send(Calls.balance(project_id)))
 
-    # recipients
-    def put_recipient(self, gamertag: str, recipient: dict[str, Any]) -> dict[str, Any]:
-        return cast(
-            dict[str, Any], self._send(_Call("PUT", f"/recipients/{gamertag}", json=recipient))
-        )
+    def put_recipient(self, gamertag: str, recipient: Json) -> Json:
+        return cast(Json, self._send(Calls.recipient("PUT", gamertag, recipient)))
 
-    def get_recipient(self, gamertag: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._send(_Call("GET", f"/recipients/{gamertag}")))
+    def get_recipient(self, gamertag: str) -> Json:
+        return cast(Json, self._send(Calls.recipient("GET", gamertag)))
 
-    def delete_recipient(self, gamertag: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._send(_Call("DELETE", f"/recipients/{gamertag}")))
+    def delete_recipient(self, gamertag: str) -> Json:
+        return cast(Json, self._send(Calls.recipient("DELETE", gamertag)))
 
-    def list_recipients(
-        self, *, limit: int | None = None, cursor: str | None = None
-    ) -> dict[str, Any]:
-        params = self._query(limit=limit, cursor=cursor)
-        return cast(dict[str, Any], self._send(_Call("GET", "/recipients", params=params)))
+    def list_recipients(self, *, limit: int | None = None, cursor: str | None = None) -> Json:
+        return cast(Json, self._send(Calls.list_recipients(limit=limit, cursor=cursor)))
 
-    # orders
     def create_order(
         self,
         amount: int,
@@ -414,37 +449,30 @@ class Client(_Api):
         metadata: dict[str, str] | None = None,
         project_id: str | None = None,
     ) -> Order:
-        body = {"amount": amount, "currency": currency} | self._query(
-            customerId=customer_id, metadata=metadata, projectId=project_id
+        call = Calls.create_order(
+            amount, currency, customer_id=customer_id, metadata=metadata, project_id=project_id
         )
-        return cast(Order, self._send(_Call("POST", "/orders", json=body)))
+        return cast(Order, self._send(call))
 
     def pay_order(
         self, order_id: str, payment_method: str, *, idempotency_key: str | None = None
     ) -> Order:
-        call = _Call(
-            "POST",
-            f"/orders/{order_id}/pay",
-            json={"paymentMethod": payment_method},
-            idempotency_key=idempotency_key or _new_key("pay"),
-        )
-        return cast(Order, self._send(call))
+        return cast(Order, self._send(Calls.pay_order(order_id, payment_method, idempotency_key)))
 
     def get_order(self, order_id: str) -> Order:
-        return cast(Order, self._send(_Call("GET", f"/orders/{order_id}")))
+        return cast(Order, self._send(Calls.get_order(order_id)))
 
     def list_orders(
         self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
-    ) -> dict[str, Any]:
-        params = self._query(status=status, limit=limit, cursor=cursor)
-        return cast(dict[str, Any], self._send(_Call("GET", "/orders", params=params)))
+    ) -> Json:
+        return cast(Json, self._send(Calls.list_orders(status=status, limit=limit, cursor=cursor)))
 
 
 # ---------------------------------------------------------------- async
 
 
-class AsyncClient(_Api):
-    """The same API as `Client`, awaited. `http` may be any httpx.AsyncClient."""
+class AsyncClient:
+    """The same methods as `Client`, awaited. `http` may be any httpx.AsyncClient."""
 
     def __init__(
         self,
@@ -500,33 +528,24 @@ class AsyncClient(_Api):
         description: str | None = None,
         internal_id: str | None = None,
     ) -> Payout:
-        extra = {
-            "callbackUrl": callback_url,
-            "expiresIn": expires_in_s,
-            "description": description,
-            "internalId": internal_id,
-        }
-        call = self._payout_call(gamertag, amount, project_id, idempotency_key, extra)
+        call = Calls.create_payout(
+            gamertag, amount, project_id, idempotency_key, callback_url=callback_url,
+            expires_in_s=expires_in_s, description=description, internal_id=internal_id,
+        )  # fmt: skip
         return cast(Payout, await self._send(call))
 
-    async def create_payouts_batch(
-        self, project_id: str, items: list[BatchItem]
-    ) -> list[dict[str, Any]]:
-        return cast(
-            list[dict[str, Any]], (await self._send(self._batch_call(project_id, items)))["items"]
-        )
+    async def create_payouts_batch(self, project_id: str, items: list[BatchItem]) -> list[Json]:
+        answer = await self._send(Calls.create_payouts_batch(project_id, items))
+        return cast(list[Json], answer["items"])
 
     async def get_payout(self, payout_id: str) -> Payout:
-        return cast(Payout, await self._send(_Call("GET", f"/payouts/{payout_id}")))
+        return cast(Payout, await self._send(Calls.get_payout(payout_id)))
 
     async def get_payout_by_internal_id(
         self, internal_id: str, project_id: str | None = None
     ) -> Payout:
-        params = self._query(projectId=project_id)
-        return cast(
-            Payout,
-            await self._send(_Call("GET", f"/payouts/by-internal-id/{internal_id}", params=params)),
-        )
+        call = Calls.get_payout_by_internal_id(internal_id, project_id)
+        return cast(Payout, await self._send(call))
 
     async def list_payouts(
         self,
@@ -536,52 +555,37 @@ class AsyncClient(_Api):
         limit: int | None = None,
         cursor: str | None = None,
     ) -> PayoutPage:
-        params = self._query(projectId=project_id, status=status, limit=limit, cursor=cursor)
-        return cast(PayoutPage, await self._send(_Call("GET", "/payouts", params=params)))
+        call = Calls.list_payouts(projectId=project_id, status=status, limit=limit, cursor=cursor)
+        return cast(PayoutPage, await self._send(call))
 
-    async def payout_history(self, payout_id: str) -> list[dict[str, Any]]:
-        return cast(
-            list[dict[str, Any]],
-            (await self._send(_Call("GET", f"/payouts/{payout_id}/history")))["events"],
-        )
+    async def payout_history(self, payout_id: str) -> list[Json]:
+        return cast(list[Json], (await self._send(Calls.payout_history(payout_id)))["events"])
 
     async def create_project(
         self, project_id: str | None = None, name: str | None = None
     ) -> CreatedProject:
-        body = self._query(id=project_id, name=name)
-        return cast(CreatedProject, await self._send(_Call("POST", "/projects", json=body)))
+        return cast(CreatedProject, await self._send(Calls.create_project(project_id, name)))
 
     async def fund_project(
         self, project_id: str, amount: int, *, idempotency_key: str | None = None
     ) -> Funding:
-        call = _Call(
-            "POST",
-            f"/projects/{project_id}/fund",
-            json={"amount": amount},
-            idempotency_key=idempotency_key or _new_key("fund"),
-        )
+        call = Calls.fund_project(project_id, amount, idempotency_key)
         return cast(Funding, await self._send(call))
 
     async def balance(self, project_id: str) -> Balance:
-        return cast(Balance, await self._send(_Call("GET", f"/projects/{project_id}/balance")))
+        return cast(Balance, await self._send(Calls.balance(project_id)))
 
-    async def put_recipient(self, gamertag: str, recipient: dict[str, Any]) -> dict[str, Any]:
-        return cast(
-            dict[str, Any],
-            await self._send(_Call("PUT", f"/recipients/{gamertag}", json=recipient)),
-        )
+    async def put_recipient(self, gamertag: str, recipient: Json) -> Json:
+        return cast(Json, await self._send(Calls.recipient("PUT", gamertag, recipient)))
 
-    async def get_recipient(self, gamertag: str) -> dict[str, Any]:
-        return cast(dict[str, Any], await self._send(_Call("GET", f"/recipients/{gamertag}")))
+    async def get_recipient(self, gamertag: str) -> Json:
+        return cast(Json, await self._send(Calls.recipient("GET", gamertag)))
 
-    async def delete_recipient(self, gamertag: str) -> dict[str, Any]:
-        return cast(dict[str, Any], await self._send(_Call("DELETE", f"/recipients/{gamertag}")))
+    async def delete_recipient(self, gamertag: str) -> Json:
+        return cast(Json, await self._send(Calls.recipient("DELETE", gamertag)))
 
-    async def list_recipients(
-        self, *, limit: int | None = None, cursor: str | None = None
-    ) -> dict[str, Any]:
-        params = self._query(limit=limit, cursor=cursor)
-        return cast(dict[str, Any], await self._send(_Call("GET", "/recipients", params=params)))
+    async def list_recipients(self, *, limit: int | None = None, cursor: str | None = None) -> Json:
+        return cast(Json, await self._send(Calls.list_recipients(limit=limit, cursor=cursor)))
 
     async def create_order(
         self,
@@ -592,30 +596,25 @@ class AsyncClient(_Api):
         metadata: dict[str, str] | None = None,
         project_id: str | None = None,
     ) -> Order:
-        body = {"amount": amount, "currency": currency} | self._query(
-            customerId=customer_id, metadata=metadata, projectId=project_id
+        call = Calls.create_order(
+            amount, currency, customer_id=customer_id, metadata=metadata, project_id=project_id
         )
-        return cast(Order, await self._send(_Call("POST", "/orders", json=body)))
+        return cast(Order, await self._send(call))
 
     async def pay_order(
         self, order_id: str, payment_method: str, *, idempotency_key: str | None = None
     ) -> Order:
-        call = _Call(
-            "POST",
-            f"/orders/{order_id}/pay",
-            json={"paymentMethod": payment_method},
-            idempotency_key=idempotency_key or _new_key("pay"),
-        )
+        call = Calls.pay_order(order_id, payment_method, idempotency_key)
         return cast(Order, await self._send(call))
 
     async def get_order(self, order_id: str) -> Order:
-        return cast(Order, await self._send(_Call("GET", f"/orders/{order_id}")))
+        return cast(Order, await self._send(Calls.get_order(order_id)))
 
     async def list_orders(
         self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
-    ) -> dict[str, Any]:
-        params = self._query(status=status, limit=limit, cursor=cursor)
-        return cast(dict[str, Any], await self._send(_Call("GET", "/orders", params=params)))
+    ) -> Json:
+        call = Calls.list_orders(status=status, limit=limit, cursor=cursor)
+        return cast(Json, await self._send(call))
 
 
 def verify_webhook(
