@@ -21,7 +21,12 @@ from payrail.api.models.cards import (
     ReceivedEvent,
 )
 from payrail.domain import errors
-from payrail.domain.orders import parse_order_request, parse_pay_request, parse_status
+from payrail.domain.orders import (
+    PAY_KEY_MAX_CHARS,
+    parse_order_request,
+    parse_pay_request,
+    parse_status,
+)
 from payrail.jobs import queue
 from payrail.services import order_events, orders
 from payrail.services.runtime import Runtime
@@ -115,7 +120,14 @@ def install(
             },
             body=PayRequest,
             body_example={"paymentMethod": "pm_card_visa"},
-            headers=[header_param("Idempotency-Key", "Required: one key per payment attempt.")],
+            headers=[
+                header_param(
+                    "Idempotency-Key",
+                    "One key per payment attempt.",
+                    PAY_KEY_MAX_CHARS,
+                    required=True,
+                )
+            ],
         ),
     )
     async def pay(order_id: str, request: Request) -> JSONResponse:

@@ -20,7 +20,13 @@ from payrail.api.models.payouts import (
     StatusChange,
 )
 from payrail.domain import errors
-from payrail.domain.payouts import FailureCode, State, parse_payout_request, parse_status
+from payrail.domain.payouts import (
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    FailureCode,
+    State,
+    parse_payout_request,
+    parse_status,
+)
 from payrail.services import callback_urls, payouts
 
 
@@ -60,7 +66,11 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             },
             body=PayoutRequest,
             body_example=PAYOUT_EXAMPLE,
-            headers=[header_param("Idempotency-Key", "One key per logical payout.")],
+            headers=[
+                header_param(
+                    "Idempotency-Key", "One key per logical payout.", IDEMPOTENCY_KEY_MAX_CHARS
+                )
+            ],
             summary="Create a payout (502/504: the balance was rolled back)",
         ),
     )

@@ -40,7 +40,8 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         ctx.sandbox_only()
         await ctx.principal(request)
         current = await rt.faults.get()
-        updated = await rt.faults.put(current.merged(await read_json(request) or {}))
+        body = await read_json(request)  # only an empty body means "no change"; `false` is a 400
+        updated = await rt.faults.put(current.merged({} if body is None else body))
         return envelope(True, "Failure injection updated", updated.to_dict(), 200)
 
     @api.delete(

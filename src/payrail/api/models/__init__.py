@@ -121,22 +121,23 @@ def query_param(
 
 
 def limit_param(maximum: int, default: int) -> dict[str, Any]:
-    """The `limit` of a list: an integer in 1..maximum; empty means the default."""
-    return query_param(
+    """The `limit` of a list: an integer in 1..maximum; empty (`?limit=`) means the default."""
+    param = query_param(
         "limit",
         f"1-{maximum}, default {default}",
-        {"anyOf": [{"type": "integer", "minimum": 1, "maximum": maximum}, {"const": ""}]},
+        {"type": "integer", "minimum": 1, "maximum": maximum},
     )
+    return param | {"allowEmptyValue": True}
 
 
-def header_param(name: str, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "header",
-        "required": False,
-        "description": description,
-        "schema": {"type": "string", "maxLength": 255},
-    }
+def header_param(
+    name: str, description: str, max_chars: int | None = None, *, required: bool = False
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "minLength": 1}
+    if max_chars is not None:
+        schema["maxLength"] = max_chars
+    return {"name": name, "in": "header", "required": required, "description": description,
+            "schema": schema}  # fmt: skip
 
 
 def _error_response(status: int, codes: tuple[str, ...]) -> dict[str, Any]:
