@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from payrail import __version__
 from payrail.api.app import create_app
 from payrail.cli import app
-from payrail.cli_resources import plural
 from payrail.config import Settings
 from payrail.services import projects
+from payrail.wording import plural
 
 
 def _cli(database_url: str, *args: str) -> tuple[int, str, str]:

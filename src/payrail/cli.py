@@ -14,9 +14,10 @@ import typer
 from rich.console import Console
 
 from payrail import __version__, cli_resources
-from payrail.cli_resources import plural, print_table
+from payrail.cli_resources import print_table
 from payrail.config import SANDBOX_PROJECT_ID, Settings, UnsafeSettings
 from payrail.logging import configure
+from payrail.wording import plural
 
 app = typer.Typer(add_completion=False, help="payrail: payments that never lose or invent money.")
 console = Console(stderr=True)

@@ -1,7 +1,7 @@
 """`payrail payouts …` and `payrail projects …`, and what every command prints with.
 
 Commands here act on the database of PAYRAIL_DATABASE_URL through the services, as the
-operator commands of cli.py do. Output helpers: `plural` (1 payout, 2 payouts) and `print_table`
+operator commands of cli.py do. Output: `plural` (wording.py) and `print_table`
 (a table on a terminal; whole values, tab-separated, when piped, so ids are never cut).
 """
 
@@ -19,6 +19,7 @@ from rich.table import Table
 
 from payrail.config import Settings, UnsafeSettings
 from payrail.logging import configure
+from payrail.wording import plural
 
 T = TypeVar("T")
 err = Console(stderr=True)
@@ -33,17 +34,6 @@ def register(app: typer.Typer) -> None:
 
 
 # ---------------------------------------------------------------- output
-
-
-def plural(count: int, noun: str, many: str | None = None) -> str:
-    """`1 payout`, `2 payouts`, `1 discrepancy`, `3 discrepancies`."""
-    if count == 1:
-        return f"{count} {noun}"
-    if many is None:
-        many = (
-            noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
-        )
-    return f"{count} {many}"
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> None:
