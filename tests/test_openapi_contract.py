@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import schemathesis
 from conftest import ADMIN_KEY
 from fastapi.responses import JSONResponse
@@ -185,3 +186,11 @@ def test_every_answer_conforms_to_the_document(settings: Settings) -> None:
     finally:
         st_asgi.shutdown_lifespans()  # closes this app's runtime before its database goes
     assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.parametrize("path", ["/payouts", "/orders", "/callbacks"])
+async def test_an_empty_limit_is_refused_as_the_document_says(client, path) -> None:
+    response = await client.get(f"{path}?limit=")
+    assert response.status_code == 400
+    assert response.json()["data"] == {"error": "VALIDATION_ERROR", "field": "limit"}
+    assert (await client.get(path)).status_code == 200  # absent: the default

@@ -123,8 +123,8 @@ async def read_json(request: Request) -> Any:
 
 
 def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
-    """An integer query parameter within bounds; anything else is a 400, never a 500."""
-    if raw is None or raw == "":
+    """An integer query parameter within bounds; anything else (even empty) is a 400, not a 500."""
+    if raw is None:
         return default
     try:
         value = int(raw)

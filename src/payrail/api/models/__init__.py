@@ -121,13 +121,12 @@ def query_param(
 
 
 def limit_param(maximum: int, default: int) -> dict[str, Any]:
-    """The `limit` of a list: an integer in 1..maximum; empty (`?limit=`) means the default."""
-    param = query_param(
+    """The `limit` of a list: an integer in 1..maximum (absent: the default)."""
+    return query_param(
         "limit",
         f"1-{maximum}, default {default}",
         {"type": "integer", "minimum": 1, "maximum": maximum},
     )
-    return param | {"allowEmptyValue": True}
 
 
 def header_param(
