@@ -5,12 +5,15 @@ names the route otherwise):
 
 1. Put its request and response models in the models module of its router (api/models/<x>.py):
    the `data` of each success answer as a Pydantic model (``extra="allow"`` is fine while a
-   field is young), and the request body as a flat model (no nested models: it is inlined).
+   field is young), and the request body as a flat `Body` model (no nested models: it is
+   inlined; `StrictBody` when the route refuses unknown fields).
 2. Decorate the route with ``**doc(...)``: ``ok={201: (Payout, "completed")}``, every error it
    really answers as ``errors={400: ("VALIDATION_ERROR", ...), 404: ("PAYOUT_NOT_FOUND",)}``,
    ``body=PayoutRequest`` (or ``body_required=False``), ``query=[query_param(...)]``,
    ``auth=False`` for routes without a key; ``other={503: (Model, "...")}`` for a non-2xx answer
-   that is not an error code. 401 (key) and 400/413/415 (bodies) are added for you.
+   that is not an error code; ``headers=[header_param(...)]``. 401 (key) and 400/413/415
+   (bodies) are added for you. A page that is not JSON (HTML, text) documents its media type:
+   ``response_class=HTMLResponse, responses={200: {"content": {"text/html": {}}}}``.
 3. Run ``.venv/bin/pytest tests/test_openapi_contract.py -q``.
 
 The routes keep parsing bodies by hand (errors stay 400 `VALIDATION_ERROR` in the envelope, as
