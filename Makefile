@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test bench chaos lint format clean tools alerts lock browser lnbits deploy-tools \
-	deploy-test
+	deploy-test install
 
 LOCKS := requirements/build.lock requirements/runtime.lock requirements/dev.lock
 LNBITS_LOCK := requirements/lnbits.lock  # the real LNbits of the tests, in .venv-lnbits
@@ -31,6 +31,9 @@ lock: $(STAMP)
 	$(UV_COMPILE) pyproject.toml --extra dev -o requirements/dev.lock
 	$(UV_COMPILE) requirements/lnbits.in -o requirements/lnbits.lock
 	@echo "locks written: $(LOCKS) $(LNBITS_LOCK); run make test before committing them"
+
+# .venv with payrail installed (editable) and its `payrail` command in .venv/bin.
+install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/payrail serve

@@ -197,7 +197,9 @@ JSON_VALUES = st.recursive(
 
 
 class _Body:
-    """The one part of a Starlette Request that read_json uses."""
+    """The parts of a Starlette Request that read_json uses: a JSON body and its bytes."""
+
+    headers = {"content-type": "application/json"}
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw

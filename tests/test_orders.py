@@ -411,7 +411,9 @@ async def test_bad_pay_input_and_other_projects_orders_change_nothing(cards: Car
         cards.pay(order["id"], "k", method="not a method"),
         cards.pay(order["id"], "x" * 201),
         cards.client.post(
-            f"/orders/{order['id']}/pay", content=b"{nope", headers={"Idempotency-Key": "k"}
+            f"/orders/{order['id']}/pay",
+            content=b"{nope",
+            headers={"Idempotency-Key": "k", "content-type": "application/json"},
         ),
         cards.pay(order["id"], "k", apikey=other_key),
         cards.pay("ord_missing", "k"),

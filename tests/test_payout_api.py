@@ -1,4 +1,4 @@
-"""The payout API of API.md through HTTP: the seed scenario, the fixed defects, bad input."""
+"""The payout API (docs/api.md) through HTTP: the seed scenario, the fixed defects, bad input."""
 
 from __future__ import annotations
 
@@ -320,7 +320,9 @@ async def test_bad_input_gets_the_envelope_and_changes_nothing(
     client, method, path, content, status, code
 ):
     start = await balance_of(client)
-    response = await client.request(method, path, content=content)
+    response = await client.request(
+        method, path, content=content, headers={"content-type": "application/json"}
+    )
     assert response.status_code == status
     body = response.json()
     assert body["success"] is False and body["data"]["error"] == code

@@ -1,6 +1,6 @@
 """The payout saga under unknown outcomes, crashes and duplicate workers (service layer).
 
-Every test ends on DESIGN.md's invariant 3: the node paid a payout at most once, and the
+Every test ends on invariant 3 (docs/architecture.md): the node paid a payout at most once, and the
 ledger posted it iff the node says it succeeded; otherwise the reservation was voided.
 """
 

@@ -1,4 +1,4 @@
-"""Random payout histories keep DESIGN.md's invariants, checked after every single step.
+"""Random payout histories keep the invariants (docs/architecture.md), checked after every step.
 
 A Hypothesis state machine funds projects, creates payouts while the node settles, refuses,
 times out definitely or answers ambiguously, crashes the process at each crash point, moves
@@ -59,7 +59,7 @@ CRASHPOINTS = ("after_reserve", "after_mark_in_flight", "after_node_call")
 PAYOUT_AMOUNT_MAX_SATS = 5_000
 FUND_AMOUNT_MAX_SATS = 20_000
 EXPIRES_IN_S = (10, 300)
-HOUR_MS = 3_600_000  # the rate-limit window, from API.md: N payouts per gamertag per hour
+HOUR_MS = 3_600_000  # the rate-limit window, N payouts per gamertag per hour
 FEE_BPS = 200  # the 2% fee, restated here so the model does not reuse the code under test
 
 RATE_LIMIT_PER_HOUR = 3

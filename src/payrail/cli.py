@@ -1,4 +1,7 @@
-"""payrail command line: serve · worker · migrate · recover · reconcile · bench."""
+"""payrail command line: serve · worker · migrate · recover · reconcile · bench.
+
+The resource commands (`payouts`, `projects`) live in cli_resources.py.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,30 @@ import sys
 import typer
 from rich.console import Console
 
+from payrail import __version__, cli_resources
+from payrail.cli_resources import print_table
 from payrail.config import SANDBOX_PROJECT_ID, Settings, UnsafeSettings
 from payrail.logging import configure
+from payrail.wording import plural
 
 app = typer.Typer(add_completion=False, help="payrail: payments that never lose or invent money.")
 console = Console(stderr=True)
+cli_resources.register(app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"payrail {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version"
+    ),
+) -> None:
+    """payrail: payments that never lose or invent money."""
 
 
 def _settings() -> Settings:
@@ -187,18 +209,17 @@ def reconcile(
     Exit 0 clean, 1 discrepancies found, 2 the checks could not run (e.g. no database)."""
     import json
 
-    from rich.table import Table
-
     from payrail.services import reconcile as rec
     from payrail.services.runtime import build_runtime
 
     configure("warning")
     settings = _settings()
 
-    async def main() -> rec.Report:
+    async def main() -> rec.Report | str:
         rt = build_runtime(settings)
         try:
-            return await rec.reconcile(rt)
+            problem = await cli_resources.schema_problem(rt)
+            return problem if problem is not None else await rec.reconcile(rt)
         finally:
             await rt.aclose()
 
@@ -209,18 +230,24 @@ def reconcile(
             f"[red]reconcile could not run[/red]: {type(exc).__name__}: {exc}"
         )
         raise typer.Exit(2) from None
+    if isinstance(report, str):  # never migrated: no verdict, and what to run
+        Console(stderr=True).print(f"[red]reconcile could not run[/red]: {report}")
+        raise typer.Exit(2)
     if as_json:
         print(json.dumps(rec.report_dict(report), indent=2))
     else:
         out = Console()
+        checked = (
+            f"{plural(report.payouts_checked, 'payout')} and "
+            f"{plural(report.orders_checked, 'order')} checked"
+        )
         if report.clean:
-            out.print(f"[green]clean[/green]: {report.payouts_checked} payouts checked")
+            out.print(f"[green]clean[/green]: {checked}")
         else:
-            table = Table("kind", "detail", "ids", "amount", title="discrepancies")
-            for d in report.discrepancies:
-                table.add_row(d.kind, d.detail, ", ".join(d.ids), str(d.amount))
-            out.print(table)
-            out.print(f"[red]{len(report.discrepancies)} discrepancies[/red]: {report.kinds()}")
+            rows = [(d.kind, d.detail, ", ".join(d.ids), d.amount) for d in report.discrepancies]
+            print_table(("kind", "detail", "ids", "amount"), rows, title="discrepancies")
+            found = plural(len(report.discrepancies), "discrepancy")
+            out.print(f"[red]{found}[/red]: {report.kinds()}; {checked}")
     raise typer.Exit(0 if report.clean else 1)
 
 
@@ -255,8 +282,6 @@ def callbacks_list(
     """List callback deliveries, newest first."""
     import json
 
-    from rich.table import Table
-
     from payrail.domain.errors import PayrailError
     from payrail.services import callbacks as cb
     from payrail.services.runtime import build_runtime
@@ -281,20 +306,23 @@ def callbacks_list(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("id", "project", "payout", "seq", "status", "attempts", "next attempt", "last")
+    table = []
     for r in rows:
         last = r["lastError"] or (str(r["lastStatusCode"]) if r["lastStatusCode"] else "")
-        table.add_row(
-            str(r["id"]),
-            str(r["projectId"]),
-            str(r["payoutId"]),
-            str(r["sequence"]),
-            str(r["status"]),
-            f"{r['attempts']}/{r['attemptsMax']}",
-            str(r["nextAttemptAt"] or ""),
-            str(last)[:60],
+        table.append(
+            (
+                r["id"],
+                r["projectId"],
+                r["payoutId"],
+                r["sequence"],
+                r["status"],
+                f"{r['attempts']}/{r['attemptsMax']}",
+                r["nextAttemptAt"] or "",
+                str(last)[:60],
+            )
         )
-    Console().print(table)
+    headers = ("id", "project", "payout", "seq", "status", "attempts", "next attempt", "last")
+    print_table(headers, table)
 
 
 @callbacks_app.command("replay")
@@ -328,24 +356,7 @@ app.add_typer(flags_app, name="flags")
 
 def _run_flags(action):  # type: ignore[no-untyped-def]
     """Run `action(runtime)` once (flags, jobs, orders commands); a PayrailError exits 1."""
-    from payrail.domain.errors import PayrailError
-    from payrail.services.runtime import build_runtime
-
-    configure("warning")
-    settings = _settings()
-
-    async def main():  # type: ignore[no-untyped-def]
-        rt = build_runtime(settings)
-        try:
-            return await action(rt)
-        finally:
-            await rt.aclose()
-
-    try:
-        return asyncio.run(main())
-    except PayrailError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from None
+    return cli_resources.run(action)
 
 
 @flags_app.command("list")

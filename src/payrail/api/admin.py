@@ -7,13 +7,18 @@ from fastapi.responses import JSONResponse
 
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope, read_json
+from payrail.api.models import doc, header_param
+from payrail.api.models.ops import FlagChange, FlagDetail, FlagList, FlagUpdated, Reconciliation
 from payrail.services import flags, reconcile
 
 
 def install(api: APIRouter, ctx: ApiContext) -> None:
     rt = ctx.rt
 
-    @api.get("/admin/reconciliation")
+    @api.get(
+        "/admin/reconciliation",
+        **doc(ok={200: (Reconciliation, "The report")}, errors={403: ("FORBIDDEN",)}),
+    )
     async def reconciliation(request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         who.require_admin()
@@ -22,20 +27,35 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         message = "Ledger and node agree" if report.clean else "Discrepancies found"
         return envelope(True, message, reconcile.report_dict(report), 200)
 
-    @api.get("/admin/flags")
+    @api.get("/admin/flags", **doc(ok={200: (FlagList, "Flags")}, errors={403: ("FORBIDDEN",)}))
     async def list_flags(request: Request) -> JSONResponse:
         (await ctx.principal(request)).require_admin()
         found = [f.to_dict() for f in await flags.list_flags(rt)]
         return envelope(True, "Feature flags", {"flags": found, "count": len(found)}, 200)
 
-    @api.get("/admin/flags/{name}")
+    @api.get(
+        "/admin/flags/{name}",
+        **doc(
+            ok={200: (FlagDetail, "The flag and its audited changes")},
+            errors={403: ("FORBIDDEN",), 404: ("FLAG_NOT_FOUND",)},
+        ),
+    )
     async def get_flag(name: str, request: Request) -> JSONResponse:
         (await ctx.principal(request)).require_admin()
         flag = await flags.get_flag(rt, name)
         data = flag.to_dict() | {"history": await flags.history(rt, name)}
         return envelope(True, f"Flag {name}", data, 200)
 
-    @api.put("/admin/flags/{name}")
+    @api.put(
+        "/admin/flags/{name}",
+        **doc(
+            ok={200: (FlagUpdated, "The flag after and before")},
+            errors={403: ("FORBIDDEN",), 404: ("FLAG_NOT_FOUND",)},
+            body=FlagChange,
+            body_example={"enabled": True, "rolloutPercent": 10},
+            headers=[header_param("X-Payrail-Actor", "Who makes the change (audited).")],
+        ),
+    )
     async def put_flag(name: str, request: Request) -> JSONResponse:
         (await ctx.principal(request)).require_admin()
         actor = "api:" + _actor(request.headers.get("x-payrail-actor"))

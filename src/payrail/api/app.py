@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import RedirectResponse
 
 from payrail import __version__
 from payrail.api import admin as admin_routes
@@ -26,6 +27,7 @@ from payrail.api import recipients as recipient_routes
 from payrail.api import sandbox as sandbox_routes
 from payrail.api.context import ApiContext
 from payrail.api.limits import BodyLimit, RequestLineText
+from payrail.api.models import install_openapi
 from payrail.api.observe import API_PREFIX, Observe
 from payrail.config import STRIPE_SIMULATOR_PATH, Settings
 from payrail.db import migrate
@@ -104,6 +106,12 @@ def create_app(
 
     app.include_router(api)
     dashboard_routes.install(app, ctx)  # HTML at /dashboard, outside /api/v1 and its schema
+    install_openapi(app)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_redirect() -> RedirectResponse:
+        return RedirectResponse(f"{API_PREFIX}/docs")
+
     if stripe_sim is not None:
         app.include_router(stripe_sim.router(STRIPE_SIMULATOR_PATH))
     app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)

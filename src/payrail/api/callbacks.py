@@ -7,13 +7,27 @@ from fastapi.responses import JSONResponse
 
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope, int_param, page_data
+from payrail.api.models import doc, limit_param, query_param
+from payrail.api.models.ops import Callback, CallbackPage
 from payrail.services import callbacks
 
 
 def install(api: APIRouter, ctx: ApiContext) -> None:
     rt = ctx.rt
 
-    @api.get("/callbacks")
+    @api.get(
+        "/callbacks",
+        **doc(
+            ok={200: (CallbackPage, "Deliveries, newest first")},
+            errors={400: ("VALIDATION_ERROR", "INVALID_STATUS"), 403: ("FORBIDDEN",)},
+            query=[
+                query_param("status", "pending, delivered or dead"),
+                query_param("projectId", "Admin key: one project (default all)."),
+                limit_param(callbacks.LIST_LIMIT_MAX, callbacks.LIST_LIMIT_DEFAULT),
+                query_param("cursor", "data.nextCursor of the previous page"),
+            ],
+        ),
+    )
     async def list_callbacks(request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         q = request.query_params
@@ -28,7 +42,13 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         data = page_data("callbacks", [callbacks.view(r) for r in page], cursor)
         return envelope(True, "Callbacks", data, 200)
 
-    @api.post("/callbacks/{callback_id}/replay")
+    @api.post(
+        "/callbacks/{callback_id}/replay",
+        **doc(
+            ok={200: (Callback, "Pending again, with a fresh set of attempts")},
+            errors={404: ("CALLBACK_NOT_FOUND",), 409: ("CALLBACK_NOT_DEAD",)},
+        ),
+    )
     async def replay_callback(callback_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         row = await callbacks.replay(rt, callback_id, None if who.admin else who.project_id)

@@ -9,8 +9,24 @@ from fastapi.responses import JSONResponse
 
 from payrail.api.auth import Principal
 from payrail.api.errors import envelope, error_response, int_param, page_data, read_json
+from payrail.api.models import doc, header_param, limit_param, query_param
+from payrail.api.models.cards import (
+    JobId,
+    JobList,
+    Order,
+    OrderDetail,
+    OrderPage,
+    OrderRequest,
+    PayRequest,
+    ReceivedEvent,
+)
 from payrail.domain import errors
-from payrail.domain.orders import parse_order_request, parse_pay_request, parse_status
+from payrail.domain.orders import (
+    PAY_KEY_MAX_CHARS,
+    parse_order_request,
+    parse_pay_request,
+    parse_status,
+)
 from payrail.jobs import queue
 from payrail.services import order_events, orders
 from payrail.services.runtime import Runtime
@@ -36,7 +52,19 @@ def install(
             return project_id
         return who.project_id
 
-    @api.post("/orders")
+    @api.post(
+        "/orders",
+        **doc(
+            ok={201: (Order, "payment_pending")},
+            errors={
+                400: ("VALIDATION_ERROR", "INVALID_AMOUNT", "INVALID_CURRENCY"),
+                403: ("FORBIDDEN",),
+                404: ("PROJECT_NOT_FOUND",),
+            },
+            body=OrderRequest,
+            body_example={"amount": 1999, "currency": "usd", "customerId": "cust_42"},
+        ),
+    )
     async def create_order(request: Request) -> JSONResponse:
         cards_on()
         who = await principal(request)
@@ -50,7 +78,19 @@ def install(
             True, "Order created; pay it with POST /orders/{id}/pay", orders.view(row), 201
         )
 
-    @api.get("/orders")
+    @api.get(
+        "/orders",
+        **doc(
+            ok={200: (OrderPage, "Newest first")},
+            errors={400: ("VALIDATION_ERROR", "INVALID_STATUS"), 403: ("FORBIDDEN",)},
+            query=[
+                query_param("status", "an order status"),
+                query_param("projectId", "Admin key: one project (default all)."),
+                limit_param(orders.LIST_LIMIT_MAX, orders.LIST_LIMIT_DEFAULT),
+                query_param("cursor", "data.nextCursor of the previous page"),
+            ],
+        ),
+    )
     async def list_orders(request: Request) -> JSONResponse:
         cards_on()
         who = await principal(request)
@@ -65,7 +105,12 @@ def install(
         data = page_data("orders", [orders.view(r) for r in page], cursor)
         return envelope(True, "Orders", data, 200)
 
-    @api.get("/orders/{order_id}")
+    @api.get(
+        "/orders/{order_id}",
+        **doc(
+            ok={200: (OrderDetail, "The order and its history")}, errors={404: ("ORDER_NOT_FOUND",)}
+        ),
+    )
     async def get_order(order_id: str, request: Request) -> JSONResponse:
         cards_on()
         who = await principal(request)
@@ -73,7 +118,29 @@ def install(
         data = orders.view(row) | {"history": await orders.history(rt, order_id)}
         return envelope(True, "Order found", data, 200)
 
-    @api.post("/orders/{order_id}/pay")
+    @api.post(
+        "/orders/{order_id}/pay",
+        **doc(
+            ok={200: (Order, "payment_submitted (or already requested with this key)")},
+            errors={
+                402: ("CARD_DECLINED",),
+                404: ("ORDER_NOT_FOUND",),
+                409: ("ORDER_NOT_PAYABLE",),
+                502: ("PROVIDER_ERROR",),
+                504: ("PROVIDER_TIMEOUT",),
+            },
+            body=PayRequest,
+            body_example={"paymentMethod": "pm_card_visa"},
+            headers=[
+                header_param(
+                    "Idempotency-Key",
+                    "One key per payment attempt.",
+                    PAY_KEY_MAX_CHARS,
+                    required=True,
+                )
+            ],
+        ),
+    )
     async def pay(order_id: str, request: Request) -> JSONResponse:
         cards_on()
         who = await principal(request)
@@ -92,7 +159,16 @@ def install(
         message = "Payment submitted to Stripe; the order completes when Stripe confirms it."
         return envelope(True, replayed + message, data, 200)
 
-    @api.post("/webhooks/stripe")
+    @api.post(
+        "/webhooks/stripe",
+        **doc(
+            ok={200: (ReceivedEvent, "Stored (once per event id)")},
+            errors={400: ("INVALID_SIGNATURE", "VALIDATION_ERROR")},
+            auth=False,
+            headers=[header_param("Stripe-Signature", "t=…,v1=… (verified, 300 s tolerance)")],
+            summary="Stripe's events (signed by Stripe, not by an apikey)",
+        ),
+    )
     async def stripe_webhook(request: Request) -> JSONResponse:
         cards_on()
         received = await order_events.receive_webhook(
@@ -104,7 +180,18 @@ def install(
 
     # ------------------------------------------------------------ dead jobs (admin)
 
-    @api.get("/admin/jobs")
+    @api.get(
+        "/admin/jobs",
+        **doc(
+            ok={200: (JobList, "Jobs")},
+            errors={400: ("VALIDATION_ERROR",), 403: ("FORBIDDEN",)},
+            query=[
+                query_param("state", "queued, done or dead (default dead)"),
+                query_param("kind", "e.g. stripe_event"),
+                limit_param(queue.JOBS_LIST_MAX, 50),
+            ],
+        ),
+    )
     async def list_jobs(request: Request) -> JSONResponse:
         (await principal(request)).require_admin()
         q = request.query_params
@@ -118,7 +205,13 @@ def install(
             found = await queue.list_jobs(conn, state, q.get("kind"), limit)
         return envelope(True, f"Jobs {state}", {"jobs": found, "count": len(found)}, 200)
 
-    @api.post("/admin/jobs/{job_id}/replay")
+    @api.post(
+        "/admin/jobs/{job_id}/replay",
+        **doc(
+            ok={200: (JobId, "Queued again")},
+            errors={403: ("FORBIDDEN",), 404: ("JOB_NOT_FOUND",), 409: ("JOB_NOT_DEAD",)},
+        ),
+    )
     async def replay_job(job_id: str, request: Request) -> JSONResponse:
         (await principal(request)).require_admin()
         await queue.replay_dead(rt.engine, job_id, rt.clock.now_ms())

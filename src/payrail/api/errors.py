@@ -39,6 +39,7 @@ HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.ProviderError: 502,
     errors.ProviderTimeout: 504,
     errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
     errors.IdempotencyKeyReused: 422,
     errors.RateLimitExceeded: 429,
     errors.ServiceUnavailable: 503,
@@ -115,10 +116,24 @@ def install(app: FastAPI) -> None:
         )
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """application/json or a +json type, whatever its parameters (charset)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 async def read_json(request: Request) -> Any:
+    """The JSON body, or None when empty; a body of another media type is a 415."""
     raw = await request.body()
     if not raw.strip():
         return None
+    if not is_json_media_type(request.headers.get("content-type")):
+        raise errors.UnsupportedMediaType(
+            "The body must be JSON: send it with 'Content-Type: application/json'.",
+            contentType=(request.headers.get("content-type") or "")[:100] or None,
+        )
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -131,8 +146,8 @@ async def read_json(request: Request) -> Any:
 
 
 def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
-    """An integer query parameter within bounds; anything else is a 400, never a 500."""
-    if raw is None or raw == "":
+    """An integer query parameter within bounds; anything else (even empty) is a 400, not a 500."""
+    if raw is None:
         return default
     try:
         value = int(raw)

@@ -8,13 +8,15 @@ from __future__ import annotations
 import hmac
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from payrail import __version__
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope
+from payrail.api.models import doc, error_response
+from payrail.api.models.ops import Health, NotReadyEnvelope, Readiness, Statuses
 from payrail.domain import errors
 from payrail.domain.payouts import STATUS_DESCRIPTIONS, Status
 from payrail.services import ops_metrics, readiness
@@ -23,7 +25,7 @@ from payrail.services import ops_metrics, readiness
 def install(app: FastAPI, api: APIRouter, ctx: ApiContext) -> None:
     rt, settings = ctx.rt, ctx.settings
 
-    @api.get("/statuses")
+    @api.get("/statuses", **doc(ok={200: (Statuses, "The four statuses")}, auth=False))
     async def statuses() -> JSONResponse:
         data = {
             "statuses": [s.value for s in Status],
@@ -47,8 +49,13 @@ def install(app: FastAPI, api: APIRouter, ctx: ApiContext) -> None:
         }
         return envelope(healthy, "payrail is " + data["status"], data, 200 if healthy else 503)
 
-    api.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/health", health, methods=["GET"])
+    health_doc = doc(
+        ok={200: (Health, "Healthy")},
+        other={503: (NotReadyEnvelope, "The database is unreachable")},
+        auth=False,
+    )
+    api.add_api_route("/health", health, methods=["GET"], **health_doc)
+    app.add_api_route("/health", health, methods=["GET"], **health_doc)
 
     async def ready() -> JSONResponse:
         """Readiness: the database answers, its schema is at head, and a worker is alive."""
@@ -58,10 +65,25 @@ def install(app: FastAPI, api: APIRouter, ctx: ApiContext) -> None:
             ok, "payrail is " + data["status"].replace("_", " "), data, 200 if ok else 503
         )
 
-    api.add_api_route("/ready", ready, methods=["GET"])
-    app.add_api_route("/ready", ready, methods=["GET"])
+    ready_doc = doc(
+        ok={200: (Readiness, "Ready")},
+        other={503: (NotReadyEnvelope, "Not ready: data.checks says what is missing")},
+        auth=False,
+    )
+    api.add_api_route("/ready", ready, methods=["GET"], **ready_doc)
+    app.add_api_route("/ready", ready, methods=["GET"], **ready_doc)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus text exposition",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            401: error_response(401, ("UNAUTHORIZED",)),  # PAYRAIL_METRICS_TOKEN set, not sent
+        },
+    )
     async def metrics_endpoint(request: Request) -> Response:
         if settings.metrics_token and not _bearer_matches(request, settings.metrics_token):
             raise errors.Unauthorized(

@@ -10,8 +10,23 @@ from fastapi.responses import JSONResponse
 from payrail.api.auth import Principal
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope, int_param, page_data, read_json
+from payrail.api.models import doc, header_param, limit_param, query_param
+from payrail.api.models.payouts import (
+    PAYOUT_EXAMPLE,
+    Payout,
+    PayoutHistory,
+    PayoutPage,
+    PayoutRequest,
+    StatusChange,
+)
 from payrail.domain import errors
-from payrail.domain.payouts import FailureCode, State, parse_payout_request, parse_status
+from payrail.domain.payouts import (
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    FailureCode,
+    State,
+    parse_payout_request,
+    parse_status,
+)
 from payrail.services import callback_urls, payouts
 
 
@@ -26,7 +41,40 @@ async def visible_payout(ctx: ApiContext, who: Principal, payout_id: str) -> Any
 def install(api: APIRouter, ctx: ApiContext) -> None:
     rt, settings = ctx.rt, ctx.settings
 
-    @api.post("/payouts")
+    @api.post(
+        "/payouts",
+        **doc(
+            ok={
+                200: (Payout, "Replay: the same key and body; the original payout (or expired)"),
+                201: (Payout, "Completed: paid at the node, charge posted"),
+                202: (Payout, "Pending: in flight; the worker finishes it"),
+            },
+            errors={
+                400: (
+                    "VALIDATION_ERROR",
+                    "INVALID_AMOUNT",
+                    "DESCRIPTION_TOO_LONG",
+                    "INVALID_CALLBACK_URL",
+                    "INVALID_INVOICE",
+                ),
+                402: ("INSUFFICIENT_BALANCE",),
+                403: ("FORBIDDEN", "RECIPIENT_SUSPENDED"),
+                404: ("PROJECT_NOT_FOUND", "RECIPIENT_NOT_FOUND"),
+                422: ("IDEMPOTENCY_KEY_REUSED", "DESTINATION_UNSUPPORTED"),
+                429: ("RATE_LIMIT_EXCEEDED", "RECIPIENT_TEMPORARILY_BLOCKED"),
+                502: ("PAYMENT_FAILED", "RECIPIENT_INVOICE_INVALID", "RECIPIENT_UNREACHABLE"),
+                504: ("GATEWAY_TIMEOUT",),
+            },
+            body=PayoutRequest,
+            body_example=PAYOUT_EXAMPLE,
+            headers=[
+                header_param(
+                    "Idempotency-Key", "One key per logical payout.", IDEMPOTENCY_KEY_MAX_CHARS
+                )
+            ],
+            summary="Create a payout (502/504: the balance was rolled back)",
+        ),
+    )
     async def create_payout(request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         body = await read_json(request)
@@ -40,7 +88,14 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         outcome = await payouts.create_payout(rt, req)
         return payout_answer(outcome)
 
-    @api.get("/payouts/by-internal-id/{internal_id}")
+    @api.get(
+        "/payouts/by-internal-id/{internal_id}",
+        **doc(
+            ok={200: (Payout, "The payout")},
+            errors={400: ("VALIDATION_ERROR",), 403: ("FORBIDDEN",), 404: ("PAYOUT_NOT_FOUND",)},
+            query=[query_param("projectId", "Admin key: the project to look in.")],
+        ),
+    )
     async def by_internal_id(internal_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         project_id = request.query_params.get("projectId") or who.project_id
@@ -50,13 +105,19 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         row = await payouts.get_by_internal_id(rt, project_id, internal_id)
         return envelope(True, "Payout found", payouts.view(row), 200)
 
-    @api.get("/payouts/{payout_id}")
+    @api.get(
+        "/payouts/{payout_id}",
+        **doc(ok={200: (Payout, "The payout")}, errors={404: ("PAYOUT_NOT_FOUND",)}),
+    )
     async def get_payout(payout_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         row = await visible_payout(ctx, who, payout_id)
         return envelope(True, "Payout found", payouts.view(row), 200)
 
-    @api.get("/payouts/{payout_id}/history")
+    @api.get(
+        "/payouts/{payout_id}/history",
+        **doc(ok={200: (PayoutHistory, "Every state change")}, errors={404: ("PAYOUT_NOT_FOUND",)}),
+    )
     async def payout_history(payout_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         await visible_payout(ctx, who, payout_id)
@@ -64,7 +125,19 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         data = {"payoutId": payout_id, "events": events, "count": len(events)}
         return envelope(True, "Payout history", data, 200)
 
-    @api.get("/payouts")
+    @api.get(
+        "/payouts",
+        **doc(
+            ok={200: (PayoutPage, "Newest first")},
+            errors={400: ("VALIDATION_ERROR", "INVALID_STATUS"), 403: ("FORBIDDEN",)},
+            query=[
+                query_param("projectId", "Admin key: one project (default all)."),
+                query_param("status", "pending, completed, expired or error"),
+                limit_param(payouts.LIST_LIMIT_MAX, payouts.LIST_LIMIT_DEFAULT),
+                query_param("cursor", "data.nextCursor of the previous page"),
+            ],
+        ),
+    )
     async def list_payouts(request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         q = request.query_params
@@ -77,7 +150,19 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         data = page_data("payouts", [payouts.view(r) for r in page], cursor)
         return envelope(True, "Payouts", data, 200)
 
-    @api.patch("/payouts/{payout_id}/status")
+    @api.patch(
+        "/payouts/{payout_id}/status",
+        **doc(
+            ok={200: (Payout, "Moved through the state machine")},
+            errors={
+                400: ("VALIDATION_ERROR", "INVALID_STATUS"),
+                404: ("NOT_FOUND", "PAYOUT_NOT_FOUND"),
+                409: ("INVALID_STATUS_TRANSITION",),
+            },
+            body=StatusChange,
+            summary="Sandbox only: change a payout's status",
+        ),
+    )
     async def patch_status(payout_id: str, request: Request) -> JSONResponse:
         ctx.sandbox_only()
         who = await ctx.principal(request)

@@ -8,6 +8,17 @@ from fastapi.responses import JSONResponse
 
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope, read_json
+from payrail.api.models import doc, header_param
+from payrail.api.models.projects import (
+    Balance,
+    CreatedProject,
+    Funding,
+    FundRequest,
+    NewProject,
+    RotatedSecret,
+    Rotation,
+)
+from payrail.api.models.recipients import GuardOverrides, RecipientGuard
 from payrail.clock import iso
 from payrail.services import projects, recipient_guard, webhook_secrets
 
@@ -15,7 +26,17 @@ from payrail.services import projects, recipient_guard, webhook_secrets
 def install(api: APIRouter, ctx: ApiContext) -> None:
     rt, settings = ctx.rt, ctx.settings
 
-    @api.post("/projects")
+    @api.post(
+        "/projects",
+        **doc(
+            ok={201: (CreatedProject, "Created; the API key and webhook secret are shown once")},
+            errors={403: ("FORBIDDEN",), 409: ("PROJECT_EXISTS",)},
+            body=NewProject,
+            body_required=False,
+            body_example={"id": "studio_42", "name": "Studio 42"},
+            summary="Admin: create a project",
+        ),
+    )
     async def create_project(request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         who.require_admin()
@@ -33,7 +54,16 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             201,
         )
 
-    @api.post("/projects/{project_id}/webhook-secret/rotate")
+    @api.post(
+        "/projects/{project_id}/webhook-secret/rotate",
+        **doc(
+            ok={200: (RotatedSecret, "The new secret; the old one signs too until it expires")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            body=Rotation,
+            body_required=False,
+            summary="Admin: rotate a project's callback signing secret",
+        ),
+    )
     async def rotate_webhook_secret(project_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         who.require_admin()
@@ -48,13 +78,34 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         }
         return envelope(True, "Webhook secret rotated. Store it now: it is shown once.", data, 200)
 
-    @api.get("/projects/{project_id}/balance")
+    @api.get(
+        "/projects/{project_id}/balance",
+        **doc(
+            ok={200: (Balance, "Available and reserved sats")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+        ),
+    )
     async def balance(project_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         who.require(project_id)
         return envelope(True, "Balance", await projects.balance(rt, project_id), 200)
 
-    @api.post("/projects/{project_id}/fund")
+    @api.post(
+        "/projects/{project_id}/fund",
+        **doc(
+            ok={200: (Funding, "Funded, or already funded with this Idempotency-Key")},
+            errors={
+                400: ("INVALID_AMOUNT",),
+                403: ("FORBIDDEN",),
+                404: ("PROJECT_NOT_FOUND",),
+                422: ("IDEMPOTENCY_KEY_REUSED",),
+            },
+            body=FundRequest,
+            body_example={"amount": 50000},
+            headers=[header_param("Idempotency-Key", "A retry with the same key adds nothing.")],
+            summary="Fund a project (admin; any key in sandbox)",
+        ),
+    )
     async def fund(project_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         if not settings.sandbox:
@@ -65,7 +116,14 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         message = "Funding already processed" if data["replayed"] else "Project funded"
         return envelope(True, message, data, 200)
 
-    @api.get("/projects/{project_id}/recipient-guard")
+    @api.get(
+        "/projects/{project_id}/recipient-guard",
+        **doc(
+            ok={200: (RecipientGuard, "The effective policy, overrides and defaults")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            summary="Admin: the failed-payout block policy of a project",
+        ),
+    )
     async def get_recipient_guard(project_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         who.require_admin()
@@ -73,7 +131,16 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             data = await recipient_guard.view(conn, settings, project_id)
         return envelope(True, "Recipient guard", data, 200)
 
-    @api.put("/projects/{project_id}/recipient-guard")
+    @api.put(
+        "/projects/{project_id}/recipient-guard",
+        **doc(
+            ok={200: (RecipientGuard, "Updated")},
+            errors={400: ("VALIDATION_ERROR",), 403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            body=GuardOverrides,
+            body_example={"failuresMax": 5, "blockS": 1800},
+            summary="Admin: override the failed-payout block for a project",
+        ),
+    )
     async def put_recipient_guard(project_id: str, request: Request) -> JSONResponse:
         """Override failuresMax (0: no block), failureWindowS, blockS; null: the default."""
         who = await ctx.principal(request)

@@ -8,6 +8,14 @@ from fastapi.responses import JSONResponse
 from payrail.api.auth import Principal
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope, int_param, page_data, read_json
+from payrail.api.models import doc, limit_param, query_param
+from payrail.api.models.recipients import (
+    RECIPIENT_EXAMPLE,
+    Recipient,
+    RecipientBody,
+    RecipientHistory,
+    RecipientPage,
+)
 from payrail.domain import errors
 from payrail.domain.recipients import parse_gamertag, parse_recipient
 from payrail.services import recipients
@@ -25,10 +33,24 @@ def _actor(who: Principal) -> str:
     return "admin" if who.admin else f"project:{who.project_id}"
 
 
+PROJECT_QUERY = [query_param("projectId", "Admin key: the project (a project key: its own).")]
+NOT_FOUND = {400: ("VALIDATION_ERROR",), 403: ("FORBIDDEN",), 404: ("RECIPIENT_NOT_FOUND",)}
+
+
 def install(api: APIRouter, ctx: ApiContext) -> None:
     rt = ctx.rt
 
-    @api.put("/recipients/{gamertag}")
+    @api.put(
+        "/recipients/{gamertag}",
+        **doc(
+            ok={201: (Recipient, "Registered"), 200: (Recipient, "Updated")},
+            errors={400: ("VALIDATION_ERROR",), 403: ("FORBIDDEN",)},
+            body=RecipientBody,
+            body_example=RECIPIENT_EXAMPLE,
+            query=PROJECT_QUERY,
+            summary="Register or update where a gamertag is paid (audited)",
+        ),
+    )
     async def put_recipient(gamertag: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         project_id = _project(ctx, who, request)
@@ -40,13 +62,23 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             return envelope(True, "Recipient registered", recipients.view(done.row), 201)
         return envelope(True, "Recipient updated", recipients.view(done.row), 200)
 
-    @api.get("/recipients/{gamertag}")
+    @api.get(
+        "/recipients/{gamertag}",
+        **doc(ok={200: (Recipient, "The recipient")}, errors=NOT_FOUND, query=PROJECT_QUERY),
+    )
     async def get_recipient(gamertag: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         row = await recipients.get(rt, _project(ctx, who, request), parse_gamertag(gamertag))
         return envelope(True, "Recipient found", recipients.view(row), 200)
 
-    @api.get("/recipients/{gamertag}/history")
+    @api.get(
+        "/recipients/{gamertag}/history",
+        **doc(
+            ok={200: (RecipientHistory, "Every change, oldest first")},
+            errors={400: ("VALIDATION_ERROR",), 403: ("FORBIDDEN",)},
+            query=PROJECT_QUERY,
+        ),
+    )
     async def recipient_history(gamertag: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         project_id = _project(ctx, who, request)
@@ -54,14 +86,28 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         data = {"gamertag": gamertag, "events": events, "count": len(events)}
         return envelope(True, "Recipient history", data, 200)
 
-    @api.delete("/recipients/{gamertag}")
+    @api.delete(
+        "/recipients/{gamertag}",
+        **doc(ok={200: (Recipient, "Removed (audited)")}, errors=NOT_FOUND, query=PROJECT_QUERY),
+    )
     async def delete_recipient(gamertag: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         project_id = _project(ctx, who, request)
         row = await recipients.remove(rt, project_id, parse_gamertag(gamertag), _actor(who))
         return envelope(True, "Recipient removed", recipients.view(row), 200)
 
-    @api.get("/recipients")
+    @api.get(
+        "/recipients",
+        **doc(
+            ok={200: (RecipientPage, "Newest first; pass data.nextCursor as ?cursor=")},
+            errors={400: ("VALIDATION_ERROR",), 403: ("FORBIDDEN",)},
+            query=PROJECT_QUERY
+            + [
+                limit_param(recipients.LIST_LIMIT_MAX, recipients.LIST_LIMIT_DEFAULT),
+                query_param("cursor", "data.nextCursor of the previous page"),
+            ],
+        ),
+    )
     async def list_recipients(request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         q = request.query_params

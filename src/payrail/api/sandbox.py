@@ -7,6 +7,9 @@ from fastapi.responses import JSONResponse
 
 from payrail.api.context import ApiContext
 from payrail.api.errors import envelope, read_json
+from payrail.api.models import Empty, doc
+from payrail.api.models.ops import CallbackLog, FailureInjection, FailureInjectionChange
+from payrail.api.models.payouts import Payout
 from payrail.api.payouts import visible_payout
 from payrail.services import callbacks, payouts, projects
 
@@ -14,21 +17,36 @@ from payrail.services import callbacks, payouts, projects
 def install(api: APIRouter, ctx: ApiContext) -> None:
     rt = ctx.rt
 
-    @api.get("/test/failure-injection")
+    @api.get(
+        "/test/failure-injection",
+        **doc(ok={200: (FailureInjection, "The knobs")}, errors={404: ("NOT_FOUND",)}),
+    )
     async def get_faults(request: Request) -> JSONResponse:
         ctx.sandbox_only()
         await ctx.principal(request)
         return envelope(True, "Failure injection", (await rt.faults.get()).to_dict(), 200)
 
-    @api.post("/test/failure-injection")
+    @api.post(
+        "/test/failure-injection",
+        **doc(
+            ok={200: (FailureInjection, "The knobs after the change")},
+            errors={404: ("NOT_FOUND",)},
+            body=FailureInjectionChange,
+            body_required=False,
+            body_example={"enabled": True, "timeoutRate": 0.05, "rollbackOnTimeout": True},
+        ),
+    )
     async def set_faults(request: Request) -> JSONResponse:
         ctx.sandbox_only()
         await ctx.principal(request)
         current = await rt.faults.get()
-        updated = await rt.faults.put(current.merged(await read_json(request) or {}))
+        body = await read_json(request)  # only an empty body means "no change"; `false` is a 400
+        updated = await rt.faults.put(current.merged({} if body is None else body))
         return envelope(True, "Failure injection updated", updated.to_dict(), 200)
 
-    @api.delete("/test/reset")
+    @api.delete(
+        "/test/reset", **doc(ok={200: (Empty, "Seeded state")}, errors={404: ("NOT_FOUND",)})
+    )
     async def reset(request: Request) -> JSONResponse:
         ctx.sandbox_only()
         await ctx.principal(request)
@@ -37,7 +55,13 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         ctx.keys.clear()
         return envelope(True, "Sandbox reset to its seeded state", {}, 200)
 
-    @api.post("/test/expire/{payout_id}")
+    @api.post(
+        "/test/expire/{payout_id}",
+        **doc(
+            ok={200: (Payout, "Expired; the reservation was released")},
+            errors={404: ("NOT_FOUND", "PAYOUT_NOT_FOUND"), 409: ("INVALID_STATUS_TRANSITION",)},
+        ),
+    )
     async def expire(payout_id: str, request: Request) -> JSONResponse:
         ctx.sandbox_only()
         who = await ctx.principal(request)
@@ -47,7 +71,9 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             True, "Payout expired; its reservation was released", payouts.view(row), 200
         )
 
-    @api.get("/test/callbacks")
+    @api.get(
+        "/test/callbacks", **doc(ok={200: (CallbackLog, "The log")}, errors={404: ("NOT_FOUND",)})
+    )
     async def callback_log(request: Request) -> JSONResponse:
         ctx.sandbox_only()
         who = await ctx.principal(request)

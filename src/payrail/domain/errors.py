@@ -109,6 +109,10 @@ class PayloadTooLarge(PayrailError):
     code = "PAYLOAD_TOO_LARGE"
 
 
+class UnsupportedMediaType(PayrailError):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
 class MethodNotAllowed(PayrailError):
     code = "METHOD_NOT_ALLOWED"
 

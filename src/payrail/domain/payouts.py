@@ -1,4 +1,4 @@
-"""Payout rules with no I/O: request validation (in API.md's order), the state machine, statuses."""
+"""Payout rules with no I/O: request validation (in docs/api.md's order), transitions, statuses."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def parse_payout_request(
     *,
     callback_url_refusal: str | None = None,
 ) -> PayoutRequest:
-    """Validate a create-payout body in API.md's order; raise the first error found.
+    """Validate a create-payout body in the order of docs/api.md; raise the first error found.
 
     `callback_url_refusal` is the services layer's verdict on where callbackUrl resolves
     (production only: that needs DNS), reported here as check 4.

@@ -27,6 +27,7 @@ from payrail.loadtest.api import Api, HarnessError
 from payrail.loadtest.context import Project, RunContext
 from payrail.loadtest.receiver import CallbackReceiver
 from payrail.loadtest.stats import Recorder
+from payrail.wording import plural
 
 STOP_TIMEOUT_S = 60.0  # graceful stop: a user finishes the request it is in
 LOAD_MARGIN_S = 120.0  # a load phase past 1.5 × its plan + this is stuck
@@ -80,7 +81,7 @@ def run(opts: Options, console: Console) -> tuple[int, dict[str, Any]]:
         api.set_faults(faults)
         gevent.sleep(FAULT_SETTLE_S)
         console.print(
-            f"loadtest {scenario.name}: {len(ctx.projects)} projects funded with "
+            f"loadtest {scenario.name}: {plural(len(ctx.projects), 'project')} funded with "
             f"{FUND_SATS:,} sats each, faults {faults}",
             markup=False,
             highlight=False,
@@ -305,7 +306,7 @@ def _resolve_pending(ctx: RunContext, deadline_s: float, console: Console) -> in
             break
         if now - last_print >= PROGRESS_EVERY_S or now == started:
             console.print(
-                f"settling: {len(pending)} payouts still pending "
+                f"settling: {plural(len(pending), 'payout')} still pending "
                 f"({now - started:.0f}s of at most {deadline_s:.0f}s)",
                 markup=False,
                 highlight=False,
@@ -380,7 +381,7 @@ def _reconcile(ctx: RunContext) -> dict[str, Any]:
     summary = (
         f"clean over {data.get('payoutsChecked', 0):,} payouts"
         if not ours
-        else f"{len(ours)} discrepancies on this run's data: "
+        else f"{plural(len(ours), 'discrepancy')} on this run's data: "
         + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
     )
     if foreign:

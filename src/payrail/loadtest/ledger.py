@@ -1,7 +1,7 @@
 """The client-side ledger: what the answers we saw say each project's balance must be.
 
 It is built only from responses (funding answers and payout objects), never from the server's
-balance, so comparing the two is an independent check of DESIGN.md's invariant 4:
+balance, so comparing the two is an independent check of invariant 4 (docs/architecture.md):
 
     balance = funded − Σ totalCost(completed) − Σ totalCost(pending)
 

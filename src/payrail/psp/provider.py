@@ -1,4 +1,4 @@
-"""The payment provider port (DESIGN.md, "Adapters"): payment intents and webhook verification.
+"""The payment provider port (docs/architecture.md): payment intents and webhook verification.
 
 Two implementations speak it: `StripeProvider` (the official `stripe` library, in production
 against Stripe and in the sandbox against the built-in simulator over HTTP) and, in tests,

@@ -178,7 +178,7 @@ async def vet(url: str, allow: AllowList) -> Target:
 
 
 async def refusal_at_creation(settings: Settings, url: object) -> str | None:
-    """Production: why a new payout's callbackUrl is refused (API.md check 4), else None.
+    """Production: why a new payout's callbackUrl is refused (4th check of POST /payouts), or None.
 
     Returns a reason instead of raising so the domain parser reports it in its place in the
     validation order. A URL that is not even http(s) is left to the parser's own check.

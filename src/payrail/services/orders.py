@@ -1,4 +1,4 @@
-"""Order use cases: create, read, pay (the first half of the pay-in saga, DESIGN.md).
+"""Order use cases: create, read, pay (the first half of the pay-in saga, docs/architecture.md).
 
     pay   tx1: pay request row (order, Idempotency-Key) → guarded payment_pending|failed →
                payment_processing, storing the provider idempotency key              COMMIT

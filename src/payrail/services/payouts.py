@@ -1,6 +1,6 @@
 """Payout use cases: create (reserve), settle (the saga), expire, sandbox status changes.
 
-The saga, in DESIGN.md's words:
+The saga, as docs/architecture.md draws it:
 
     create   tx1: idempotency → rate limit → reserve → payout row (reserved) → settle job  COMMIT
     settle   tx:  reserved → in_flight (the send intent)                                 COMMIT
@@ -143,7 +143,7 @@ async def list_payouts(
 
 
 def view(row: RowMapping) -> dict[str, Any]:
-    """The public payout object of API.md (camelCase, ISO 8601 UTC times)."""
+    """The public payout object (docs/api.md) (camelCase, ISO 8601 UTC times)."""
     state = State(row["state"])
     return {
         "id": row["id"],

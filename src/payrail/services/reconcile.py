@@ -1,4 +1,4 @@
-"""Check the invariants of payrail's promise, and the ledger against the node's own record.
+"""Check the invariants (docs/architecture.md), and the ledger against the node's own record.
 
 Used by the tests after every step, by `payrail reconcile`, and by the load harness.
 
