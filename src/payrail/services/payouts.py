@@ -2,12 +2,16 @@
 
 The saga, in DESIGN.md's words:
 
-    create   tx1: idempotency → rate limit → reserve → payout row (reserved) → settle job  COMMIT
-    settle   tx:  reserved → in_flight (the send intent)                                 COMMIT
+    create   tx1: idempotency → rate limit → payout row → settle job (leased) → reserve   COMMIT
+             inline path: the row is written in_flight, so tx1 is also the send intent
+             queue path:  the row is written reserved; the worker's settle records
+                          reserved → in_flight (one autocommitted UPDATE) before sending
              node.pay(payout id)          no transaction is open during the call
              succeeded      tx2: post both transfers, completed, job done
              failed         tx2: void both transfers, failed, job done
              unknown        job rescheduled; node.status() is asked until it is definite
+    recovery an in-flight payout whose lease ran out: node.status(payout id) first; the node
+             has it → its answer; NOT_FOUND → resent, or expired if expiresAt has passed
 
 A guarded UPDATE (`WHERE state = <expected>`) makes every transition happen at most once,
 whoever races for it: the inline path, a worker that found an expired lease, or expiry.
@@ -248,7 +252,8 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     rt.crashpoint("after_reserve")
     if path == PATH_QUEUE:  # a worker claims the job at once; wait for its outcome
         return CreateOutcome(await _await_final(rt, payout_id), replay=False)
-    task = rt.spawn(settle_payout(rt, payout_id, job_leased=True))
+    send = _Send(req.gamertag, req.amount_sats)
+    task = rt.spawn(settle_payout(rt, payout_id, job_leased=True, intent_recorded=send))
     await asyncio.wait({task}, timeout=rt.settings.settle_wait_ms / 1000)
     if task.done():
         if isinstance(task.exception(), SimulatedCrash):
@@ -258,80 +263,109 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     return CreateOutcome(await get_payout(rt, payout_id), replay=False)
 
 
-async def _reserve(rt: Runtime, req: PayoutRequest, path: str = "inline") -> str:
-    """tx1: rate limit, reservation, payout row and its settle job, all or nothing."""
+async def _reserve(rt: Runtime, req: PayoutRequest, path: str = PATH_INLINE) -> str:
+    """tx1: pre-reservation checks, payout row, its settle job, the reservation: all or nothing.
+
+    On the inline path the row is written in_flight: this commit is also the send intent, and
+    this process, which holds the job's lease, calls the node right after it.
+    """
     now = rt.clock.now_ms()
-    payout_id = str(uuid.uuid4())
-    fee = fee_sats(req.amount_sats)
-    account = acct.project_account(req.project_id)
-    expires_at = now + req.expires_in_s * 1000
+    row = payout_row(req, str(uuid.uuid4()), now, path)
     async with rt.engine.begin() as conn:
-        await _check_project_and_key(conn, req)
-        await _lock_gamertag(conn, req.project_id, req.gamertag, now)
-        try:
-            await _check_rate(rt, conn, req, now)
-        except errors.RateLimitExceeded:
-            await _replay_if_key_taken(conn, req)
-            raise
+        await _pre_reservation_checks(rt, conn, req, now)
         # The payout row first: a same-key race fails here (unique index), before any lock on
         # the shared system accounts is taken.
-        await conn.execute(
-            insert(payouts),
-            dict(
-                id=payout_id,
-                project_id=req.project_id,
-                gamertag=req.gamertag,
-                amount=req.amount_sats,
-                fee=fee,
-                internal_id=req.internal_id,
-                description=req.description,
-                callback_url=req.callback_url,
-                idempotency_key=req.idempotency_key,
-                request_hash=req.fingerprint(),
-                state=State.RESERVED.value,
-                charge_posted=False,
-                expires_in=req.expires_in_s,
-                expires_at=expires_at,
-                created_at=now,
-                updated_at=now,
-                settle_path=path,
-                state_cause="api: payout created",  # the audit trigger records it
-            ),
-        )
-        await queue.enqueue(
-            conn,
-            SETTLE_JOB,
-            {"payoutId": payout_id},
-            now,
-            job_id=settle_job_id(payout_id),
-            max_attempts=SETTLE_ATTEMPTS_MAX,
-            # Inline: this process holds the lease and settles right after COMMIT.
-            leased_by=rt.worker_id if path == PATH_INLINE else None,
-            lease_ms=rt.settings.lease_ms,
-        )
+        await conn.execute(_INSERT_PAYOUT, row)
+        await _enqueue_settle(rt, conn, row["id"], now, path)
         if req.callback_url:
-            row = await load(conn, payout_id)
-            assert row is not None
-            await callbacks.on_status_change(conn, row, view(row), now)
+            await _queue_created_callback(conn, row["id"], now)
         # Last: the reservation. Its row locks (the project's account, then this payout's
         # system-account shards) are held until COMMIT.
-        amount_id, fee_id = transfer_ids(payout_id)
         try:
-            await ledger.reserve(
-                conn,
-                [
-                    ledger.Transfer(
-                        amount_id, account, acct.lightning_outbound(payout_id), req.amount_sats
-                    ),
-                    ledger.Transfer(fee_id, account, acct.fees(payout_id), fee),
-                ],
-                now,
-                expires_at,
-            )
+            await ledger.reserve(conn, payout_transfers(row), now, row["expires_at"])
         except ledger.InsufficientFunds as refusal:
-            raise _insufficient(req.amount_sats, fee, refusal.available) from None
-    log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id, path=path)
-    return payout_id
+            raise _insufficient(req.amount_sats, row["fee"], refusal.available) from None
+    log.info("payout_reserved", payout_id=row["id"], project_id=req.project_id, path=path)
+    return str(row["id"])
+
+
+_INSERT_PAYOUT = insert(payouts)
+
+
+def payout_row(req: PayoutRequest, payout_id: str, now: int, path: str) -> dict[str, Any]:
+    """The payout row as tx1 inserts it: the one place its values are built (single and batch)."""
+    inline = path == PATH_INLINE
+    return dict(
+        id=payout_id,
+        project_id=req.project_id,
+        gamertag=req.gamertag,
+        amount=req.amount_sats,
+        fee=fee_sats(req.amount_sats),
+        internal_id=req.internal_id,
+        description=req.description,
+        callback_url=req.callback_url,
+        idempotency_key=req.idempotency_key,
+        request_hash=req.fingerprint(),
+        state=(State.IN_FLIGHT if inline else State.RESERVED).value,
+        charge_posted=False,
+        expires_in=req.expires_in_s,
+        expires_at=now + req.expires_in_s * 1000,
+        created_at=now,
+        updated_at=now,
+        settle_path=path,
+        state_cause=CREATED_INLINE_CAUSE if inline else CREATED_QUEUED_CAUSE,  # audit trigger
+    )
+
+
+CREATED_INLINE_CAUSE = "api: payout created; sending to the node"
+CREATED_QUEUED_CAUSE = "api: payout created"
+
+
+def payout_transfers(row: dict[str, Any]) -> list[ledger.Transfer]:
+    """The two linked pending transfers of a payout row: amount and fee, from its project."""
+    account = acct.project_account(row["project_id"])
+    amount_id, fee_id = transfer_ids(row["id"])
+    return [
+        ledger.Transfer(amount_id, account, acct.lightning_outbound(row["id"]), row["amount"]),
+        ledger.Transfer(fee_id, account, acct.fees(row["id"]), row["fee"]),
+    ]
+
+
+async def _pre_reservation_checks(
+    rt: Runtime, conn: AsyncConnection, req: PayoutRequest, now: int
+) -> None:
+    """Every check before a payout may reserve, in tx1 (single and batch): the project exists
+    and the key is unused (else replay), then the gamertag's rate limit under its row lock.
+    A new check that refuses a payout before any money moves belongs here."""
+    await _check_project_and_key(conn, req)
+    await _lock_gamertag(conn, req.project_id, req.gamertag, now)
+    try:
+        await _check_rate(rt, conn, req, now)
+    except errors.RateLimitExceeded:
+        await _replay_if_key_taken(conn, req)
+        raise
+
+
+async def _enqueue_settle(
+    rt: Runtime, conn: AsyncConnection, payout_id: str, now: int, path: str
+) -> None:
+    await queue.enqueue(
+        conn,
+        SETTLE_JOB,
+        {"payoutId": payout_id},
+        now,
+        job_id=settle_job_id(payout_id),
+        max_attempts=SETTLE_ATTEMPTS_MAX,
+        # Inline: this process holds the lease and settles right after COMMIT.
+        leased_by=rt.worker_id if path == PATH_INLINE else None,
+        lease_ms=rt.settings.lease_ms,
+    )
+
+
+async def _queue_created_callback(conn: AsyncConnection, payout_id: str, now: int) -> None:
+    row = await load(conn, payout_id)
+    assert row is not None
+    await callbacks.on_status_change(conn, row, view(row), now)
 
 
 async def _check_project_and_key(conn: AsyncConnection, req: PayoutRequest) -> None:
@@ -403,14 +437,26 @@ async def _await_final(rt: Runtime, payout_id: str, row: RowMapping | None = Non
 # ---------------------------------------------------------------- settle (the saga)
 
 
+@dataclass(frozen=True)
+class _Send:
+    """What the inline path sends right after tx1, which recorded the send intent."""
+
+    gamertag: str
+    amount_sats: int
+
+
 async def settle_payout(
-    rt: Runtime, payout_id: str, *, job_leased: bool = False
+    rt: Runtime, payout_id: str, *, job_leased: bool = False, intent_recorded: _Send | None = None
 ) -> RowMapping | None:
     """Drive one payout toward a final state; safe to run again at any point after a crash.
 
+    intent_recorded: the caller's tx1 wrote the payout in_flight and holds its lease, so the
+    node is called at once, with no read or write before it.
     Returns the payout's row when this call made it final, else None.
     """
     try:
+        if intent_recorded is not None:
+            return await _send(rt, payout_id, intent_recorded)
         return await _settle(rt, payout_id)
     except (SimulatedCrash, asyncio.CancelledError):
         raise
@@ -443,11 +489,7 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
             cause="saga: sent to the node",
         )
     if sending is not None:
-        rt.crashpoint("after_mark_in_flight")
-        pay = rt.node.pay(payout_id, sending["gamertag"], sending["amount"])
-        result = await _node_call(rt, "pay", pay)
-        rt.crashpoint("after_node_call")
-        return await _apply_outcome(rt, payout_id, result)
+        return await _send(rt, payout_id, _Send(sending["gamertag"], sending["amount"]))
     row = await get_payout(rt, payout_id)
     state = State(row["state"])
     if state in FINAL_STATES:
@@ -461,10 +503,38 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
         # In flight after a crash or an unknown outcome: ask before sending again.
         result = await _node_call(rt, "status", rt.node.status(payout_id))
         if result is not None and result.status == NodeStatus.NOT_FOUND:
+            if row["expires_at"] <= rt.clock.now_ms():  # never had it, and too late to send
+                await _expire_unsent(rt, payout_id)
+                return None
             resend = rt.node.pay(payout_id, row["gamertag"], row["amount"])
             result = await _node_call(rt, "pay", resend)
     rt.crashpoint("after_node_call")
     return await _apply_outcome(rt, payout_id, result)
+
+
+async def _send(rt: Runtime, payout_id: str, send: _Send) -> RowMapping | None:
+    """The send intent is committed: call the node, then record its answer."""
+    rt.crashpoint("after_mark_in_flight")
+    result = await _node_call(rt, "pay", rt.node.pay(payout_id, send.gamertag, send.amount_sats))
+    rt.crashpoint("after_node_call")
+    return await _apply_outcome(rt, payout_id, result)
+
+
+async def _expire_unsent(rt: Runtime, payout_id: str) -> None:
+    """In flight, but the node says it never had the payment and expiresAt has passed."""
+    now = rt.clock.now_ms()
+    async with rt.engine.begin() as conn:
+        final = await _finalize(
+            conn,
+            payout_id,
+            State.IN_FLIGHT,
+            State.EXPIRED,
+            now,
+            charge=False,
+            cause="saga: the node never had it; expiresAt passed",
+            node_confirmed_unsent=True,
+        )
+    _observe_final(final, now)
 
 
 async def _node_call(rt: Runtime, operation: str, call: Any) -> PaymentResult | None:
@@ -570,6 +640,7 @@ async def _transition(
     *,
     cause: str,
     unexpired_at: int | None = None,
+    node_confirmed_unsent: bool = False,
     **values: Any,
 ) -> RowMapping | None:
     """The guarded state change: legal by the table, and only from `current`; audited.
@@ -579,7 +650,7 @@ async def _transition(
     One statement: the database's audit trigger writes the payout_events row from the cause
     set here, only when the state really changed (migration 0005).
     """
-    check_transition(current, target)
+    check_transition(current, target, node_confirmed_unsent=node_confirmed_unsent)
     statement, params = _TRANSITION, {"b_id": payout_id, "b_from": current.value}
     if unexpired_at is not None:
         statement, params["b_unexpired_at"] = _TRANSITION_UNEXPIRED, unexpired_at
@@ -613,6 +684,7 @@ async def _finalize(
     cause: str,
     failure_code: FailureCode | None = None,
     failure_reason: str | None = None,
+    node_confirmed_unsent: bool = False,
 ) -> RowMapping | None:
     """Final transition + ledger post (charge) or void + job done + callback, in one tx."""
     assert target in FINAL_STATES
@@ -622,7 +694,16 @@ async def _finalize(
     if failure_code is not None:
         values["failure_code"] = failure_code.value
         values["failure_reason"] = failure_reason
-    final = await _transition(conn, payout_id, current, target, now, cause=cause, **values)
+    final = await _transition(
+        conn,
+        payout_id,
+        current,
+        target,
+        now,
+        cause=cause,
+        node_confirmed_unsent=node_confirmed_unsent,
+        **values,
+    )
     if final is None:
         return None
     await queue.complete(conn, settle_job_id(payout_id), now)
