@@ -62,23 +62,50 @@ async def enqueue(
 ) -> str:
     """Insert a job in the caller's transaction. With leased_by, the caller runs it first."""
     job_id = job_id or str(uuid.uuid4())
-    await conn.execute(
-        insert(jobs),
-        dict(
-            id=job_id,
-            kind=kind,
-            payload=json.dumps(payload),
-            state="queued",
-            run_at=run_at_ms if run_at_ms is not None else now_ms,
-            attempts=1 if leased_by else 0,
-            max_attempts=max_attempts,
-            lease_until=now_ms + lease_ms if leased_by else None,
-            locked_by=leased_by,
-            created_at=now_ms,
-            updated_at=now_ms,
-        ),
+    await enqueue_many(
+        conn,
+        kind,
+        [(job_id, payload)],
+        now_ms,
+        run_at_ms=run_at_ms,
+        max_attempts=max_attempts,
+        leased_by=leased_by,
+        lease_ms=lease_ms,
     )
     return job_id
+
+
+async def enqueue_many(
+    conn: AsyncConnection,
+    kind: str,
+    jobs_: list[tuple[str, dict[str, Any]]],
+    now_ms: int,
+    *,
+    run_at_ms: int | None = None,
+    max_attempts: int = ATTEMPTS_MAX_DEFAULT,
+    leased_by: str | None = None,
+    lease_ms: int = 0,
+) -> None:
+    """Insert jobs (id, payload) of one kind in one statement, in the caller's transaction."""
+    await conn.execute(
+        insert(jobs),
+        [
+            dict(
+                id=job_id,
+                kind=kind,
+                payload=json.dumps(payload),
+                state="queued",
+                run_at=run_at_ms if run_at_ms is not None else now_ms,
+                attempts=1 if leased_by else 0,
+                max_attempts=max_attempts,
+                lease_until=now_ms + lease_ms if leased_by else None,
+                locked_by=leased_by,
+                created_at=now_ms,
+                updated_at=now_ms,
+            )
+            for job_id, payload in jobs_
+        ],
+    )
 
 
 async def claim(

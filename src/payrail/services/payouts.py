@@ -187,17 +187,24 @@ async def _by_key(conn: AsyncConnection, project_id: str, key: str) -> RowMappin
     )
 
 
-class _ReplayInstead(Exception):
+class ReplayInstead(Exception):
     def __init__(self, row: RowMapping) -> None:
         self.row = row
 
 
-async def _lock_gamertag(conn: AsyncConnection, project_id: str, gamertag: str, now: int) -> None:
-    """Take the (project, gamertag) row lock so concurrent rate-limit counts are serialised."""
+async def lock_gamertags(
+    conn: AsyncConnection, project_id: str, gamertags: list[str], now: int
+) -> None:
+    """Take the (project, gamertag) row locks so concurrent rate-limit counts are serialised.
+
+    Several at once (a batch) are locked in sorted order, always before the project's account:
+    one order everywhere, so a batch and a single payout never deadlock.
+    """
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = dialect_insert(gamertag_locks).values(
-        project_id=project_id, gamertag=gamertag, touched_at=now
-    )
+    rows = [
+        {"project_id": project_id, "gamertag": g, "touched_at": now} for g in sorted(set(gamertags))
+    ]
+    stmt = dialect_insert(gamertag_locks).values(rows)
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["project_id", "gamertag"], set_={"touched_at": now}
@@ -239,20 +246,20 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, req.project_id)
     try:
         payout_id = await _reserve(rt, req, path)
-    except _ReplayInstead as other:
-        return await _replay(rt, other.row, req)
+    except ReplayInstead as other:
+        return await replay_outcome(rt, other.row, req)
     except IntegrityError:
         # A concurrent request with the same key committed first: answer like a replay.
         async with rt.engine.connect() as conn:
             row = await _by_key(conn, req.project_id, req.idempotency_key or "")
         if row is None:
             raise
-        return await _replay(rt, row, req)
+        return await replay_outcome(rt, row, req)
     metrics.PAYOUTS_CREATED.labels(path=path).inc()
     rt.crashpoint("after_reserve")
     if path == PATH_QUEUE:  # a worker claims the job at once; wait for its outcome
         return CreateOutcome(await _await_final(rt, payout_id), replay=False)
-    send = _Send(req.gamertag, req.amount_sats)
+    send = Send(req.gamertag, req.amount_sats)
     task = rt.spawn(settle_payout(rt, payout_id, job_leased=True, intent_recorded=send))
     await asyncio.wait({task}, timeout=rt.settings.settle_wait_ms / 1000)
     if task.done():
@@ -272,24 +279,24 @@ async def _reserve(rt: Runtime, req: PayoutRequest, path: str = PATH_INLINE) -> 
     now = rt.clock.now_ms()
     row = payout_row(req, str(uuid.uuid4()), now, path)
     async with rt.engine.begin() as conn:
-        await _pre_reservation_checks(rt, conn, req, now)
+        await pre_reservation_checks(rt, conn, req, now)
         # The payout row first: a same-key race fails here (unique index), before any lock on
         # the shared system accounts is taken.
-        await conn.execute(_INSERT_PAYOUT, row)
+        await conn.execute(INSERT_PAYOUT, row)
         await _enqueue_settle(rt, conn, row["id"], now, path)
         if req.callback_url:
-            await _queue_created_callback(conn, row["id"], now)
+            await queue_created_callback(conn, row["id"], now)
         # Last: the reservation. Its row locks (the project's account, then this payout's
         # system-account shards) are held until COMMIT.
         try:
             await ledger.reserve(conn, payout_transfers(row), now, row["expires_at"])
         except ledger.InsufficientFunds as refusal:
-            raise _insufficient(req.amount_sats, row["fee"], refusal.available) from None
+            raise insufficient(req.amount_sats, row["fee"], refusal.available) from None
     log.info("payout_reserved", payout_id=row["id"], project_id=req.project_id, path=path)
     return str(row["id"])
 
 
-_INSERT_PAYOUT = insert(payouts)
+INSERT_PAYOUT = insert(payouts)
 
 
 def payout_row(req: PayoutRequest, payout_id: str, now: int, path: str) -> dict[str, Any]:
@@ -331,14 +338,16 @@ def payout_transfers(row: dict[str, Any]) -> list[ledger.Transfer]:
     ]
 
 
-async def _pre_reservation_checks(
-    rt: Runtime, conn: AsyncConnection, req: PayoutRequest, now: int
+async def pre_reservation_checks(
+    rt: Runtime, conn: AsyncConnection, req: PayoutRequest, now: int, *, locked: bool = False
 ) -> None:
     """Every check before a payout may reserve, in tx1 (single and batch): the project exists
-    and the key is unused (else replay), then the gamertag's rate limit under its row lock.
-    A new check that refuses a payout before any money moves belongs here."""
+    and the key is unused (else replay), then the gamertag's rate limit under its row lock
+    (`locked`: the caller, a batch, already holds it). A new check that refuses a payout
+    before any money moves belongs here."""
     await _check_project_and_key(conn, req)
-    await _lock_gamertag(conn, req.project_id, req.gamertag, now)
+    if not locked:
+        await lock_gamertags(conn, req.project_id, [req.gamertag], now)
     try:
         await _check_rate(rt, conn, req, now)
     except errors.RateLimitExceeded:
@@ -362,7 +371,7 @@ async def _enqueue_settle(
     )
 
 
-async def _queue_created_callback(conn: AsyncConnection, payout_id: str, now: int) -> None:
+async def queue_created_callback(conn: AsyncConnection, payout_id: str, now: int) -> None:
     row = await load(conn, payout_id)
     assert row is not None
     await callbacks.on_status_change(conn, row, view(row), now)
@@ -390,7 +399,7 @@ async def _check_project_and_key(conn: AsyncConnection, req: PayoutRequest) -> N
     if row is None:
         raise errors.ProjectNotFound(f"No project with id {req.project_id}.")
     if row["id"] is not None:
-        raise _ReplayInstead(row)
+        raise ReplayInstead(row)
 
 
 async def _replay_if_key_taken(conn: AsyncConnection, req: PayoutRequest) -> None:
@@ -398,10 +407,10 @@ async def _replay_if_key_taken(conn: AsyncConnection, req: PayoutRequest) -> Non
     if req.idempotency_key:
         row = await _by_key(conn, req.project_id, req.idempotency_key)
         if row is not None:
-            raise _ReplayInstead(row)
+            raise ReplayInstead(row)
 
 
-def _insufficient(amount: int, fee: int, available: int) -> errors.InsufficientBalance:
+def insufficient(amount: int, fee: int, available: int) -> errors.InsufficientBalance:
     total = amount + fee
     return errors.InsufficientBalance(
         f"Insufficient balance: the payout of {amount} sats plus the {fee} sat fee needs "
@@ -413,14 +422,19 @@ def _insufficient(amount: int, fee: int, available: int) -> errors.InsufficientB
     )
 
 
-async def _replay(rt: Runtime, row: RowMapping, req: PayoutRequest) -> CreateOutcome:
-    """Same key, same body: the original payout (once final, within the wait window)."""
+def check_same_request(row: RowMapping, req: PayoutRequest) -> None:
+    """A key reused with another body is refused (422), naming the payout it belongs to."""
     if row["request_hash"] != req.fingerprint():
         raise errors.IdempotencyKeyReused(
             "This idempotencyKey was already used with a different request body in this "
             "project. Use a new key for a new payout.",
             payoutId=row["id"],
         )
+
+
+async def replay_outcome(rt: Runtime, row: RowMapping, req: PayoutRequest) -> CreateOutcome:
+    """Same key, same body: the original payout (once final, within the wait window)."""
+    check_same_request(row, req)
     return CreateOutcome(await _await_final(rt, row["id"], row), replay=True)
 
 
@@ -438,7 +452,7 @@ async def _await_final(rt: Runtime, payout_id: str, row: RowMapping | None = Non
 
 
 @dataclass(frozen=True)
-class _Send:
+class Send:
     """What the inline path sends right after tx1, which recorded the send intent."""
 
     gamertag: str
@@ -446,7 +460,7 @@ class _Send:
 
 
 async def settle_payout(
-    rt: Runtime, payout_id: str, *, job_leased: bool = False, intent_recorded: _Send | None = None
+    rt: Runtime, payout_id: str, *, job_leased: bool = False, intent_recorded: Send | None = None
 ) -> RowMapping | None:
     """Drive one payout toward a final state; safe to run again at any point after a crash.
 
@@ -489,7 +503,7 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
             cause="saga: sent to the node",
         )
     if sending is not None:
-        return await _send(rt, payout_id, _Send(sending["gamertag"], sending["amount"]))
+        return await _send(rt, payout_id, Send(sending["gamertag"], sending["amount"]))
     row = await get_payout(rt, payout_id)
     state = State(row["state"])
     if state in FINAL_STATES:
@@ -512,7 +526,7 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
     return await _apply_outcome(rt, payout_id, result)
 
 
-async def _send(rt: Runtime, payout_id: str, send: _Send) -> RowMapping | None:
+async def _send(rt: Runtime, payout_id: str, send: Send) -> RowMapping | None:
     """The send intent is committed: call the node, then record its answer."""
     rt.crashpoint("after_mark_in_flight")
     result = await _node_call(rt, "pay", rt.node.pay(payout_id, send.gamertag, send.amount_sats))

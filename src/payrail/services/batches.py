@@ -1,0 +1,319 @@
+"""Batch payouts: many payouts of one project in one request, each its own payout.
+
+Each item is what a single POST /payouts would be (own id, fee, idempotency key, rate limit,
+callbacks) and is answered as that call would have been. What the batch shares is the cost:
+
+- reservations: items are reserved in groups of RESERVE_GROUP_MAX per transaction; each item
+  runs the single payout's pre-reservation checks and its conditional debit in that
+  transaction, and the group's job rows, transfer rows and system-account credits are written
+  with one statement each. An item refused (rate limit, balance, a used key) writes nothing.
+- settlement: the node is called for every reserved item concurrently, at most
+  SETTLE_CONCURRENCY_MAX at a time, each through the saga of a single payout.
+- idempotency: items without their own key get `<batch key>#<index>`, and the batch's answers
+  are stored under its key once every item has one, so a replay answers the same items (a
+  refusal stays a refusal even if funds arrived since; a payout is answered as it is now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from payrail import metrics
+from payrail.db.tables import payout_batches, payouts, projects
+from payrail.domain import errors
+from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
+from payrail.domain.payouts import FINAL_STATES, PayoutRequest, State
+from payrail.jobs import queue
+from payrail.ledger import ledger
+from payrail.services import flags
+from payrail.services import payouts as single
+from payrail.services.runtime import Runtime, SimulatedCrash
+
+log = structlog.get_logger("payrail.batches")
+P = payouts.c
+B = payout_batches.c
+
+BATCH_ITEMS_MAX = 1_000
+RESERVE_GROUP_MAX = 100  # items per shared reservation transaction
+SETTLE_CONCURRENCY_MAX = 32  # node calls in flight at once for one batch
+FINAL_POLL_MS = 20
+# The refusals an item can get, by code: a replay rebuilds them from the stored answers.
+ITEM_ERRORS: dict[str, type[errors.PayrailError]] = {
+    cls.code: cls
+    for cls in (
+        errors.ValidationError,
+        errors.InvalidAmount,
+        errors.DescriptionTooLong,
+        errors.InvalidCallbackUrl,
+        errors.RateLimitExceeded,
+        errors.InsufficientBalance,
+        errors.IdempotencyKeyReused,
+    )
+}
+
+
+@dataclass
+class ItemAnswer:
+    """One item: its payout (created, or replayed by its key), or the refusal."""
+
+    payout: RowMapping | None = None
+    replay: bool = False
+    error: errors.PayrailError | None = None
+
+
+@dataclass
+class BatchAnswer:
+    items: list[ItemAnswer]
+    replay: bool
+
+
+def item_key(batch_key: str, index: int, own_key: str | None) -> str:
+    """The idempotency key of an item: its own, or one derived from the batch's."""
+    return own_key if own_key is not None else f"{batch_key}#{index}"
+
+
+def fingerprint(items: Sequence[PayoutRequest | errors.PayrailError]) -> str:
+    """The batch body's hash: a reused batch key with another body is refused."""
+    parts = [
+        item.fingerprint() + (item.idempotency_key or "")
+        if isinstance(item, PayoutRequest)
+        else f"{item.code}:{item.message}"
+        for item in items
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+async def create_batch(
+    rt: Runtime,
+    project_id: str,
+    batch_key: str,
+    items: Sequence[PayoutRequest | errors.PayrailError],
+) -> BatchAnswer:
+    """Reserve and settle every valid item; answer each. Items carry their final keys."""
+    assert 1 <= len(items) <= BATCH_ITEMS_MAX
+    request_hash = fingerprint(items)
+    stored = await _stored(rt, project_id, batch_key)
+    if stored is not None:
+        return await _replay_batch(rt, stored, request_hash)
+    async with rt.engine.connect() as conn:
+        if await conn.scalar(select(projects.c.id).where(projects.c.id == project_id)) is None:
+            raise errors.ProjectNotFound(f"No project with id {project_id}.")
+    answers: list[ItemAnswer] = [
+        ItemAnswer(error=item) if isinstance(item, errors.PayrailError) else ItemAnswer()
+        for item in items
+    ]
+    path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, project_id)
+    valid = [(i, item) for i, item in enumerate(items) if isinstance(item, PayoutRequest)]
+    created: list[tuple[int, dict[str, Any]]] = []
+    for start in range(0, len(valid), RESERVE_GROUP_MAX):
+        group = valid[start : start + RESERVE_GROUP_MAX]
+        try:
+            created += await _reserve_group(rt, group, answers, path)
+        except IntegrityError:
+            # A concurrent request took one of these keys first: this group one item at a time.
+            for index, req in group:
+                answers[index] = await _one_by_one(rt, req)
+    for index, answer in enumerate(answers):
+        if answer.replay and answer.payout is not None:
+            req = items[index]
+            assert isinstance(req, PayoutRequest)
+            try:  # answered as it is now: a batch does not wait on an earlier request's payout
+                single.check_same_request(answer.payout, req)
+            except errors.IdempotencyKeyReused as refusal:
+                answers[index] = ItemAnswer(error=refusal)
+    finals = await _settle(rt, created, path)
+    for index, row in created:
+        answers[index] = ItemAnswer(payout=finals[row["id"]])
+    replayed = [a.payout["id"] for a in answers if a.replay and a.payout is not None]
+    if replayed:  # answered as they are now, not as the lookup inside tx1 saw them
+        now_rows = await _load_many(rt, replayed)
+        for answer in answers:
+            if answer.replay and answer.payout is not None:
+                answer.payout = now_rows[answer.payout["id"]]
+    await _store(rt, project_id, batch_key, request_hash, answers)
+    log.info("payout_batch", project_id=project_id, items=len(items), created=len(created))
+    return BatchAnswer(answers, replay=False)
+
+
+def _as_item(outcome: single.CreateOutcome) -> ItemAnswer:
+    return ItemAnswer(payout=outcome.payout, replay=outcome.replay)
+
+
+async def _one_by_one(rt: Runtime, req: PayoutRequest) -> ItemAnswer:
+    """The single payout's whole path, for an item whose group lost a key race."""
+    try:
+        return _as_item(await single.create_payout(rt, req))
+    except tuple(ITEM_ERRORS.values()) as refusal:
+        return ItemAnswer(error=refusal)
+
+
+async def _reserve_group(
+    rt: Runtime,
+    group: list[tuple[int, PayoutRequest]],
+    answers: list[ItemAnswer],
+    path: str,
+) -> list[tuple[int, dict[str, Any]]]:
+    """One transaction for a group of items. Returns (index, payout row) of those reserved;
+    refusals and replays are written into `answers`."""
+    now = rt.clock.now_ms()
+    project_id = group[0][1].project_id
+    reserved: list[tuple[int, dict[str, Any]]] = []
+    async with rt.engine.begin() as conn:
+        # The gamertag locks first, sorted, then the account: the order of a single payout.
+        await single.lock_gamertags(conn, project_id, [req.gamertag for _, req in group], now)
+        for index, req in group:
+            try:
+                await single.pre_reservation_checks(rt, conn, req, now, locked=True)
+            except single.ReplayInstead as other:
+                answers[index] = ItemAnswer(payout=other.row, replay=True)
+                continue
+            except errors.RateLimitExceeded as refusal:
+                answers[index] = ItemAnswer(error=refusal)
+                continue
+            row = single.payout_row(req, str(uuid.uuid4()), now, path)
+            transfers = single.payout_transfers(row)
+            try:  # the debit before the row: a refused item leaves nothing behind
+                await ledger.debit_pending(conn, transfers)
+            except ledger.InsufficientFunds as refusal:
+                answers[index] = ItemAnswer(
+                    error=single.insufficient(req.amount_sats, row["fee"], refusal.available)
+                )
+                continue
+            await conn.execute(single.INSERT_PAYOUT, row)
+            reserved.append((index, row))
+        if not reserved:
+            return []
+        await queue.enqueue_many(
+            conn,
+            single.SETTLE_JOB,
+            [(single.settle_job_id(row["id"]), {"payoutId": row["id"]}) for _, row in reserved],
+            now,
+            max_attempts=single.SETTLE_ATTEMPTS_MAX,
+            leased_by=rt.worker_id if path == single.PATH_INLINE else None,
+            lease_ms=rt.settings.lease_ms,
+        )
+        for _, row in reserved:
+            if row["callback_url"]:
+                await single.queue_created_callback(conn, row["id"], now)
+        await ledger.record_pending(
+            conn,
+            [(t, row["expires_at"]) for _, row in reserved for t in single.payout_transfers(row)],
+            now,
+        )
+    metrics.PAYOUTS_CREATED.labels(path=path).inc(len(reserved))
+    return reserved
+
+
+async def _settle(
+    rt: Runtime, created: list[tuple[int, dict[str, Any]]], path: str
+) -> dict[str, RowMapping]:
+    """Every created payout as it is once final, or when the settle wait ends."""
+    if not created:
+        return {}
+    ids = [row["id"] for _, row in created]
+    if path == single.PATH_INLINE:
+        limit = asyncio.Semaphore(SETTLE_CONCURRENCY_MAX)
+
+        async def send(row: dict[str, Any]) -> None:
+            async with limit:
+                send_ = single.Send(row["gamertag"], row["amount"])
+                await single.settle_payout(rt, row["id"], job_leased=True, intent_recorded=send_)
+
+        tasks = {rt.spawn(send(row)) for _, row in created}
+        await asyncio.wait(tasks, timeout=rt.settings.settle_wait_ms / 1000)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                if isinstance(exc, SimulatedCrash):  # the process "died" there
+                    raise exc
+    return await _await_finals(rt, ids)
+
+
+async def _await_finals(rt: Runtime, ids: list[str]) -> dict[str, RowMapping]:
+    deadline = rt.clock.now_ms() + rt.settings.settle_wait_ms
+    while True:
+        rows = await _load_many(rt, ids)
+        done = all(State(r["state"]) in FINAL_STATES for r in rows.values())
+        if done or rt.clock.now_ms() >= deadline:
+            return rows
+        await asyncio.sleep(FINAL_POLL_MS / 1000)
+
+
+async def _load_many(rt: Runtime, ids: list[str]) -> dict[str, RowMapping]:
+    async with rt.engine.connect() as conn:
+        rows = (await conn.execute(select(payouts).where(P.id.in_(ids)))).mappings().all()
+    return {r["id"]: r for r in rows}
+
+
+# ---------------------------------------------------------------- the stored answers
+
+
+async def _stored(rt: Runtime, project_id: str, batch_key: str) -> RowMapping | None:
+    async with rt.engine.connect() as conn:
+        return (
+            (
+                await conn.execute(
+                    select(payout_batches).where(
+                        B.project_id == project_id, B.idempotency_key == batch_key
+                    )
+                )
+            )
+            .mappings()
+            .first()
+        )
+
+
+def _encode(answer: ItemAnswer) -> dict[str, Any]:
+    if answer.payout is not None:
+        return {"payoutId": answer.payout["id"]}
+    assert answer.error is not None
+    return {"code": answer.error.code, "message": answer.error.message, "extra": answer.error.extra}
+
+
+async def _store(
+    rt: Runtime, project_id: str, batch_key: str, request_hash: str, answers: list[ItemAnswer]
+) -> None:
+    """Store the answers; a concurrent same-key batch may have stored first (then theirs
+    stand, and this answer is still true for each item: a payout is one payout per key)."""
+    try:
+        async with rt.engine.begin() as conn:
+            await conn.execute(
+                payout_batches.insert().values(
+                    project_id=project_id,
+                    idempotency_key=batch_key,
+                    request_hash=request_hash,
+                    items_json=json.dumps([_encode(a) for a in answers]),
+                    created_at=rt.clock.now_ms(),
+                )
+            )
+    except IntegrityError:
+        log.info("payout_batch_stored_concurrently", project_id=project_id)
+
+
+async def _replay_batch(rt: Runtime, stored: RowMapping, request_hash: str) -> BatchAnswer:
+    if stored["request_hash"] != request_hash:
+        raise errors.IdempotencyKeyReused(
+            "This batch Idempotency-Key was already used with a different request body in this "
+            "project. Use a new key for a new batch."
+        )
+    encoded: list[dict[str, Any]] = json.loads(stored["items_json"])
+    ids = [e["payoutId"] for e in encoded if "payoutId" in e]
+    rows = await _load_many(rt, ids) if ids else {}
+    items = [
+        ItemAnswer(payout=rows[e["payoutId"]], replay=True)
+        if "payoutId" in e
+        else ItemAnswer(error=ITEM_ERRORS[e["code"]](e["message"], **e["extra"]))
+        for e in encoded
+    ]
+    return BatchAnswer(items, replay=True)
