@@ -50,7 +50,6 @@ def serve(
     log_level: str = typer.Option("info", help="debug | info | warning"),
 ) -> None:
     """Run the HTTP API (with the background worker loop) on PAYRAIL_HOST:PAYRAIL_PORT."""
-    import uvicorn
 
     from payrail.db.migrate import upgrade
 
@@ -70,15 +69,9 @@ def serve(
     os.environ["PAYRAIL_MIGRATED"] = "1"
     os.environ["PAYRAIL_LOG_LEVEL"] = log_level
     _prepare_multiprocess_metrics(workers)
-    uvicorn.run(
-        "payrail.api.main:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        log_level="warning",
-        access_log=False,
-    )
+    from payrail import serving
+
+    serving.run(settings.host, settings.port, workers, log_level="warning", access_log=False)
 
 
 def _prepare_multiprocess_metrics(workers: int) -> None:
