@@ -64,7 +64,7 @@ def _count_statements(engine: AsyncEngine) -> Iterator[list[int]]:
         event.remove(engine.sync_engine, "before_cursor_execute", count)
 
 
-async def _pg_stats(database_url: str) -> tuple[int, int, int]:
+async def pg_stats(database_url: str) -> tuple[int, int, int]:
     url = make_url(database_url)
     conn = await asyncpg.connect(
         host=url.host or "127.0.0.1",
@@ -95,13 +95,13 @@ async def _measure(
         await projects.fund(rt, PROJECT_ID + what, FUND_SATS)
         await rt.engine.dispose()
         await asyncio.sleep(STATS_FLUSH_WAIT_S)
-        before = await _pg_stats(database_url)
+        before = await pg_stats(database_url)
         with _count_statements(rt.engine) as statements:
             await work(rt)
             await rt.drain()
         await rt.engine.dispose()
         await asyncio.sleep(STATS_FLUSH_WAIT_S)
-        after = await _pg_stats(database_url)
+        after = await pg_stats(database_url)
     finally:
         await rt.aclose()
     commits, inserted, updated = (a - b for a, b in zip(after, before, strict=True))

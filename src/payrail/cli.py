@@ -208,12 +208,15 @@ def bench(
     database_url: str = typer.Option(
         "postgresql://postgres@127.0.0.1:5432/payrail_bench", help="a database it may recreate"
     ),
+    batch_items: int = typer.Option(1000, min=0, max=1000, help="items per batch (0: no batch)"),
+    batch_clients: int = typer.Option(2, min=0, max=50, help="concurrent batch clients"),
 ) -> None:
-    """Benchmark payouts on PostgreSQL against pgbench on the same database."""
+    """Benchmark payouts (single and batch) on PostgreSQL against pgbench on the same database."""
     from payrail.bench import run_bench
 
+    levels = [int(c) for c in clients.split(",")]
     sys.exit(
-        run_bench(database_url, [int(c) for c in clients.split(",")], duration_s, server_workers)
+        run_bench(database_url, levels, duration_s, server_workers, batch_items, batch_clients)
     )
 
 

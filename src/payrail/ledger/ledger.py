@@ -221,6 +221,23 @@ async def debit_pending(conn: AsyncConnection, linked: Sequence[Transfer]) -> No
     await _debit(conn, debit_id, sum(t.amount for t in linked), pending=True)
 
 
+async def available_for_update(conn: AsyncConnection, account_id: str) -> int:
+    """The account's available balance, its row locked until COMMIT (a batch decides its
+    items in order on it, then debits their sum with debit_pending_sum)."""
+    query = select(_available()).where(A.id == account_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    available = await conn.scalar(query)
+    if available is None:
+        raise LedgerError(f"unknown account {account_id}")
+    return int(available)
+
+
+async def debit_pending_sum(conn: AsyncConnection, account_id: str, amount: int) -> None:
+    """Hold `amount` on the account (the balance check stays in the statement)."""
+    await _debit(conn, account_id, amount, pending=True)
+
+
 async def record_pending(
     conn: AsyncConnection, held: Sequence[tuple[Transfer, int | None]], now_ms: int
 ) -> None:

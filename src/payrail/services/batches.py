@@ -35,6 +35,7 @@ from payrail.domain import errors
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
 from payrail.domain.payouts import FINAL_STATES, PayoutRequest, State
 from payrail.jobs import queue
+from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.services import flags
 from payrail.services import payouts as single
@@ -46,7 +47,7 @@ B = payout_batches.c
 
 BATCH_ITEMS_MAX = 1_000
 RESERVE_GROUP_MAX = 100  # items per shared reservation transaction
-SETTLE_CONCURRENCY_MAX = 32  # node calls in flight at once for one batch
+SETTLE_CONCURRENCY_MAX = 100  # node calls in flight at once per group of a batch
 FINAL_POLL_MS = 20
 # The refusals an item can get, by code: a replay rebuilds them from the stored answers.
 ITEM_ERRORS: dict[str, type[errors.PayrailError]] = {
@@ -164,51 +165,67 @@ async def _reserve_group(
     answers: list[ItemAnswer],
     path: str,
 ) -> list[tuple[int, dict[str, Any]]]:
-    """One transaction for a group of items. Returns (index, payout row) of those reserved;
-    refusals and replays are written into `answers`."""
+    """One transaction for a group of items, in set statements. Returns (index, payout row)
+    of those reserved; refusals and replays are written into `answers`.
+
+    What a single payout checks with a query each (key, rate window, balance) is read once
+    for the group, under the same locks (the gamertags sorted, then the project's account),
+    and decided item by item in order, so each item gets the answer it would have got as a
+    single POST sent in that order.
+    """
     now = rt.clock.now_ms()
     project_id = group[0][1].project_id
+    limit = rt.settings.rate_limit_per_hour
+    account = acct.project_account(project_id)
     reserved: list[tuple[int, dict[str, Any]]] = []
     async with rt.engine.begin() as conn:
-        # The gamertag locks first, sorted, then the account: the order of a single payout.
         await single.lock_gamertags(conn, project_id, [req.gamertag for _, req in group], now)
+        keys = [req.idempotency_key for _, req in group if req.idempotency_key]
+        taken: dict[str, Any] = dict(await single.payouts_by_keys(conn, project_id, keys))
+        windows = await single.rate_windows(conn, project_id, [r.gamertag for _, r in group], now)
+        available = await ledger.available_for_update(conn, account)
         for index, req in group:
-            try:
-                await single.pre_reservation_checks(rt, conn, req, now, locked=True)
-            except single.ReplayInstead as other:
-                answers[index] = ItemAnswer(payout=other.row, replay=True)
+            # The pre-reservation decisions of single.pre_reservation_checks, in its order.
+            if req.idempotency_key in taken:
+                answers[index] = ItemAnswer(payout=taken[req.idempotency_key], replay=True)
                 continue
-            except errors.RateLimitExceeded as refusal:
+            window = windows.setdefault(req.gamertag, [])
+            oldest_counted = window[limit - 1] if len(window) >= limit else None
+            refusal = single.rate_refusal(req.gamertag, limit, oldest_counted, now)
+            if refusal is not None:
                 answers[index] = ItemAnswer(error=refusal)
                 continue
             row = single.payout_row(req, str(uuid.uuid4()), now, path)
-            transfers = single.payout_transfers(row)
-            try:  # the debit before the row: a refused item leaves nothing behind
-                await ledger.debit_pending(conn, transfers)
-            except ledger.InsufficientFunds as refusal:
+            if row["amount"] + row["fee"] > available:
                 answers[index] = ItemAnswer(
-                    error=single.insufficient(req.amount_sats, row["fee"], refusal.available)
+                    error=single.insufficient(req.amount_sats, row["fee"], available)
                 )
                 continue
-            await conn.execute(single.INSERT_PAYOUT, row)
+            available -= row["amount"] + row["fee"]
+            window.insert(0, now)
+            if req.idempotency_key:
+                taken[req.idempotency_key] = row
             reserved.append((index, row))
         if not reserved:
             return []
+        rows = [row for _, row in reserved]
+        await ledger.debit_pending_sum(conn, account, sum(r["amount"] + r["fee"] for r in rows))
+        await conn.execute(single.INSERT_PAYOUT, rows)
         await queue.enqueue_many(
             conn,
             single.SETTLE_JOB,
-            [(single.settle_job_id(row["id"]), {"payoutId": row["id"]}) for _, row in reserved],
+            [(single.settle_job_id(row["id"]), {"payoutId": row["id"]}) for row in rows],
             now,
             max_attempts=single.SETTLE_ATTEMPTS_MAX,
             leased_by=rt.worker_id if path == single.PATH_INLINE else None,
             lease_ms=rt.settings.lease_ms,
         )
-        for _, row in reserved:
+        for row in rows:
             if row["callback_url"]:
                 await single.queue_created_callback(conn, row["id"], now)
         await ledger.record_pending(
             conn,
-            [(t, row["expires_at"]) for _, row in reserved for t in single.payout_transfers(row)],
+            [(t, row["expires_at"]) for row in rows for t in single.payout_transfers(row)],
             now,
         )
     metrics.PAYOUTS_CREATED.labels(path=path).inc(len(reserved))
@@ -223,14 +240,9 @@ async def _settle(
         return {}
     ids = [row["id"] for _, row in created]
     if path == single.PATH_INLINE:
-        limit = asyncio.Semaphore(SETTLE_CONCURRENCY_MAX)
-
-        async def send(row: dict[str, Any]) -> None:
-            async with limit:
-                send_ = single.Send(row["gamertag"], row["amount"])
-                await single.settle_payout(rt, row["id"], job_leased=True, intent_recorded=send_)
-
-        tasks = {rt.spawn(send(row)) for _, row in created}
+        rows = [row for _, row in created]
+        groups = [rows[i : i + RESERVE_GROUP_MAX] for i in range(0, len(rows), RESERVE_GROUP_MAX)]
+        tasks = {rt.spawn(_settle_group(rt, group)) for group in groups}
         await asyncio.wait(tasks, timeout=rt.settings.settle_wait_ms / 1000)
         for task in tasks:
             if task.done() and not task.cancelled():
@@ -238,6 +250,28 @@ async def _settle(
                 if isinstance(exc, SimulatedCrash):  # the process "died" there
                     raise exc
     return await _await_finals(rt, ids)
+
+
+async def _settle_group(rt: Runtime, rows: list[dict[str, Any]]) -> None:
+    """The node calls of a group concurrently (bounded), then every definite answer recorded
+    in one transaction. Their send intents are committed and their leases held by us."""
+    limit = asyncio.Semaphore(SETTLE_CONCURRENCY_MAX)
+
+    async def pay(row: dict[str, Any]) -> tuple[str, Any]:
+        async with limit:
+            send = single.Send(row["gamertag"], row["amount"])
+            return row["id"], await single.node_pay(rt, row["id"], send)
+
+    rt.crashpoint("after_mark_in_flight")
+    results = await asyncio.gather(*(pay(row) for row in rows))
+    rt.crashpoint("after_node_call")
+    try:
+        await single.apply_outcomes(rt, results)
+    except Exception as exc:  # e.g. a lock timeout: each payout's own saga takes over
+        log.warning("batch_settle_error", error=type(exc).__name__, payouts=len(rows))
+        rt.note_error(exc)
+        for row in rows:
+            await single.settle_payout(rt, row["id"], job_leased=True)
 
 
 async def _await_finals(rt: Runtime, ids: list[str]) -> dict[str, RowMapping]:

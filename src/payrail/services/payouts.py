@@ -23,6 +23,7 @@ import asyncio
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,18 +227,57 @@ async def _check_rate(rt: Runtime, conn: AsyncConnection, req: PayoutRequest, no
         .offset(limit - 1)
         .limit(1)
     )
+    refusal = rate_refusal(req.gamertag, limit, oldest_counted, now)
+    if refusal is not None:
+        raise refusal
+
+
+def rate_refusal(
+    gamertag: str, limit: int, oldest_counted: int | None, now: int
+) -> errors.RateLimitExceeded | None:
+    """The rate limit's rule (single and batch): refused when the limit-th newest payout to
+    this gamertag is still in the window; it says when that one leaves it."""
     if oldest_counted is None:
-        return
+        return None
     # A concurrent request may have stamped created_at a moment after our `now`: clamp to
     # the window so the answer never exceeds it.
     wait_ms = min(RATE_WINDOW_MS, oldest_counted + RATE_WINDOW_MS - now)
     retry_after_s = max(1, math.ceil(wait_ms / 1000))
-    raise errors.RateLimitExceeded(
-        f"More than {limit} payouts to gamertag {req.gamertag} in an hour; "
-        f"retry in {retry_after_s} s.",
+    return errors.RateLimitExceeded(
+        f"More than {limit} payouts to gamertag {gamertag} in an hour; retry in {retry_after_s} s.",
         retryAfter=retry_after_s,
         limit=limit,
     )
+
+
+async def rate_windows(
+    conn: AsyncConnection, project_id: str, gamertags: Sequence[str], now: int
+) -> dict[str, list[int]]:
+    """For a batch: created_at of each gamertag's payouts in the window, newest first (read
+    under the gamertags' locks, like the single check)."""
+    rows = await conn.execute(
+        select(P.gamertag, P.created_at)
+        .where(
+            P.project_id == project_id,
+            P.gamertag.in_(sorted(set(gamertags))),
+            P.created_at > now - RATE_WINDOW_MS,
+        )
+        .order_by(P.created_at.desc())
+    )
+    windows: dict[str, list[int]] = {}
+    for gamertag, created_at in rows:
+        windows.setdefault(gamertag, []).append(created_at)
+    return windows
+
+
+async def payouts_by_keys(
+    conn: AsyncConnection, project_id: str, keys: Sequence[str]
+) -> dict[str, RowMapping]:
+    """For a batch: the payouts that already hold some of these idempotency keys."""
+    rows = await conn.execute(
+        select(payouts).where(P.project_id == project_id, P.idempotency_key.in_(list(keys)))
+    )
+    return {row["idempotency_key"]: row for row in rows.mappings()}
 
 
 async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
@@ -529,7 +569,7 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
 async def _send(rt: Runtime, payout_id: str, send: Send) -> RowMapping | None:
     """The send intent is committed: call the node, then record its answer."""
     rt.crashpoint("after_mark_in_flight")
-    result = await _node_call(rt, "pay", rt.node.pay(payout_id, send.gamertag, send.amount_sats))
+    result = await node_pay(rt, payout_id, send)
     rt.crashpoint("after_node_call")
     return await _apply_outcome(rt, payout_id, result)
 
@@ -645,6 +685,59 @@ async def _apply_outcome(
     return final
 
 
+async def apply_outcomes(
+    rt: Runtime, results: Sequence[tuple[str, PaymentResult | None]]
+) -> dict[str, RowMapping]:
+    """`_apply_outcome` for many in-flight payouts of one project (a batch): every definite
+    answer is recorded in ONE transaction, a set of payouts per outcome; unknown ones are
+    rescheduled one by one, as a single payout's are. Returns the rows made final."""
+    now = rt.clock.now_ms()
+    groups: dict[tuple[State, bool, FailureCode | None, str | None], list[str]] = {}
+    legacy_charge: bool | None = None
+    for payout_id, result in results:
+        if result is None or result.status in (NodeStatus.IN_FLIGHT, NodeStatus.NOT_FOUND):
+            await _apply_outcome(rt, payout_id, result)
+            continue
+        if result.status == NodeStatus.SUCCEEDED:
+            groups.setdefault((State.COMPLETED, True, None, None), []).append(payout_id)
+            continue
+        timeout = result.failure_reason == FailureReason.TIMEOUT
+        if timeout and legacy_charge is None:
+            legacy_charge = rt.settings.sandbox and not (await rt.faults.get()).rollbackOnTimeout
+        code = FailureCode.GATEWAY_TIMEOUT if timeout else FailureCode.PAYMENT_FAILED
+        key = (State.FAILED, bool(timeout and legacy_charge), code, result.failure_reason)
+        groups.setdefault(key, []).append(payout_id)
+    finals: dict[str, RowMapping] = {}
+    if not groups:
+        return finals
+    async with rt.engine.begin() as conn:
+        for (target, charge, code, reason), ids in groups.items():
+            cause = (
+                "node: payment succeeded"
+                if target == State.COMPLETED
+                else f"node: payment failed ({reason or 'failed'})"
+            )
+            for row in await finalize_many(
+                conn,
+                ids,
+                target,
+                now,
+                charge=charge,
+                cause=cause,
+                failure_code=code,
+                failure_reason=None if code is None else f"node: {reason or 'failed'}",
+            ):
+                finals[row["id"]] = row
+    for row in finals.values():
+        _observe_final(row, now)
+    return finals
+
+
+async def node_pay(rt: Runtime, payout_id: str, send: Send) -> PaymentResult | None:
+    """One bounded pay call for a payout whose send intent is committed."""
+    return await _node_call(rt, "pay", rt.node.pay(payout_id, send.gamertag, send.amount_sats))
+
+
 async def _transition(
     conn: AsyncConnection,
     payout_id: str,
@@ -729,6 +822,54 @@ async def _finalize(
     else:
         await ledger.void(conn, transfer_ids(payout_id), now)
     return final
+
+
+async def finalize_many(
+    conn: AsyncConnection,
+    payout_ids: Sequence[str],
+    target: State,
+    now: int,
+    *,
+    charge: bool,
+    cause: str,
+    failure_code: FailureCode | None = None,
+    failure_reason: str | None = None,
+) -> list[RowMapping]:
+    """`_finalize` for many in-flight payouts of ONE project, in set statements: one guarded
+    UPDATE (only those still in flight change, each audited by the trigger), one job UPDATE,
+    one resolution INSERT and two balance UPDATEs, however many payouts. Returns the rows
+    that this call made final."""
+    assert target in FINAL_STATES
+    check_transition(State.IN_FLIGHT, target)
+    values: dict[str, Any] = {"charge_posted": charge}
+    if target == State.COMPLETED:
+        values["settled_at"] = now
+    if failure_code is not None:
+        values["failure_code"] = failure_code.value
+        values["failure_reason"] = failure_reason
+    params = {"b_ids": list(payout_ids), "b_from": State.IN_FLIGHT.value}
+    params |= {"state": target.value, "updated_at": now, "state_cause": audit.cause_text(cause)}
+    finals = list((await conn.execute(_TRANSITION_MANY, params | values)).mappings())
+    if not finals:
+        return []
+    assert len({row["project_id"] for row in finals}) == 1, "one project per call"
+    await queue.complete_many(conn, [settle_job_id(row["id"]) for row in finals], now)
+    for row in finals:
+        if row["callback_url"]:
+            await callbacks.on_status_change(conn, row, view(row), now)
+    pending_ids = [t for row in finals for t in transfer_ids(row["id"])]
+    if charge:
+        await ledger.post(conn, pending_ids, now)
+    else:
+        await ledger.void(conn, pending_ids, now)
+    return finals
+
+
+_TRANSITION_MANY = (
+    update(payouts)
+    .where(P.id.in_(bindparam("b_ids", expanding=True)), P.state == bindparam("b_from"))
+    .returning(*payouts.c)
+)
 
 
 # ---------------------------------------------------------------- expiry and sandbox changes
