@@ -717,7 +717,7 @@ async def _run(
         level.projects = [
             ProjectCheck(
                 project_id=p,
-                funded_sats=fund_sats,
+                funded_sats=fund_sats * (BATCH_FUND_FACTOR if level.batch_items else 1),
                 balance_sats=balances[p]["balance"],
                 reserved_sats=balances[p]["reserved"],
                 charged_seen_sats=seen[p],

@@ -29,6 +29,13 @@ from payrail.sandbox import FaultStore
 
 P = sim_node_payments.c
 RECORD_GROUP_MAX = 500  # rows per shared INSERT (a bound on one statement's size)
+# Built once: the rows are execute parameters, so a group costs no statement compilation.
+_RECORD = {
+    name: dialect_insert(sim_node_payments)
+    .on_conflict_do_nothing(index_elements=["payment_id"])
+    .returning(P.payment_id)
+    for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
 
 
 class SimulatedNode:
@@ -130,15 +137,10 @@ class SimulatedNode:
 
     async def _insert_new(self, rows: list[dict[str, Any]]) -> set[str]:
         """One INSERT of the group; the ids it inserted (a recorded id is skipped)."""
-        dialect_insert = pg_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
-        statement = (
-            dialect_insert(sim_node_payments)
-            .on_conflict_do_nothing(index_elements=["payment_id"])
-            .returning(P.payment_id)
-        )
+        statement = _RECORD[self._engine.dialect.name]
         unique = list({row["payment_id"]: row for row in reversed(rows)}.values())
         async with single_statement(self._engine) as conn:
-            result = await conn.execute(statement.values(unique))
+            result = await conn.execute(statement, unique)  # one INSERT (insertmanyvalues)
             return set(result.scalars())
 
     async def status(self, payment_id: str) -> PaymentResult:

@@ -201,16 +201,23 @@ async def lock_gamertags(
     Several at once (a batch) are locked in sorted order, always before the project's account:
     one order everywhere, so a batch and a single payout never deadlock.
     """
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     rows = [
         {"project_id": project_id, "gamertag": g, "touched_at": now} for g in sorted(set(gamertags))
     ]
-    stmt = dialect_insert(gamertag_locks).values(rows)
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["project_id", "gamertag"], set_={"touched_at": now}
-        )
+    await conn.execute(_LOCK_GAMERTAG[conn.dialect.name], rows)  # one statement for all rows
+
+
+def _lock_gamertag_statement(dialect_insert: Any) -> Any:
+    stmt = dialect_insert(gamertag_locks)
+    return stmt.on_conflict_do_update(
+        index_elements=["project_id", "gamertag"], set_={"touched_at": stmt.excluded.touched_at}
     )
+
+
+_LOCK_GAMERTAG = {
+    "postgresql": _lock_gamertag_statement(pg_insert),
+    "sqlite": _lock_gamertag_statement(sqlite_insert),
+}
 
 
 async def _check_rate(rt: Runtime, conn: AsyncConnection, req: PayoutRequest, now: int) -> None:
