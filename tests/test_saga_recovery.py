@@ -270,6 +270,23 @@ async def test_crash_after_an_ambiguous_node_call_recovers_without_resending(rt,
 # ---------------------------------------------------------------- 3. expiry of never-sent payouts
 
 
+def spy_on_node(rt: Runtime) -> list[str]:
+    """The node calls made from now on, in order: 'status' and 'pay'."""
+    calls: list[str] = []
+    real_status, real_pay = rt.node.status, rt.node.pay
+
+    async def status(payment_id: str):
+        calls.append("status")
+        return await real_status(payment_id)
+
+    async def pay(*args: object):
+        calls.append("pay")
+        return await real_pay(*args)
+
+    rt.node.status, rt.node.pay = status, pay  # type: ignore[method-assign]
+    return calls
+
+
 async def reserve_queued(rt: Runtime, internal_id: str, **overrides: object) -> str:
     """tx1 of the queue path: a reserved payout that no worker has sent yet."""
     return await payouts._reserve(rt, request(internal_id, **overrides), payouts.PATH_QUEUE)
@@ -312,18 +329,7 @@ async def test_crash_before_the_node_call_then_expires_at_passes_asks_the_node_a
     assert await state_of(rt, payout_id) == State.IN_FLIGHT
     await assert_pending_and_held(rt, payout_id, start)
 
-    node_calls: list[str] = []
-    real_status, real_pay = rt.node.status, rt.node.pay
-
-    async def status(payment_id: str):
-        node_calls.append("status")
-        return await real_status(payment_id)
-
-    async def pay(*args: object):
-        node_calls.append("pay")
-        return await real_pay(*args)
-
-    rt.node.status, rt.node.pay = status, pay  # type: ignore[method-assign]
+    node_calls = spy_on_node(rt)
     clock.advance(rt.settings.lease_ms + 1)
     assert await run_until_idle(rt) == 1
     assert node_calls == ["status"]
@@ -340,18 +346,7 @@ async def test_crash_before_the_node_call_asks_the_node_before_resending(rt, clo
     """Before expiresAt, recovery asks first (NOT_FOUND), then sends once: paid once."""
     start = await start_balance(rt)
     payout_id = await crash_create(rt, clock, "after_reserve")
-    node_calls: list[str] = []
-    real_status, real_pay = rt.node.status, rt.node.pay
-
-    async def status(payment_id: str):
-        node_calls.append("status")
-        return await real_status(payment_id)
-
-    async def pay(*args: object):
-        node_calls.append("pay")
-        return await real_pay(*args)
-
-    rt.node.status, rt.node.pay = status, pay  # type: ignore[method-assign]
+    node_calls = spy_on_node(rt)
     restart(rt, clock)
     assert await run_until_idle(rt) == 1
     assert node_calls == ["status", "pay"]

@@ -787,6 +787,24 @@ _TRANSITION = (
 _TRANSITION_UNEXPIRED = _TRANSITION.where(P.expires_at > bindparam("b_unexpired_at"))
 
 
+def _final_values(
+    target: State,
+    now: int,
+    charge: bool,
+    failure_code: FailureCode | None,
+    failure_reason: str | None,
+) -> dict[str, Any]:
+    """The columns a final transition sets besides the state (one payout or many)."""
+    assert target in FINAL_STATES
+    values: dict[str, Any] = {"charge_posted": charge}
+    if target == State.COMPLETED:
+        values["settled_at"] = now
+    if failure_code is not None:
+        values["failure_code"] = failure_code.value
+        values["failure_reason"] = failure_reason
+    return values
+
+
 async def _finalize(
     conn: AsyncConnection,
     payout_id: str,
@@ -801,13 +819,7 @@ async def _finalize(
     node_confirmed_unsent: bool = False,
 ) -> RowMapping | None:
     """Final transition + ledger post (charge) or void + job done + callback, in one tx."""
-    assert target in FINAL_STATES
-    values: dict[str, Any] = {"charge_posted": charge}
-    if target == State.COMPLETED:
-        values["settled_at"] = now
-    if failure_code is not None:
-        values["failure_code"] = failure_code.value
-        values["failure_reason"] = failure_reason
+    values = _final_values(target, now, charge, failure_code, failure_reason)
     final = await _transition(
         conn,
         payout_id,
@@ -846,14 +858,8 @@ async def finalize_many(
     UPDATE (only those still in flight change, each audited by the trigger), one job UPDATE,
     one resolution INSERT and two balance UPDATEs, however many payouts. Returns the rows
     that this call made final."""
-    assert target in FINAL_STATES
     check_transition(State.IN_FLIGHT, target)
-    values: dict[str, Any] = {"charge_posted": charge}
-    if target == State.COMPLETED:
-        values["settled_at"] = now
-    if failure_code is not None:
-        values["failure_code"] = failure_code.value
-        values["failure_reason"] = failure_reason
+    values = _final_values(target, now, charge, failure_code, failure_reason)
     params = {"b_ids": list(payout_ids), "b_from": State.IN_FLIGHT.value}
     params |= {"state": target.value, "updated_at": now, "state_cause": audit.cause_text(cause)}
     finals = list((await conn.execute(_TRANSITION_MANY, params | values)).mappings())
