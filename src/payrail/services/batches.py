@@ -117,14 +117,19 @@ async def create_batch(
     path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, project_id)
     valid = [(i, item) for i, item in enumerate(items) if isinstance(item, PayoutRequest)]
     created: list[tuple[int, dict[str, Any]]] = []
+    settling: set[asyncio.Task[None]] = set()
     for start in range(0, len(valid), RESERVE_GROUP_MAX):
         group = valid[start : start + RESERVE_GROUP_MAX]
         try:
-            created += await _reserve_group(rt, group, answers, path)
+            reserved = await _reserve_group(rt, group, answers, path)
         except IntegrityError:
             # A concurrent request took one of these keys first: this group one item at a time.
             for index, req in group:
                 answers[index] = await _one_by_one(rt, req)
+            continue
+        created += reserved
+        if reserved and path == single.PATH_INLINE:  # its node calls overlap the next group
+            settling.add(rt.spawn(_settle_group(rt, [row for _, row in reserved])))
     for index, answer in enumerate(answers):
         if answer.replay and answer.payout is not None:
             req = items[index]
@@ -133,7 +138,7 @@ async def create_batch(
                 single.check_same_request(answer.payout, req)
             except errors.IdempotencyKeyReused as refusal:
                 answers[index] = ItemAnswer(error=refusal)
-    finals = await _settle(rt, created, path)
+    finals = await _settle(rt, [row["id"] for _, row in created], settling)
     for index, row in created:
         answers[index] = ItemAnswer(payout=finals[row["id"]])
     replayed = [a.payout["id"] for a in answers if a.replay and a.payout is not None]
@@ -233,18 +238,14 @@ async def _reserve_group(
 
 
 async def _settle(
-    rt: Runtime, created: list[tuple[int, dict[str, Any]]], path: str
+    rt: Runtime, ids: list[str], settling: set[asyncio.Task[None]]
 ) -> dict[str, RowMapping]:
     """Every created payout as it is once final, or when the settle wait ends."""
-    if not created:
+    if not ids:
         return {}
-    ids = [row["id"] for _, row in created]
-    if path == single.PATH_INLINE:
-        rows = [row for _, row in created]
-        groups = [rows[i : i + RESERVE_GROUP_MAX] for i in range(0, len(rows), RESERVE_GROUP_MAX)]
-        tasks = {rt.spawn(_settle_group(rt, group)) for group in groups}
-        await asyncio.wait(tasks, timeout=rt.settings.settle_wait_ms / 1000)
-        for task in tasks:
+    if settling:
+        await asyncio.wait(settling, timeout=rt.settings.settle_wait_ms / 1000)
+        for task in settling:
             if task.done() and not task.cancelled():
                 exc = task.exception()
                 if isinstance(exc, SimulatedCrash):  # the process "died" there
