@@ -245,3 +245,42 @@ async def test_the_same_batch_sent_three_times_at_once_pays_each_item_once(clien
 def test_item_keys_are_derived_from_the_batch_key_unless_given():
     assert batches.item_key("b", 3, None) == "b#3"
     assert batches.item_key("b", 3, "own") == "own"
+
+
+@pytest.mark.parametrize("crashpoint", ["after_mark_in_flight", "after_node_call"])
+async def test_a_batch_that_dies_mid_settlement_is_recovered_per_payout_and_paid_once(
+    client, rt, clock, crashpoint
+):
+    """The batch's reservations committed; the process dies before or after the node calls.
+    Each payout's lease runs out and the worker asks the node first: paid once, charged once."""
+    from payrail.domain.payouts import parse_payout_request
+    from payrail.jobs.worker import run_until_idle
+    from payrail.services.runtime import SimulatedCrash
+
+    start = await balance_of(client)
+    items = [
+        parse_payout_request(
+            {"gamertag": f"d{i}", "amount": 300, "projectId": PROJECT}, f"crash-batch#{i}"
+        )
+        for i in range(5)
+    ]
+    rt.crashpoints.add(crashpoint)
+    with pytest.raises(SimulatedCrash):
+        await batches.create_batch(rt, PROJECT, "crash-batch", items)
+    await rt.drain()
+    rt.crashpoints.clear()
+    assert await balance_of(client) == start - 5 * 306  # reserved, not yet settled
+    rt.worker_id = "restarted-worker"
+    clock.advance(rt.settings.lease_ms + 1)
+    assert await run_until_idle(rt) == 5
+    async with rt.engine.connect() as conn:
+        ids = list(await conn.scalars(select(payouts_table.c.id)))
+    assert len(ids) == 5
+    for payout_id in ids:
+        assert await posted_charges(rt, payout_id) == 2
+    assert await balance_of(client) == start - 5 * 306
+    assert (await reconcile(rt)).clean
+    # The batch never answered, so nothing is stored: sending it again creates nothing new.
+    again = await batches.create_batch(rt, PROJECT, "crash-batch", items)
+    assert [a.replay for a in again.items] == [True] * 5
+    assert await balance_of(client) == start - 5 * 306
