@@ -1,5 +1,9 @@
 """`payrail bench`: payout throughput on PostgreSQL, measured against pgbench on the same database.
 
+Single POST /payouts at each concurrency level, then POST /payouts/batch (1,000 items, 2
+clients), with commits and rows per payout from pg_stat_database; before the server starts,
+bench_costs counts statements, commits and rows of one payout at a time and of one batch.
+
 Why this shape:
 
 - A real server (`payrail serve --workers N`) in a subprocess, driven over HTTP, so the figure
