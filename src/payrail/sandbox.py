@@ -90,7 +90,12 @@ class FaultStore:
         now = self._clock.now_ms()
         if self._cached is not None and now - self._cached_at_ms < CACHE_TTL_MS:
             return self._cached
-        if self._loading is None or self._loading.done():
+        loading = self._loading
+        if (
+            loading is None
+            or loading.done()
+            or loading.get_loop() is not asyncio.get_running_loop()
+        ):
             self._loading = asyncio.create_task(self._load(now, self._generation))
         return await asyncio.shield(self._loading)
 
