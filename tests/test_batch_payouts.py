@@ -284,3 +284,22 @@ async def test_a_batch_that_dies_mid_settlement_is_recovered_per_payout_and_paid
     again = await batches.create_batch(rt, PROJECT, "crash-batch", items)
     assert [a.replay for a in again.items] == [True] * 5
     assert await balance_of(client) == start - 5 * 306
+
+
+async def test_a_batch_item_with_a_callback_url_gets_its_created_and_completed_events(client, rt):
+    from payrail.jobs import worker
+
+    url = "https://studio.example/batch-hook"
+    items = [
+        {"gamertag": "cb1", "amount": 100, "callbackUrl": url},
+        {"gamertag": "cb2", "amount": 1},
+    ]
+    response = await post_batch(client, items, key="callbacks")
+    answers = response.json()["data"]["items"]
+    assert [a["httpStatus"] for a in answers] == [201, 201]
+    await worker.run_until_idle(rt)
+    log = (await client.get("/test/callbacks")).json()["data"]["callbacks"]
+    assert {entry["url"] for entry in log} == {url}
+    seen = sorted((e["payload"]["sequence"], e["payload"]["data"]["status"]) for e in log)
+    assert seen == [(1, "pending"), (2, "completed")]
+    assert all(e["payload"]["data"]["id"] == answers[0]["data"]["id"] for e in log)
