@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from conftest import ADMIN_KEY, payout_body
 from sqlalchemy import select, text
 
@@ -10,7 +9,6 @@ from payrail.db.tables import payout_events
 from payrail.domain.payouts import parse_payout_request
 from payrail.jobs import worker
 from payrail.services import payouts
-from payrail.services.runtime import SimulatedCrash
 
 
 async def set_faults(client, **knobs):
@@ -30,14 +28,14 @@ async def test_completed_payout_history_is_created_sent_succeeded_in_order(clien
     response = await client.post("/payouts", json=payout_body())
     assert response.status_code == 201, response.text
     events = await history(client, response.json()["data"]["id"])
+    # The inline path's tx1 writes the payout in flight: it is also the send intent.
     assert [(e["from"], e["to"]) for e in events] == [
-        (None, "reserved"),
-        ("reserved", "in_flight"),
+        (None, "in_flight"),
         ("in_flight", "completed"),
     ]
-    assert [e["toStatus"] for e in events] == ["pending", "pending", "completed"]
-    assert events[0]["cause"] == "api: payout created"
-    assert events[2]["cause"] == "node: payment succeeded"
+    assert [e["toStatus"] for e in events] == ["pending", "completed"]
+    assert events[0]["cause"] == "api: payout created; sending to the node"
+    assert events[1]["cause"] == "node: payment succeeded"
     assert all(e["at"].endswith("Z") for e in events)
 
 
@@ -55,12 +53,11 @@ async def test_expiry_and_sandbox_changes_are_audited_with_their_cause(client, r
     pending = await client.post("/payouts", json=payout_body(gamertag="amb"))
     assert pending.status_code == 202, pending.text
     in_flight_id = pending.json()["data"]["id"]
-    # A payout never sent (the worker has not picked it up): expire it through the sandbox.
+    # A payout never sent (queued, no worker has picked it up): expire it through the sandbox.
     await set_faults(client, enabled=False)
-    rt.crashpoints.add("after_reserve")
-    with pytest.raises(SimulatedCrash):
-        await payouts.create_payout(rt, parse_payout_request(payout_body(gamertag="exp")))
-    rt.crashpoints.clear()
+    await payouts._reserve(
+        rt, parse_payout_request(payout_body(gamertag="exp")), payouts.PATH_QUEUE
+    )
     async with rt.engine.connect() as conn:
         reserved_id = await conn.scalar(
             select(payout_events.c.payout_id).where(
@@ -93,7 +90,7 @@ async def test_a_lost_race_writes_no_audit_row(client, rt):
     from payrail.services.payouts import settle_payout
 
     assert await settle_payout(rt, payout_id) is None  # already final: nothing to do
-    assert len(await history(client, payout_id)) == 3
+    assert len(await history(client, payout_id)) == 2
 
 
 async def test_history_of_another_projects_payout_is_404_and_unknown_is_404(client):

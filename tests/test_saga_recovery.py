@@ -227,9 +227,10 @@ async def test_crash_between_saga_steps_recovers_to_one_final_state_paid_at_most
         await rt.faults.put(FailureInjection(enabled=True, failureRate=1.0))
     payout_id = await crash_create(rt, clock, crashpoint)
 
-    # Mid-way: the reservation is held and the state says how far the saga got.
+    # Mid-way: the reservation is held. The inline path's tx1 is also the send intent, so the
+    # payout is in flight at every crash point: recovery asks the node before any resend.
     await assert_pending_and_held(rt, payout_id, start)
-    expected_state = State.RESERVED if crashpoint == "after_reserve" else State.IN_FLIGHT
+    expected_state = State.IN_FLIGHT
     assert await state_of(rt, payout_id) == expected_state
     rows = await node_rows(rt, payout_id)
     assert len(rows) == (1 if crashpoint == "after_node_call" else 0)
@@ -269,43 +270,87 @@ async def test_crash_after_an_ambiguous_node_call_recovers_without_resending(rt,
 # ---------------------------------------------------------------- 3. expiry of never-sent payouts
 
 
-@pytest.mark.parametrize("lease_held", [True, False], ids=["by_sweep", "by_settle_job"])
-async def test_reserved_payout_never_sent_before_expires_at_is_expired_and_voided(
-    rt, clock, lease_held
-):
-    if lease_held:
-        # The dead process's lease outlives expiresAt, so only the worker's sweep can expire it.
-        rt.settings = dataclasses.replace(rt.settings, lease_ms=600_000)
+def spy_on_node(rt: Runtime) -> list[str]:
+    """The node calls made from now on, in order: 'status' and 'pay'."""
+    calls: list[str] = []
+    real_status, real_pay = rt.node.status, rt.node.pay
+
+    async def status(payment_id: str):
+        calls.append("status")
+        return await real_status(payment_id)
+
+    async def pay(*args: object):
+        calls.append("pay")
+        return await real_pay(*args)
+
+    rt.node.status, rt.node.pay = status, pay  # type: ignore[method-assign]
+    return calls
+
+
+async def reserve_queued(rt: Runtime, internal_id: str, **overrides: object) -> str:
+    """tx1 of the queue path: a reserved payout that no worker has sent yet."""
+    return await payouts._reserve(rt, request(internal_id, **overrides), payouts.PATH_QUEUE)
+
+
+async def test_reserved_payout_never_sent_before_expires_at_is_expired_by_the_sweep(rt, clock):
     start = await start_balance(rt)
     expires_in_s = 10
-    payout_id = await crash_create(rt, clock, "after_reserve", expiresIn=expires_in_s)
+    payout_id = await reserve_queued(rt, "queued-expiry", expiresIn=expires_in_s)
     await assert_pending_and_held(rt, payout_id, start)
-    rt.crashpoints.clear()
-    rt.worker_id = "restarted-worker"
-
-    if lease_held:
-        clock.advance(expires_in_s * 1000 - 1_000)
-        assert await run_until_idle(rt) == 0
-        await assert_pending_and_held(rt, payout_id, start)
-        clock.advance(1_001)
-    else:
-        # Lease and expiresAt both ran out while nobody was up: the job must not send it.
-        clock.advance(expires_in_s * 1000 + 1)
-    ran = await run_once(rt)
-    assert ran == (0 if lease_held else 1)
+    assert await state_of(rt, payout_id) == State.RESERVED
+    clock.advance(expires_in_s * 1000 + 1)
+    await payouts.expire_due(rt)
     assert await state_of(rt, payout_id) == State.EXPIRED
     assert await resolution(rt, payout_id) == "void"
-    balance = await projects.balance(rt, PROJECT)
-    assert (balance["balance"], balance["reserved"]) == (start, 0)
-    assert await node_rows(rt, payout_id) == []
-
-    # The settle job, once its lease runs out, finds the payout final and never sends it.
-    clock.advance(rt.settings.lease_ms + 1)
+    # Its settle job then finds it final and never sends it.
     await run_until_idle(rt)
     assert await job_state(rt, payout_id) == "done"
     assert await node_rows(rt, payout_id) == []
-    assert await state_of(rt, payout_id) == State.EXPIRED
+    balance = await projects.balance(rt, PROJECT)
+    assert (balance["balance"], balance["reserved"]) == (start, 0)
     assert (await reconcile(rt)).clean
+
+
+@pytest.mark.parametrize("crashpoint", ["after_reserve", "after_mark_in_flight"])
+async def test_crash_before_the_node_call_then_expires_at_passes_asks_the_node_and_expires(
+    rt, clock, crashpoint
+):
+    """The send intent is in tx1: after a crash nobody knows whether the node got the payment,
+    so nothing expires it until the lease runs out and the node is asked by payment id; the
+    node never had it, and expiresAt has passed: voided, expired, never sent late."""
+    rt.settings = dataclasses.replace(rt.settings, lease_ms=600_000)
+    start = await start_balance(rt)
+    expires_in_s = 10
+    payout_id = await crash_create(rt, clock, crashpoint, expiresIn=expires_in_s)
+    rt.crashpoints.clear()
+    rt.worker_id = "restarted-worker"
+    clock.advance(expires_in_s * 1000 + 1)
+    assert await run_until_idle(rt) == 0  # the sweep may not expire it: it may have been sent
+    assert await state_of(rt, payout_id) == State.IN_FLIGHT
+    await assert_pending_and_held(rt, payout_id, start)
+
+    node_calls = spy_on_node(rt)
+    clock.advance(rt.settings.lease_ms + 1)
+    assert await run_until_idle(rt) == 1
+    assert node_calls == ["status"]
+    assert await state_of(rt, payout_id) == State.EXPIRED
+    assert await resolution(rt, payout_id) == "void"
+    assert await job_state(rt, payout_id) == "done"
+    assert await node_rows(rt, payout_id) == []
+    balance = await projects.balance(rt, PROJECT)
+    assert (balance["balance"], balance["reserved"]) == (start, 0)
+    assert (await reconcile(rt)).clean
+
+
+async def test_crash_before_the_node_call_asks_the_node_before_resending(rt, clock):
+    """Before expiresAt, recovery asks first (NOT_FOUND), then sends once: paid once."""
+    start = await start_balance(rt)
+    payout_id = await crash_create(rt, clock, "after_reserve")
+    node_calls = spy_on_node(rt)
+    restart(rt, clock)
+    assert await run_until_idle(rt) == 1
+    assert node_calls == ["status", "pay"]
+    await assert_final(rt, payout_id, start, paid=True)
 
 
 # ---------------------------------------------------------------- 4. duplicate workers

@@ -39,7 +39,7 @@ from payrail.config import SANDBOX_PROJECT_FUNDING_SATS, SANDBOX_PROJECT_ID, Set
 from payrail.db.engine import make_engine
 from payrail.db.tables import jobs, metadata
 from payrail.domain import errors
-from payrail.domain.payouts import TRANSITIONS, PayoutRequest, State
+from payrail.domain.payouts import NODE_CONFIRMED_UNSENT, TRANSITIONS, PayoutRequest, State
 from payrail.jobs import queue
 from payrail.jobs.worker import run_until_idle
 from payrail.sandbox import FailureInjection
@@ -88,12 +88,16 @@ FAULT_MODES = (FailureInjection(), NODE_FAILURE, DEFINITE_TIMEOUT, AMBIGUOUS)
 def _reachable(state: State) -> frozenset[State]:
     """Every state a payout may be in later (through any number of legal transitions)."""
     seen: set[State] = set()
-    todo = list(TRANSITIONS[state])
+
+    def after(s: State) -> frozenset[State]:  # the saga's own move, once the node said unsent
+        return TRANSITIONS[s] | NODE_CONFIRMED_UNSENT.get(s, frozenset())
+
+    todo = list(after(state))
     while todo:
         nxt = todo.pop()
         if nxt not in seen:
             seen.add(nxt)
-            todo.extend(TRANSITIONS[nxt])
+            todo.extend(after(nxt))
     return frozenset(seen)
 
 
@@ -269,9 +273,9 @@ class PayoutHistory(RuleBasedStateMachine):
     def crash_while_creating_payout(
         self, req: PayoutRequest, crashpoint: str, faults: FailureInjection
     ) -> None:
-        # Crashed before a final answer: reserved before the send intent, in flight after it.
-        state = State.RESERVED if crashpoint == "after_reserve" else State.IN_FLIGHT
-        self._create(req, faults, state, crashpoint=crashpoint)
+        # Crashed before a final answer: the inline path's tx1 is also the send intent, so the
+        # payout is in flight at every crash point (the node is asked before any resend).
+        self._create(req, faults, State.IN_FLIGHT, crashpoint=crashpoint)
 
     @precondition(lambda self: bool(self.keys))
     @rule(data=st.data())

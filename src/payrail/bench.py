@@ -1,5 +1,9 @@
 """`payrail bench`: payout throughput on PostgreSQL, measured against pgbench on the same database.
 
+Single POST /payouts at each concurrency level, then POST /payouts/batch (1,000 items, 2
+clients), with commits and rows per payout from pg_stat_database; before the server starts,
+bench_costs counts statements, commits and rows of one payout at a time and of one batch.
+
 Why this shape:
 
 - A real server (`payrail serve --workers N`) in a subprocess, driven over HTTP, so the figure
@@ -38,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
+from payrail import bench_costs
 from payrail.bench_load import ClientSpec, LoadSpec
 from payrail.domain.money import total_cost_sats
 from payrail.loadtest import pgadmin
@@ -66,6 +71,7 @@ PGBENCH_INIT_TIMEOUT_S = 300.0
 PGBENCH_SAMPLE_EDGE_S = 0.5  # CPU is sampled this far inside the run: connect and exit excluded
 PGBENCH_TPS_RE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 REPORT_PATH = Path("reports") / "bench.json"
+BATCH_FUND_FACTOR = 10  # a batch client asks for many payouts per request
 SERVER_LOG_PATH = Path("reports") / "bench-server.log"
 SERVER_LOG_TAIL_LINES = 30
 API = "/api/v1"
@@ -118,6 +124,17 @@ class LevelResult:
     projects: list[ProjectCheck] = field(default_factory=list)
     balances_ok: bool = False
     ratio_to_pgbench: float | None = None
+    batch_items: int = 0  # 0: single POST /payouts; else POST /payouts/batch of this many
+    # pg_stat_database deltas over the whole level (warm-up and tail too) per payout created
+    commits_per_payout: float = math.nan
+    rows_inserted_per_payout: float = math.nan
+    rows_updated_per_payout: float = math.nan
+
+    @property
+    def label(self) -> str:
+        return (
+            f"batch {self.batch_items} × {self.clients}" if self.batch_items else str(self.clients)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -583,11 +600,19 @@ def _fund_sats(duration_s: float) -> int:
 
 
 async def _measure_level(
-    server: Server, run_index: int, clients: int, duration_s: float, fund_sats: int
+    server: Server,
+    run_index: int,
+    clients: int,
+    duration_s: float,
+    fund_sats: int,
+    batch_items: int = 0,
 ) -> tuple[LevelResult, dict[str, int]]:
+    if batch_items:
+        fund_sats *= BATCH_FUND_FACTOR
     specs = await create_projects(server, run_index, clients, fund_sats)
+    what = f"batches of {batch_items}" if batch_items else "single payouts"
     console.print(
-        f"level {clients}: {clients} projects funded with {fund_sats:,} sats each; "
+        f"level {clients} ({what}): {clients} projects funded with {fund_sats:,} sats each; "
         f"{WARMUP_S:.0f} s warm-up + {duration_s:g} s measured …"
     )
     spec = LoadSpec(
@@ -599,9 +624,14 @@ async def _measure_level(
         amount_max_sats=AMOUNT_MAX_SATS,
         seed=run_index,
         clients=specs,
+        batch_items=batch_items,
     )
     database = make_url(server.database_url).database or ""
+    stats_before = await bench_costs.pg_stats(server.database_url)
     load, cpu = await run_load_process(spec, server.process.pid, database)
+    stats_after = await bench_costs.pg_stats(server.database_url)
+    commits, inserted, updated = (a - b for a, b in zip(stats_after, stats_before, strict=True))
+    created_total = max(1, load["created_total"])
     loadgen_cores = load["cpu_window_s"] / duration_s
     statuses: dict[str, int] = load["statuses"]
     level = LevelResult(
@@ -620,16 +650,23 @@ async def _measure_level(
         other_cores=cpu["busy_cores"] - cpu["server_cores"] - cpu["postgres_cores"] - loadgen_cores,
         server_cpu_ms_per_payout=_ms_per(cpu["server_cores"], load["payouts_per_s"]),
         postgres_cpu_ms_per_payout=_ms_per(cpu["postgres_cores"], load["payouts_per_s"]),
+        batch_items=batch_items,
+        commits_per_payout=round(commits / created_total, 2),
+        rows_inserted_per_payout=round(inserted / created_total, 2),
+        rows_updated_per_payout=round(updated / created_total, 2),
     )
     lat = level.latency_ms
     console.print(
-        f"level {clients}: {level.payouts_per_s:.1f} payouts/s, p50 {lat['p50']:.1f} ms, "
+        f"level {level.label}: {level.payouts_per_s:.1f} payouts/s, p50 {lat['p50']:.1f} ms "
+        f"(per {'batch' if batch_items else 'payout'}), "
         f"p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms, "
         f"errors {_error_text(level.errors, statuses)}; cores: server {level.server_cores:.2f}, "
         f"postgres {level.postgres_cores:.2f}, loadgen {level.loadgen_cores:.2f}, "
         f"other {level.other_cores:.2f} (machine busy {level.busy_cores:.2f} of "
         f"{os.cpu_count()}); CPU per payout: server {level.server_cpu_ms_per_payout:.1f} ms, "
-        f"postgres {level.postgres_cpu_ms_per_payout:.1f} ms"
+        f"postgres {level.postgres_cpu_ms_per_payout:.1f} ms; per payout: "
+        f"{level.commits_per_payout} commits, {level.rows_inserted_per_payout} rows inserted, "
+        f"{level.rows_updated_per_payout} updated"
     )
     charged = {s.project_id: load["charged_sats_by_project"].get(s.project_id, 0) for s in specs}
     return level, charged
@@ -647,20 +684,31 @@ def _error_text(count: int, statuses: dict[str, int]) -> str:
 
 
 async def _run(
-    database_url: str, client_levels: list[int], duration_s: float, server_workers: int
+    database_url: str,
+    client_levels: list[int],
+    duration_s: float,
+    server_workers: int,
+    batch_items: int = 0,
+    batch_clients: int = 0,
 ) -> dict[str, Any]:
     console.print(f"bench database {make_url(database_url).database}: recreating …")
     await recreate_database(database_url)
+    costs = await _costs(database_url)
     fund_sats = _fund_sats(duration_s)
     levels: list[LevelResult] = []
     charged: list[dict[str, int]] = []
+    runs: list[tuple[int, int]] = [(c, 0) for c in client_levels]
+    if batch_items and batch_clients:
+        runs.append((batch_clients, batch_items))
     console.print(f"server: payrail serve --workers {server_workers} (log {SERVER_LOG_PATH}) …")
     server = start_server(database_url, server_workers)
     try:
         await wait_healthy(server)
         console.print(f"server: healthy at {server.base_url}")
-        for run_index, clients in enumerate(client_levels):
-            level, seen = await _measure_level(server, run_index, clients, duration_s, fund_sats)
+        for run_index, (clients, items) in enumerate(runs):
+            level, seen = await _measure_level(
+                server, run_index, clients, duration_s, fund_sats, items
+            )
             levels.append(level)
             charged.append(seen)
         console.print("invariants: waiting for every reservation to resolve …")
@@ -673,7 +721,7 @@ async def _run(
         level.projects = [
             ProjectCheck(
                 project_id=p,
-                funded_sats=fund_sats,
+                funded_sats=fund_sats * (BATCH_FUND_FACTOR if level.batch_items else 1),
                 balance_sats=balances[p]["balance"],
                 reserved_sats=balances[p]["reserved"],
                 charged_seen_sats=seen[p],
@@ -683,7 +731,7 @@ async def _run(
         level.balances_ok = all(p.ok for p in level.projects)
         bad = [p for p in level.projects if not p.ok]
         console.print(
-            f"invariants: level {level.clients}: charged seen == funded − balance for "
+            f"invariants: level {level.label}: charged seen == funded − balance for "
             f"{len(level.projects) - len(bad)}/{len(level.projects)} projects"
             + (f"; first mismatch {asdict(bad[0])}" if bad else "")
             + (
@@ -708,7 +756,23 @@ async def _run(
     )
     for level in levels:
         level.ratio_to_pgbench = level.payouts_per_s / pgbench.tps if pgbench.tps else None
-    return {"levels": levels, "pgbench": pgbench, "reconcile": recon}
+    return {"levels": levels, "pgbench": pgbench, "reconcile": recon, "costs": costs}
+
+
+async def _costs(database_url: str) -> list[bench_costs.Costs]:
+    """Statements, commits and rows per payout, counted in-process before the server starts."""
+    from payrail.db.migrate import upgrade
+
+    await asyncio.to_thread(upgrade, database_url)
+    console.print("costs: 200 payouts one at a time, then a batch of 200, in-process …")
+    costs = await bench_costs.all_costs(database_url)
+    for c in costs:
+        console.print(
+            f"costs: {c.what}: {c.statements_per_payout} statements, {c.commits_per_payout} "
+            f"commits, {c.rows_inserted_per_payout} rows inserted, "
+            f"{c.rows_updated_per_payout} rows updated per payout"
+        )
+    return costs
 
 
 def _git_state() -> dict[str, Any]:
@@ -741,6 +805,7 @@ def _print_table(levels: list[LevelResult], pgbench: PgbenchResult, recon_clean:
         "p95 ms",
         "p99 ms",
         "errors",
+        "commits/payout",
         "loadgen CPU s",
         "cores srv/pg/gen/other",
         "pgbench tps",
@@ -752,12 +817,13 @@ def _print_table(levels: list[LevelResult], pgbench: PgbenchResult, recon_clean:
         lat = level.latency_ms
         ok = level.balances_ok and recon_clean
         table.add_row(
-            str(level.clients),
+            level.label,
             f"{level.payouts_per_s:.1f}",
             f"{lat['p50']:.1f}",
             f"{lat['p95']:.1f}",
             f"{lat['p99']:.1f}",
             _error_text(level.errors, level.statuses),
+            f"{level.commits_per_payout:.2f}",
             f"{level.loadgen_cpu_s:.2f}",
             "/".join(
                 f"{c:.2f}"
@@ -778,7 +844,12 @@ def _print_table(levels: list[LevelResult], pgbench: PgbenchResult, recon_clean:
 
 
 def run_bench(
-    database_url: str, client_levels: list[int], duration_s: float, server_workers: int
+    database_url: str,
+    client_levels: list[int],
+    duration_s: float,
+    server_workers: int,
+    batch_items: int = 0,
+    batch_clients: int = 0,
 ) -> int:
     """Run the whole bench; 0 if every invariant held, 1 if one failed, 2 if it could not run."""
     if not client_levels or any(c < 1 for c in client_levels):
@@ -786,7 +857,11 @@ def run_bench(
         return EXIT_HARNESS_FAILED
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     try:
-        outcome = asyncio.run(_run(database_url, client_levels, duration_s, server_workers))
+        outcome = asyncio.run(
+            _run(
+                database_url, client_levels, duration_s, server_workers, batch_items, batch_clients
+            )
+        )
     except BenchError as exc:
         console.print(f"[red]bench failed:[/red] {exc}")
         return EXIT_HARNESS_FAILED
@@ -803,6 +878,8 @@ def run_bench(
             "duration_s": duration_s,
             "warmup_s": WARMUP_S,
             "server_workers": server_workers,
+            "batch_items": batch_items,
+            "batch_clients": batch_clients,
             "amount_sats": [AMOUNT_MIN_SATS, AMOUNT_MAX_SATS],
         },
         "machine": {
@@ -817,6 +894,7 @@ def run_bench(
         ],
         "pgbench": asdict(pgbench),
         "reconcile": recon,
+        "costs": [c.to_dict() for c in outcome["costs"]],
         "invariants_ok": ok,
     }
     REPORT_PATH.parent.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,6 @@ def serve(
     log_level: str = typer.Option("info", help="debug | info | warning"),
 ) -> None:
     """Run the HTTP API (with the background worker loop) on PAYRAIL_HOST:PAYRAIL_PORT."""
-    import uvicorn
 
     from payrail.db.migrate import upgrade
     from payrail.supervise import DRAIN_TIMEOUT_S, mark_supervisor
@@ -95,13 +94,13 @@ def serve(
     os.environ["PAYRAIL_LOG_LEVEL"] = log_level
     _prepare_multiprocess_metrics(workers)
     if workers > 1:
-        mark_supervisor()
-    uvicorn.run(
-        "payrail.api.main:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
+        mark_supervisor()  # each child exits when this parent dies, even by SIGKILL
+    from payrail import serving
+
+    serving.run(
+        settings.host,
+        settings.port,
+        workers,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
@@ -259,12 +258,15 @@ def bench(
     database_url: str = typer.Option(
         "postgresql://postgres@127.0.0.1:5432/payrail_bench", help="a database it may recreate"
     ),
+    batch_items: int = typer.Option(1000, min=0, max=1000, help="items per batch (0: no batch)"),
+    batch_clients: int = typer.Option(2, min=0, max=50, help="concurrent batch clients"),
 ) -> None:
-    """Benchmark payouts on PostgreSQL against pgbench on the same database."""
+    """Benchmark payouts (single and batch) on PostgreSQL against pgbench on the same database."""
     from payrail.bench import run_bench
 
+    levels = [int(c) for c in clients.split(",")]
     sys.exit(
-        run_bench(database_url, [int(c) for c in clients.split(",")], duration_s, server_workers)
+        run_bench(database_url, levels, duration_s, server_workers, batch_items, batch_clients)
     )
 
 

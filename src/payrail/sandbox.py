@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -80,17 +81,32 @@ class FaultStore:
         self._clock = clock
         self._cached: FailureInjection | None = None
         self._cached_at_ms = 0
+        # One read at a time: when the cache expires under load, concurrent callers share it
+        # (measured: 1,000 concurrent node calls of a batch each opened a connection for it).
+        self._loading: asyncio.Task[FailureInjection] | None = None
+        self._generation = 0  # a put or invalidate during a read wins over that read
 
     async def get(self) -> FailureInjection:
         now = self._clock.now_ms()
         if self._cached is not None and now - self._cached_at_ms < CACHE_TTL_MS:
             return self._cached
+        loading = self._loading
+        if (
+            loading is None
+            or loading.done()
+            or loading.get_loop() is not asyncio.get_running_loop()
+        ):
+            self._loading = asyncio.create_task(self._load(now, self._generation))
+        return await asyncio.shield(self._loading)
+
+    async def _load(self, now: int, generation: int) -> FailureInjection:
         async with self._engine.connect() as conn:
             raw = await conn.scalar(
                 select(sandbox_settings.c.value).where(sandbox_settings.c.name == SETTING_NAME)
             )
         value = FailureInjection(**json.loads(raw)) if raw else FailureInjection()
-        self._cached, self._cached_at_ms = value, now
+        if generation == self._generation:
+            self._cached, self._cached_at_ms = value, now
         return value
 
     async def put(self, value: FailureInjection) -> FailureInjection:
@@ -108,8 +124,10 @@ class FaultStore:
                         name=SETTING_NAME, value=payload, updated_at=now
                     )
                 )
+        self._generation += 1
         self._cached, self._cached_at_ms = value, now
         return value
 
     def invalidate(self) -> None:
+        self._generation += 1
         self._cached = None

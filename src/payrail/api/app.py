@@ -29,6 +29,7 @@ from payrail.api.context import ApiContext
 from payrail.api.limits import BodyLimit, RequestLineText
 from payrail.api.models import install_openapi
 from payrail.api.observe import API_PREFIX, Observe
+from payrail.api.payouts import BATCH_BODY_MAX_BYTES
 from payrail.config import STRIPE_SIMULATOR_PATH, Settings
 from payrail.db import migrate
 from payrail.jobs import worker
@@ -114,7 +115,11 @@ def create_app(
 
     if stripe_sim is not None:
         app.include_router(stripe_sim.router(STRIPE_SIMULATOR_PATH))
-    app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.body_max_bytes,
+        path_max_bytes={f"{API_PREFIX}/payouts/batch": BATCH_BODY_MAX_BYTES},
+    )
     app.add_middleware(RequestLineText)
 
     app.add_middleware(Observe)  # outermost: it sees the 413s of BodyLimit too

@@ -1,4 +1,5 @@
-"""HTTP routes of payouts: create, look up, list, history, and the sandbox status change."""
+"""HTTP routes of payouts: create (one, or a batch), look up, list, history, and the sandbox
+status change."""
 
 from __future__ import annotations
 
@@ -9,25 +10,34 @@ from fastapi.responses import JSONResponse
 
 from payrail.api.auth import Principal
 from payrail.api.context import ApiContext
-from payrail.api.errors import envelope, int_param, page_data, read_json
+from payrail.api.errors import envelope, int_param, page_data, read_json, status_for
 from payrail.api.models import doc, header_param, limit_param, query_param
 from payrail.api.models.payouts import (
+    BATCH_EXAMPLE,
     PAYOUT_EXAMPLE,
+    BatchAnswer,
+    BatchRequest,
     Payout,
     PayoutHistory,
     PayoutPage,
-    PayoutRequest,
     StatusChange,
+)
+from payrail.api.models.payouts import (
+    PayoutRequest as PayoutBody,
 )
 from payrail.domain import errors
 from payrail.domain.payouts import (
     IDEMPOTENCY_KEY_MAX_CHARS,
     FailureCode,
+    PayoutRequest,
     State,
     parse_payout_request,
     parse_status,
 )
-from payrail.services import callback_urls, payouts
+from payrail.services import batches, callback_urls, payouts
+
+# 1,000 items of the largest fields fit; the other routes keep the 64 KiB default.
+BATCH_BODY_MAX_BYTES = 1024 * 1024
 
 
 async def visible_payout(ctx: ApiContext, who: Principal, payout_id: str) -> Any:
@@ -65,7 +75,7 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
                 502: ("PAYMENT_FAILED", "RECIPIENT_INVOICE_INVALID", "RECIPIENT_UNREACHABLE"),
                 504: ("GATEWAY_TIMEOUT",),
             },
-            body=PayoutRequest,
+            body=PayoutBody,
             body_example=PAYOUT_EXAMPLE,
             headers=[
                 header_param(
@@ -87,6 +97,45 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         who.require(req.project_id)
         outcome = await payouts.create_payout(rt, req)
         return payout_answer(outcome)
+
+    @api.post(
+        "/payouts/batch",
+        **doc(
+            ok={200: (BatchAnswer, "Every item answered as a single POST would be")},
+            errors={
+                403: ("FORBIDDEN",),
+                404: ("PROJECT_NOT_FOUND",),
+                422: ("IDEMPOTENCY_KEY_REUSED",),
+            },
+            body=BatchRequest,
+            body_example=BATCH_EXAMPLE,
+            headers=[
+                header_param(
+                    "Idempotency-Key",
+                    "Required: a replay of the batch answers the same items.",
+                    IDEMPOTENCY_KEY_MAX_CHARS,
+                    required=True,
+                )
+            ],
+            summary="Pay up to 1,000 recipients in one request",
+        ),
+    )
+    async def create_batch(request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        body = await read_json(request)
+        batch_key = request.headers.get("idempotency-key")
+        project_id, raw_items = _batch_shape(body, batch_key)
+        who.require(project_id)
+        assert batch_key is not None
+        items = [
+            await _batch_item(ctx, raw, project_id, batches.item_key(batch_key, i, None))
+            for i, raw in enumerate(raw_items)
+        ]
+        answer = await batches.create_batch(rt, project_id, batch_key, items)
+        data = {"projectId": project_id, "items": [_item_answer(a) for a in answer.items]}
+        data["count"] = len(answer.items)
+        message = "Batch already processed" if answer.replay else "Batch processed"
+        return envelope(True, message, data, 200)
 
     @api.get(
         "/payouts/by-internal-id/{internal_id}",
@@ -173,8 +222,62 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         return envelope(True, f"Payout is {status.value}", payouts.view(row), 200)
 
 
+def _batch_shape(body: Any, batch_key: str | None) -> tuple[str, list[Any]]:
+    """The batch's own fields; each item is checked on its own later, as a single POST is."""
+    if not isinstance(body, dict):
+        raise errors.ValidationError("Request body must be a JSON object.")
+    project_id, items = body.get("projectId"), body.get("items")
+    if not isinstance(project_id, str) or not project_id or len(project_id) > 64:
+        raise errors.ValidationError("projectId must be a string.", field="projectId")
+    if not isinstance(items, list) or not 1 <= len(items) <= batches.BATCH_ITEMS_MAX:
+        raise errors.ValidationError(
+            f"items must be a list of 1 to {batches.BATCH_ITEMS_MAX:,} payouts.",
+            field="items",
+            maxItems=batches.BATCH_ITEMS_MAX,
+        )
+    if not batch_key or len(batch_key) > IDEMPOTENCY_KEY_MAX_CHARS:
+        raise errors.ValidationError(
+            f"A batch needs an Idempotency-Key header of 1-{IDEMPOTENCY_KEY_MAX_CHARS} "
+            "characters, so that a retry pays nobody twice.",
+            field="Idempotency-Key",
+        )
+    return project_id, items
+
+
+async def _batch_item(
+    ctx: ApiContext, raw: Any, project_id: str, derived_key: str
+) -> PayoutRequest | errors.PayrailError:
+    """One item as a single POST /payouts body of the batch's project, or its refusal."""
+    if not isinstance(raw, dict):
+        return errors.ValidationError("Each item must be a JSON object.")
+    body = raw | {"projectId": project_id}
+    try:
+        refusal = await callback_urls.refusal_at_creation(ctx.settings, body.get("callbackUrl"))
+        return parse_payout_request(body, derived_key, callback_url_refusal=refusal)
+    except errors.PayrailError as refused:
+        return refused
+
+
+def _item_answer(item: batches.ItemAnswer) -> dict[str, Any]:
+    """What a single POST /payouts would have answered, with its HTTP status."""
+    if item.error is not None:
+        success, message = False, item.error.message
+        data, status = {"error": item.error.code, **item.error.extra}, status_for(item.error)
+    else:
+        assert item.payout is not None
+        success, message, data, status = payout_answer_parts(
+            payouts.CreateOutcome(item.payout, item.replay)
+        )
+    return {"httpStatus": status, "success": success, "message": message, "data": data}
+
+
 def payout_answer(outcome: payouts.CreateOutcome) -> JSONResponse:
     """201 completed, 202 pending, 504/502 error; a replay answers as the original did."""
+    return envelope(*payout_answer_parts(outcome))
+
+
+def payout_answer_parts(outcome: payouts.CreateOutcome) -> tuple[bool, str, dict[str, Any], int]:
+    """The envelope's success, message, data and the HTTP status of a create answer."""
     row = outcome.payout
     data = payouts.view(row)
     state = State(row["state"])
@@ -194,11 +297,11 @@ def payout_answer(outcome: payouts.CreateOutcome) -> JSONResponse:
             "balanceRolledBack": not charged,
             "chargedAmount": data["totalCost"] if charged else 0,
         }
-        return envelope(False, message, data, status)
+        return False, message, data, status
     if outcome.replay:
-        return envelope(True, "Payout already processed", data, 200)
+        return True, "Payout already processed", data, 200
     if state == State.COMPLETED:
-        return envelope(True, "Payout completed", data, 201)
+        return True, "Payout completed", data, 201
     if state == State.EXPIRED:
-        return envelope(True, "Payout expired before it was sent", data, 200)
-    return envelope(True, "Payout accepted; the payment is in flight", data, 202)
+        return True, "Payout expired before it was sent", data, 200
+    return True, "Payout accepted; the payment is in flight", data, 202

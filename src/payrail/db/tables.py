@@ -218,6 +218,19 @@ sim_node_payments = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+# Batch payouts (POST /payouts/batch): one row per (project, batch Idempotency-Key), written
+# once every item has its answer, so a replay answers the same items. items_json holds, per
+# item, the payout id it created or replayed, or the refusal (code, message, extra).
+payout_batches = Table(
+    "payout_batches",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("items_json", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
 # Outbound callback deliveries, enqueued with the status change that causes them.
 callbacks = Table(
     "callbacks",

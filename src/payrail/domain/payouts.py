@@ -28,7 +28,7 @@ DESTINATION_FIELDS = ("gamertag", "lightningAddress", "invoice")
 class State(StrEnum):
     """Internal payout states. Finer than the public four; mapped by PUBLIC_STATUS."""
 
-    RESERVED = "reserved"  # funds held, never sent to the node
+    RESERVED = "reserved"  # funds held, never sent to the node (the queue path, before a worker)
     IN_FLIGHT = "in_flight"  # send intent recorded; the node may have it
     COMPLETED = "completed"
     FAILED = "failed"
@@ -68,13 +68,21 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 FINAL_STATES = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 
+# Only the saga, once the node has answered NOT_FOUND for the payment id (it never had it) and
+# expiresAt has passed, may expire an in-flight payout: never a sandbox or operator call,
+# since without that answer an in-flight payout may have been paid.
+NODE_CONFIRMED_UNSENT: dict[State, frozenset[State]] = {State.IN_FLIGHT: frozenset({State.EXPIRED})}
+
 
 def states_for(status: Status) -> list[State]:
     return [s for s, pub in PUBLIC_STATUS.items() if pub == status]
 
 
-def check_transition(current: State, target: State) -> None:
-    if target not in TRANSITIONS[current]:
+def check_transition(current: State, target: State, *, node_confirmed_unsent: bool = False) -> None:
+    allowed = TRANSITIONS[current]
+    if node_confirmed_unsent:
+        allowed = allowed | NODE_CONFIRMED_UNSENT.get(current, frozenset())
+    if target not in allowed:
         raise errors.InvalidStatusTransition(
             f"A payout cannot move from {PUBLIC_STATUS[current]} ({current}) "
             f"to {PUBLIC_STATUS[target]} ({target}).",

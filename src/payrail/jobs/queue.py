@@ -63,23 +63,50 @@ async def enqueue(
 ) -> str:
     """Insert a job in the caller's transaction. With leased_by, the caller runs it first."""
     job_id = job_id or str(uuid.uuid4())
-    await conn.execute(
-        insert(jobs),
-        dict(
-            id=job_id,
-            kind=kind,
-            payload=json.dumps(payload),
-            state="queued",
-            run_at=run_at_ms if run_at_ms is not None else now_ms,
-            attempts=1 if leased_by else 0,
-            max_attempts=max_attempts,
-            lease_until=now_ms + lease_ms if leased_by else None,
-            locked_by=leased_by,
-            created_at=now_ms,
-            updated_at=now_ms,
-        ),
+    await enqueue_many(
+        conn,
+        kind,
+        [(job_id, payload)],
+        now_ms,
+        run_at_ms=run_at_ms,
+        max_attempts=max_attempts,
+        leased_by=leased_by,
+        lease_ms=lease_ms,
     )
     return job_id
+
+
+async def enqueue_many(
+    conn: AsyncConnection,
+    kind: str,
+    jobs_: list[tuple[str, dict[str, Any]]],
+    now_ms: int,
+    *,
+    run_at_ms: int | None = None,
+    max_attempts: int = ATTEMPTS_MAX_DEFAULT,
+    leased_by: str | None = None,
+    lease_ms: int = 0,
+) -> None:
+    """Insert jobs (id, payload) of one kind in one statement, in the caller's transaction."""
+    await conn.execute(
+        insert(jobs),
+        [
+            dict(
+                id=job_id,
+                kind=kind,
+                payload=json.dumps(payload),
+                state="queued",
+                run_at=run_at_ms if run_at_ms is not None else now_ms,
+                attempts=1 if leased_by else 0,
+                max_attempts=max_attempts,
+                lease_until=now_ms + lease_ms if leased_by else None,
+                locked_by=leased_by,
+                created_at=now_ms,
+                updated_at=now_ms,
+            )
+            for job_id, payload in jobs_
+        ],
+    )
 
 
 async def claim(
@@ -154,6 +181,17 @@ async def release(conn: AsyncConnection, job_id: str, run_at_ms: int, now_ms: in
             updated_at=now_ms,
         )
     )
+
+
+_COMPLETE_MANY = (
+    update(jobs)
+    .where(J.id.in_(bindparam("b_ids", expanding=True)))
+    .values(state="done", lease_until=None, locked_by=None, updated_at=bindparam("b_now"))
+)
+
+
+async def complete_many(conn: AsyncConnection, job_ids: list[str], now_ms: int) -> None:
+    await conn.execute(_COMPLETE_MANY, {"b_ids": job_ids, "b_now": now_ms})
 
 
 async def reschedule(

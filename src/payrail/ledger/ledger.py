@@ -209,12 +209,44 @@ async def reserve(
     conn: AsyncConnection, linked: Sequence[Transfer], now_ms: int, timeout_at_ms: int | None
 ) -> None:
     """Linked pending transfers from one account: all reserved, or none (InsufficientFunds)."""
+    await debit_pending(conn, linked)
+    await record_pending(conn, [(t, timeout_at_ms) for t in linked], now_ms)
+
+
+async def debit_pending(conn: AsyncConnection, linked: Sequence[Transfer]) -> None:
+    """Phase one of a reservation: hold the linked transfers' sum on their one debit account,
+    or raise InsufficientFunds having written nothing. record_pending must follow in the same
+    transaction (a batch may debit several groups first and record them all at once)."""
     debit_id = _single_debit_account(linked)
     await _debit(conn, debit_id, sum(t.amount for t in linked), pending=True)
+
+
+async def available_for_update(conn: AsyncConnection, account_id: str) -> int:
+    """The account's available balance, its row locked until COMMIT (a batch decides its
+    items in order on it, then debits their sum with debit_pending_sum)."""
+    query = select(_available()).where(A.id == account_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    available = await conn.scalar(query)
+    if available is None:
+        raise LedgerError(f"unknown account {account_id}")
+    return int(available)
+
+
+async def debit_pending_sum(conn: AsyncConnection, account_id: str, amount: int) -> None:
+    """Hold `amount` on the account (the balance check stays in the statement)."""
+    await _debit(conn, account_id, amount, pending=True)
+
+
+async def record_pending(
+    conn: AsyncConnection, held: Sequence[tuple[Transfer, int | None]], now_ms: int
+) -> None:
+    """Phase two: the pending transfer rows (each with its timeout) and their credits, in two
+    statements however many transfers (the credited accounts summed and locked in id order)."""
     await conn.execute(
-        insert(transfers), [_row(t, "pending", None, timeout_at_ms, now_ms) for t in linked]
+        insert(transfers), [_row(t, "pending", None, timeout, now_ms) for t, timeout in held]
     )
-    await _credit(conn, _credits_by_account(linked), pending=True)
+    await _credit(conn, _credits_by_account(t for t, _ in held), pending=True)
 
 
 async def post(conn: AsyncConnection, pending_ids: Sequence[str], now_ms: int) -> None:

@@ -3,15 +3,22 @@
 It keeps its own durable record of payments (table sim_node_payments), written in its own
 transactions and never inside payrail's, as a separate system's database would be. That is
 what lets reconciliation compare payrail's ledger with "the node" honestly.
+
+The node stands for another system, so its record should not cost the payments database a
+commit per payout: concurrent pay calls share one INSERT and one commit (group commit, no
+timer: a call arriving while a write is on its way joins the next one). Each call still
+returns only once its own row is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payrail.clock import Clock
@@ -28,6 +35,14 @@ from payrail.lightning.backend import (
 from payrail.sandbox import FaultStore
 
 P = sim_node_payments.c
+RECORD_GROUP_MAX = 500  # rows per shared INSERT (a bound on one statement's size)
+# Built once: the rows are execute parameters, so a group costs no statement compilation.
+_RECORD = {
+    name: dialect_insert(sim_node_payments)
+    .on_conflict_do_nothing(index_elements=["payment_id"])
+    .returning(P.payment_id)
+    for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
 
 
 class SimulatedNode:
@@ -41,6 +56,8 @@ class SimulatedNode:
         self._faults = faults
         self.seed = seed
         self._rng = random.Random(seed)
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def aclose(self) -> None:
         return None
@@ -93,25 +110,52 @@ class SimulatedNode:
     ) -> bool:
         """Insert the payment once; False if another call recorded it first (the resend race)."""
         now = self._clock.now_ms()
-        try:
-            async with single_statement(self._engine) as conn:
-                await conn.execute(
-                    insert(sim_node_payments),
-                    dict(
-                        payment_id=payment_id,
-                        destination=destination,
-                        amount=amount_sats,
-                        status=status.value,
-                        failure_reason=reason,
-                        settle_at=settle_at,
-                        attempts=1,
-                        created_at=now,
-                        updated_at=now,
-                    ),
-                )
-        except IntegrityError:
-            return False
-        return True
+        row = dict(
+            payment_id=payment_id,
+            destination=destination,
+            amount=amount_sats,
+            status=status.value,
+            failure_reason=reason,
+            settle_at=settle_at,
+            attempts=1,
+            created_at=now,
+            updated_at=now,
+        )
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((row, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_groups())
+        return await asyncio.shield(done)  # a cancelled caller must not cancel the others
+
+    async def _write_groups(self) -> None:
+        """Write waiting rows, a group at a time, until none is left."""
+        while self._waiting:
+            group, self._waiting = (
+                self._waiting[:RECORD_GROUP_MAX],
+                self._waiting[RECORD_GROUP_MAX:],
+            )
+            try:
+                inserted = await self._insert_new([row for row, _ in group])
+            except Exception as exc:
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for row, done in group:
+                # A payment id twice in one group: the first call recorded it, the second is
+                # the resend that must not pay again.
+                first = row["payment_id"] in inserted
+                inserted.discard(row["payment_id"])
+                if not done.done():
+                    done.set_result(first)
+
+    async def _insert_new(self, rows: list[dict[str, Any]]) -> set[str]:
+        """One INSERT of the group; the ids it inserted (a recorded id is skipped)."""
+        statement = _RECORD[self._engine.dialect.name]
+        unique = list({row["payment_id"]: row for row in reversed(rows)}.values())
+        async with single_statement(self._engine) as conn:
+            result = await conn.execute(statement, unique)  # one INSERT (insertmanyvalues)
+            return set(result.scalars())
 
     async def status(self, payment_id: str, destination: Destination) -> PaymentResult:
         async with self._engine.connect() as conn:

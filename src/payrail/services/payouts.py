@@ -2,12 +2,16 @@
 
 The saga, as docs/architecture.md draws it:
 
-    create   tx1: idempotency → rate limit → reserve → payout row (reserved) → settle job  COMMIT
-    settle   tx:  reserved → in_flight (the send intent)                                 COMMIT
+    create   tx1: idempotency → rate limit → payout row → settle job (leased) → reserve   COMMIT
+             inline path: the row is written in_flight, so tx1 is also the send intent
+             queue path:  the row is written reserved; the worker's settle records
+                          reserved → in_flight (one autocommitted UPDATE) before sending
              node.pay(payout id)          no transaction is open during the call
              succeeded      tx2: post both transfers, completed, job done
              failed         tx2: void both transfers, failed, job done
              unknown        job rescheduled; node.status() is asked until it is definite
+    recovery an in-flight payout whose lease ran out: node.status(payout id) first; the node
+             has it → its answer; NOT_FOUND → resent, or expired if expiresAt has passed
 
 A guarded UPDATE (`WHERE state = <expected>`) makes every transition happen at most once,
 whoever races for it: the inline path, a worker that found an expired lease, or expiry.
@@ -18,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, false, insert, select, update
+from sqlalchemy import and_, bindparam, false, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
@@ -49,7 +54,13 @@ from payrail.domain.payouts import (
 from payrail.jobs import queue
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
-from payrail.lightning.backend import FailureReason, NodeStatus, PaymentResult, UnknownOutcome
+from payrail.lightning.backend import (
+    Destination,
+    FailureReason,
+    NodeStatus,
+    PaymentResult,
+    UnknownOutcome,
+)
 from payrail.services import audit, callbacks, destinations, flags, pagination, recipient_guard
 from payrail.services.runtime import Runtime, SimulatedCrash
 
@@ -182,22 +193,66 @@ async def _by_key(conn: AsyncConnection, project_id: str, key: str) -> RowMappin
     )
 
 
-class _ReplayInstead(Exception):
+class ReplayInstead(Exception):
     def __init__(self, row: RowMapping) -> None:
         self.row = row
 
 
-async def _lock_gamertag(conn: AsyncConnection, project_id: str, gamertag: str, now: int) -> None:
-    """Take the (project, gamertag) row lock so concurrent rate-limit counts are serialised."""
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = dialect_insert(gamertag_locks).values(
-        project_id=project_id, gamertag=gamertag, touched_at=now
+async def lock_gamertags(
+    conn: AsyncConnection, project_id: str, gamertags: list[str], now: int
+) -> None:
+    """Take the (project, gamertag) row locks so concurrent rate-limit counts are serialised.
+
+    Several at once (a batch) are locked in sorted order, always before the project's account:
+    one order everywhere, so a batch and a single payout never deadlock.
+    """
+    keys = sorted({recipient_guard.recipient_key(g) for g in gamertags})  # one lock per recipient
+    rows = [{"project_id": project_id, "gamertag": key, "touched_at": now} for key in keys]
+    await conn.execute(_LOCK_GAMERTAG[conn.dialect.name], rows)  # one statement for all rows
+
+
+def _lock_gamertag_statement(dialect_insert: Any) -> Any:
+    stmt = dialect_insert(gamertag_locks)
+    return stmt.on_conflict_do_update(
+        index_elements=["project_id", "gamertag"], set_={"touched_at": stmt.excluded.touched_at}
     )
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["project_id", "gamertag"], set_={"touched_at": now}
+
+
+_LOCK_GAMERTAG = {
+    "postgresql": _lock_gamertag_statement(pg_insert),
+    "sqlite": _lock_gamertag_statement(sqlite_insert),
+}
+
+
+async def rate_windows(
+    conn: AsyncConnection, project_id: str, gamertags: Sequence[str], now: int
+) -> dict[str, list[int]]:
+    """For a batch: created_at of each recipient's payouts in the window, newest first, keyed by
+    recipient_guard.recipient_key (read under the recipients' locks, like the single check)."""
+    key = func.lower(P.gamertag)
+    rows = await conn.execute(
+        select(key, P.created_at)
+        .where(
+            P.project_id == project_id,
+            key.in_(sorted({recipient_guard.recipient_key(g) for g in gamertags})),
+            P.created_at > now - recipient_guard.RATE_WINDOW_MS,
         )
+        .order_by(P.created_at.desc())
     )
+    windows: dict[str, list[int]] = {}
+    for gamertag, created_at in rows:
+        windows.setdefault(gamertag, []).append(created_at)
+    return windows
+
+
+async def payouts_by_keys(
+    conn: AsyncConnection, project_id: str, keys: Sequence[str]
+) -> dict[str, RowMapping]:
+    """For a batch: the payouts that already hold some of these idempotency keys."""
+    rows = await conn.execute(
+        select(payouts).where(P.project_id == project_id, P.idempotency_key.in_(list(keys)))
+    )
+    return {row["idempotency_key"]: row for row in rows.mappings()}
 
 
 async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
@@ -208,25 +263,27 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
         async with rt.engine.connect() as conn:
             earlier = await _by_key(conn, req.project_id, req.idempotency_key)
         if earlier is not None:
-            return await _replay(rt, earlier, req)
+            return await replay_outcome(rt, earlier, req)
     # Where the money goes, invoice included: network calls, so before the reservation's tx.
     resolved = await destinations.resolve(rt, req)
     try:
-        payout_id = await _reserve(rt, req, path, resolved)
-    except _ReplayInstead as other:
-        return await _replay(rt, other.row, req)
+        row = await _reserve(rt, req, path, resolved)
+    except ReplayInstead as other:
+        return await replay_outcome(rt, other.row, req)
     except IntegrityError:
         # A concurrent request with the same key committed first: answer like a replay.
         async with rt.engine.connect() as conn:
             row = await _by_key(conn, req.project_id, req.idempotency_key or "")
         if row is None:
             raise
-        return await _replay(rt, row, req)
+        return await replay_outcome(rt, row, req)
+    payout_id = str(row["id"])
     metrics.PAYOUTS_CREATED.labels(path=path).inc()
     rt.crashpoint("after_reserve")
     if path == PATH_QUEUE:  # a worker claims the job at once; wait for its outcome
         return CreateOutcome(await _await_final(rt, payout_id), replay=False)
-    task = rt.spawn(settle_payout(rt, payout_id, job_leased=True))
+    send = Send.of(row)
+    task = rt.spawn(settle_payout(rt, payout_id, job_leased=True, intent_recorded=send))
     await asyncio.wait({task}, timeout=rt.settings.settle_wait_ms / 1000)
     if task.done():
         if isinstance(task.exception(), SimulatedCrash):
@@ -239,84 +296,122 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
 async def _reserve(
     rt: Runtime,
     req: PayoutRequest,
-    path: str = "inline",
+    path: str = PATH_INLINE,
     resolved: destinations.Resolved | None = None,
-) -> str:
-    """tx1: rate limit, reservation, payout row and its settle job, all or nothing."""
+) -> dict[str, Any]:
+    """tx1: pre-reservation checks, payout row, its settle job, the reservation: all or nothing.
+
+    On the inline path the row is written in_flight: this commit is also the send intent, and
+    this process, which holds the job's lease, calls the node right after it. The row carries
+    the destination and its one invoice, durable before anything is sent.
+    """
     now = rt.clock.now_ms()
-    payout_id = str(uuid.uuid4())
-    fee = fee_sats(req.amount_sats)
-    account = acct.project_account(req.project_id)
-    expires_at = now + req.expires_in_s * 1000
+    row = payout_row(req, str(uuid.uuid4()), now, path, resolved)
     async with rt.engine.begin() as conn:
-        await _check_project_and_key(conn, req)
-        await _lock_gamertag(conn, req.project_id, recipient_guard.recipient_key(req.gamertag), now)
-        try:  # the rate limit and the failed-payout block (a RateLimitExceeded each)
-            await recipient_guard.check(conn, rt.settings, req.project_id, req.gamertag, now)
-        except errors.RateLimitExceeded:
-            await _replay_if_key_taken(conn, req)
-            raise
+        await pre_reservation_checks(rt, conn, req, now)
         # The payout row first: a same-key race fails here (unique index), before any lock on
         # the shared system accounts is taken.
-        await conn.execute(
-            insert(payouts),
-            dict(
-                id=payout_id,
-                project_id=req.project_id,
-                gamertag=req.gamertag,
-                amount=req.amount_sats,
-                fee=fee,
-                internal_id=req.internal_id,
-                description=req.description,
-                callback_url=req.callback_url,
-                idempotency_key=req.idempotency_key,
-                request_hash=req.fingerprint(),
-                state=State.RESERVED.value,
-                charge_posted=False,
-                expires_in=req.expires_in_s,
-                expires_at=expires_at,
-                created_at=now,
-                updated_at=now,
-                settle_path=path,
-                state_cause="api: payout created",  # the audit trigger records it
-                # The destination and its one invoice, durable before anything is sent.
-                **(resolved or destinations.sandbox_gamertag(req.gamertag)).columns(),
-            ),
-        )
-        await queue.enqueue(
-            conn,
-            SETTLE_JOB,
-            {"payoutId": payout_id},
-            now,
-            job_id=settle_job_id(payout_id),
-            max_attempts=SETTLE_ATTEMPTS_MAX,
-            # Inline: this process holds the lease and settles right after COMMIT.
-            leased_by=rt.worker_id if path == PATH_INLINE else None,
-            lease_ms=rt.settings.lease_ms,
-        )
+        await conn.execute(INSERT_PAYOUT, row)
+        await _enqueue_settle(rt, conn, row["id"], now, path)
         if req.callback_url:
-            row = await load(conn, payout_id)
-            assert row is not None
-            await callbacks.on_status_change(conn, row, view(row), now)
+            await queue_created_callback(conn, row["id"], now)
         # Last: the reservation. Its row locks (the project's account, then this payout's
         # system-account shards) are held until COMMIT.
-        amount_id, fee_id = transfer_ids(payout_id)
         try:
-            await ledger.reserve(
-                conn,
-                [
-                    ledger.Transfer(
-                        amount_id, account, acct.lightning_outbound(payout_id), req.amount_sats
-                    ),
-                    ledger.Transfer(fee_id, account, acct.fees(payout_id), fee),
-                ],
-                now,
-                expires_at,
-            )
+            await ledger.reserve(conn, payout_transfers(row), now, row["expires_at"])
         except ledger.InsufficientFunds as refusal:
-            raise _insufficient(req.amount_sats, fee, refusal.available) from None
-    log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id, path=path)
-    return payout_id
+            raise insufficient(req.amount_sats, row["fee"], refusal.available) from None
+    log.info("payout_reserved", payout_id=row["id"], project_id=req.project_id, path=path)
+    return row
+
+
+INSERT_PAYOUT = insert(payouts)
+
+
+def payout_row(
+    req: PayoutRequest,
+    payout_id: str,
+    now: int,
+    path: str,
+    resolved: destinations.Resolved | None = None,
+) -> dict[str, Any]:
+    """The payout row as tx1 inserts it: the one place its values are built (single and batch)."""
+    inline = path == PATH_INLINE
+    return dict(
+        id=payout_id,
+        project_id=req.project_id,
+        gamertag=req.gamertag,
+        amount=req.amount_sats,
+        fee=fee_sats(req.amount_sats),
+        internal_id=req.internal_id,
+        description=req.description,
+        callback_url=req.callback_url,
+        idempotency_key=req.idempotency_key,
+        request_hash=req.fingerprint(),
+        state=(State.IN_FLIGHT if inline else State.RESERVED).value,
+        charge_posted=False,
+        expires_in=req.expires_in_s,
+        expires_at=now + req.expires_in_s * 1000,
+        created_at=now,
+        updated_at=now,
+        settle_path=path,
+        state_cause=CREATED_INLINE_CAUSE if inline else CREATED_QUEUED_CAUSE,  # audit trigger
+        # Where the money goes, with its one invoice (services/destinations.py).
+        **(resolved or destinations.sandbox_gamertag(req.gamertag)).columns(),
+    )
+
+
+CREATED_INLINE_CAUSE = "api: payout created; sending to the node"
+CREATED_QUEUED_CAUSE = "api: payout created"
+
+
+def payout_transfers(row: dict[str, Any]) -> list[ledger.Transfer]:
+    """The two linked pending transfers of a payout row: amount and fee, from its project."""
+    account = acct.project_account(row["project_id"])
+    amount_id, fee_id = transfer_ids(row["id"])
+    return [
+        ledger.Transfer(amount_id, account, acct.lightning_outbound(row["id"]), row["amount"]),
+        ledger.Transfer(fee_id, account, acct.fees(row["id"]), row["fee"]),
+    ]
+
+
+async def pre_reservation_checks(
+    rt: Runtime, conn: AsyncConnection, req: PayoutRequest, now: int, *, locked: bool = False
+) -> None:
+    """Every check before a payout may reserve, in tx1 (single and batch): the project exists
+    and the key is unused (else replay), then the gamertag's rate limit under its row lock
+    (`locked`: the caller, a batch, already holds it). A new check that refuses a payout
+    before any money moves belongs here."""
+    await _check_project_and_key(conn, req)
+    if not locked:
+        await lock_gamertags(conn, req.project_id, [req.gamertag], now)
+    try:  # the failed-payout block and the rate limit (a RateLimitExceeded each)
+        await recipient_guard.check(conn, rt.settings, req.project_id, req.gamertag, now)
+    except errors.RateLimitExceeded:
+        await _replay_if_key_taken(conn, req)
+        raise
+
+
+async def _enqueue_settle(
+    rt: Runtime, conn: AsyncConnection, payout_id: str, now: int, path: str
+) -> None:
+    await queue.enqueue(
+        conn,
+        SETTLE_JOB,
+        {"payoutId": payout_id},
+        now,
+        job_id=settle_job_id(payout_id),
+        max_attempts=SETTLE_ATTEMPTS_MAX,
+        # Inline: this process holds the lease and settles right after COMMIT.
+        leased_by=rt.worker_id if path == PATH_INLINE else None,
+        lease_ms=rt.settings.lease_ms,
+    )
+
+
+async def queue_created_callback(conn: AsyncConnection, payout_id: str, now: int) -> None:
+    row = await load(conn, payout_id)
+    assert row is not None
+    await callbacks.on_status_change(conn, row, view(row), now)
 
 
 async def _check_project_and_key(conn: AsyncConnection, req: PayoutRequest) -> None:
@@ -341,7 +436,7 @@ async def _check_project_and_key(conn: AsyncConnection, req: PayoutRequest) -> N
     if row is None:
         raise errors.ProjectNotFound(f"No project with id {req.project_id}.")
     if row["id"] is not None:
-        raise _ReplayInstead(row)
+        raise ReplayInstead(row)
 
 
 async def _replay_if_key_taken(conn: AsyncConnection, req: PayoutRequest) -> None:
@@ -349,10 +444,10 @@ async def _replay_if_key_taken(conn: AsyncConnection, req: PayoutRequest) -> Non
     if req.idempotency_key:
         row = await _by_key(conn, req.project_id, req.idempotency_key)
         if row is not None:
-            raise _ReplayInstead(row)
+            raise ReplayInstead(row)
 
 
-def _insufficient(amount: int, fee: int, available: int) -> errors.InsufficientBalance:
+def insufficient(amount: int, fee: int, available: int) -> errors.InsufficientBalance:
     total = amount + fee
     return errors.InsufficientBalance(
         f"Insufficient balance: the payout of {amount} sats plus the {fee} sat fee needs "
@@ -364,14 +459,19 @@ def _insufficient(amount: int, fee: int, available: int) -> errors.InsufficientB
     )
 
 
-async def _replay(rt: Runtime, row: RowMapping, req: PayoutRequest) -> CreateOutcome:
-    """Same key, same body: the original payout (once final, within the wait window)."""
+def check_same_request(row: RowMapping, req: PayoutRequest) -> None:
+    """A key reused with another body is refused (422), naming the payout it belongs to."""
     if row["request_hash"] != req.fingerprint():
         raise errors.IdempotencyKeyReused(
             "This idempotencyKey was already used with a different request body in this "
             "project. Use a new key for a new payout.",
             payoutId=row["id"],
         )
+
+
+async def replay_outcome(rt: Runtime, row: RowMapping, req: PayoutRequest) -> CreateOutcome:
+    """Same key, same body: the original payout (once final, within the wait window)."""
+    check_same_request(row, req)
     return CreateOutcome(await _await_final(rt, row["id"], row), replay=True)
 
 
@@ -388,14 +488,31 @@ async def _await_final(rt: Runtime, payout_id: str, row: RowMapping | None = Non
 # ---------------------------------------------------------------- settle (the saga)
 
 
+@dataclass(frozen=True)
+class Send:
+    """What the inline path sends right after tx1, which recorded the send intent."""
+
+    destination: Destination
+    amount_sats: int
+
+    @classmethod
+    def of(cls, row: Any) -> Send:
+        """From the payout's row: its one destination (and invoice) and amount."""
+        return cls(destinations.backend_destination(row), row["amount"])
+
+
 async def settle_payout(
-    rt: Runtime, payout_id: str, *, job_leased: bool = False
+    rt: Runtime, payout_id: str, *, job_leased: bool = False, intent_recorded: Send | None = None
 ) -> RowMapping | None:
     """Drive one payout toward a final state; safe to run again at any point after a crash.
 
+    intent_recorded: the caller's tx1 wrote the payout in_flight and holds its lease, so the
+    node is called at once, with no read or write before it.
     Returns the payout's row when this call made it final, else None.
     """
     try:
+        if intent_recorded is not None:
+            return await _send(rt, payout_id, intent_recorded)
         return await _settle(rt, payout_id)
     except (SimulatedCrash, asyncio.CancelledError):
         raise
@@ -428,11 +545,7 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
             cause="saga: sent to the node",
         )
     if sending is not None:
-        rt.crashpoint("after_mark_in_flight")
-        pay = rt.node.pay(payout_id, destinations.backend_destination(sending), sending["amount"])
-        result = await _node_call(rt, "pay", pay)
-        rt.crashpoint("after_node_call")
-        return await _apply_outcome(rt, payout_id, result)
+        return await _send(rt, payout_id, Send.of(sending))
     row = await get_payout(rt, payout_id)
     state = State(row["state"])
     if state in FINAL_STATES:
@@ -447,10 +560,38 @@ async def _settle(rt: Runtime, payout_id: str) -> RowMapping | None:
         destination = destinations.backend_destination(row)  # the row's one invoice, again
         result = await _node_call(rt, "status", rt.node.status(payout_id, destination))
         if result is not None and result.status == NodeStatus.NOT_FOUND:
+            if row["expires_at"] <= rt.clock.now_ms():  # never had it, and too late to send
+                await _expire_unsent(rt, payout_id)
+                return None
             resend = rt.node.pay(payout_id, destination, row["amount"])
             result = await _node_call(rt, "pay", resend)
     rt.crashpoint("after_node_call")
     return await _apply_outcome(rt, payout_id, result)
+
+
+async def _send(rt: Runtime, payout_id: str, send: Send) -> RowMapping | None:
+    """The send intent is committed: call the node, then record its answer."""
+    rt.crashpoint("after_mark_in_flight")
+    result = await node_pay(rt, payout_id, send)
+    rt.crashpoint("after_node_call")
+    return await _apply_outcome(rt, payout_id, result)
+
+
+async def _expire_unsent(rt: Runtime, payout_id: str) -> None:
+    """In flight, but the node says it never had the payment and expiresAt has passed."""
+    now = rt.clock.now_ms()
+    async with rt.engine.begin() as conn:
+        final = await _finalize(
+            conn,
+            payout_id,
+            State.IN_FLIGHT,
+            State.EXPIRED,
+            now,
+            charge=False,
+            cause="saga: the node never had it; expiresAt passed",
+            node_confirmed_unsent=True,
+        )
+    _observe_final(final, now)
 
 
 async def _node_call(rt: Runtime, operation: str, call: Any) -> PaymentResult | None:
@@ -547,6 +688,59 @@ async def _apply_outcome(
     return final
 
 
+async def apply_outcomes(
+    rt: Runtime, results: Sequence[tuple[str, PaymentResult | None]]
+) -> dict[str, RowMapping]:
+    """`_apply_outcome` for many in-flight payouts of one project (a batch): every definite
+    answer is recorded in ONE transaction, a set of payouts per outcome; unknown ones are
+    rescheduled one by one, as a single payout's are. Returns the rows made final."""
+    now = rt.clock.now_ms()
+    groups: dict[tuple[State, bool, FailureCode | None, str | None], list[str]] = {}
+    legacy_charge: bool | None = None
+    for payout_id, result in results:
+        if result is None or result.status in (NodeStatus.IN_FLIGHT, NodeStatus.NOT_FOUND):
+            await _apply_outcome(rt, payout_id, result)
+            continue
+        if result.status == NodeStatus.SUCCEEDED:
+            groups.setdefault((State.COMPLETED, True, None, None), []).append(payout_id)
+            continue
+        timeout = result.failure_reason == FailureReason.TIMEOUT
+        if timeout and legacy_charge is None:
+            legacy_charge = rt.settings.sandbox and not (await rt.faults.get()).rollbackOnTimeout
+        code = FailureCode.GATEWAY_TIMEOUT if timeout else FailureCode.PAYMENT_FAILED
+        key = (State.FAILED, bool(timeout and legacy_charge), code, result.failure_reason)
+        groups.setdefault(key, []).append(payout_id)
+    finals: dict[str, RowMapping] = {}
+    if not groups:
+        return finals
+    async with rt.engine.begin() as conn:
+        for (target, charge, code, reason), ids in groups.items():
+            cause = (
+                "node: payment succeeded"
+                if target == State.COMPLETED
+                else f"node: payment failed ({reason or 'failed'})"
+            )
+            for row in await finalize_many(
+                conn,
+                ids,
+                target,
+                now,
+                charge=charge,
+                cause=cause,
+                failure_code=code,
+                failure_reason=None if code is None else f"node: {reason or 'failed'}",
+            ):
+                finals[row["id"]] = row
+    for row in finals.values():
+        _observe_final(row, now)
+    return finals
+
+
+async def node_pay(rt: Runtime, payout_id: str, send: Send) -> PaymentResult | None:
+    """One bounded pay call for a payout whose send intent is committed."""
+    return await _node_call(rt, "pay", rt.node.pay(payout_id, send.destination, send.amount_sats))
+
+
 async def _transition(
     conn: AsyncConnection,
     payout_id: str,
@@ -556,6 +750,7 @@ async def _transition(
     *,
     cause: str,
     unexpired_at: int | None = None,
+    node_confirmed_unsent: bool = False,
     **values: Any,
 ) -> RowMapping | None:
     """The guarded state change: legal by the table, and only from `current`; audited.
@@ -565,7 +760,7 @@ async def _transition(
     One statement: the database's audit trigger writes the payout_events row from the cause
     set here, only when the state really changed (migration 0005).
     """
-    check_transition(current, target)
+    check_transition(current, target, node_confirmed_unsent=node_confirmed_unsent)
     statement, params = _TRANSITION, {"b_id": payout_id, "b_from": current.value}
     if unexpired_at is not None:
         statement, params["b_unexpired_at"] = _TRANSITION_UNEXPIRED, unexpired_at
@@ -588,6 +783,24 @@ _TRANSITION = (
 _TRANSITION_UNEXPIRED = _TRANSITION.where(P.expires_at > bindparam("b_unexpired_at"))
 
 
+def _final_values(
+    target: State,
+    now: int,
+    charge: bool,
+    failure_code: FailureCode | None,
+    failure_reason: str | None,
+) -> dict[str, Any]:
+    """The columns a final transition sets besides the state (one payout or many)."""
+    assert target in FINAL_STATES
+    values: dict[str, Any] = {"charge_posted": charge}
+    if target == State.COMPLETED:
+        values["settled_at"] = now
+    if failure_code is not None:
+        values["failure_code"] = failure_code.value
+        values["failure_reason"] = failure_reason
+    return values
+
+
 async def _finalize(
     conn: AsyncConnection,
     payout_id: str,
@@ -599,16 +812,20 @@ async def _finalize(
     cause: str,
     failure_code: FailureCode | None = None,
     failure_reason: str | None = None,
+    node_confirmed_unsent: bool = False,
 ) -> RowMapping | None:
     """Final transition + ledger post (charge) or void + job done + callback, in one tx."""
-    assert target in FINAL_STATES
-    values: dict[str, Any] = {"charge_posted": charge}
-    if target == State.COMPLETED:
-        values["settled_at"] = now
-    if failure_code is not None:
-        values["failure_code"] = failure_code.value
-        values["failure_reason"] = failure_reason
-    final = await _transition(conn, payout_id, current, target, now, cause=cause, **values)
+    values = _final_values(target, now, charge, failure_code, failure_reason)
+    final = await _transition(
+        conn,
+        payout_id,
+        current,
+        target,
+        now,
+        cause=cause,
+        node_confirmed_unsent=node_confirmed_unsent,
+        **values,
+    )
     if final is None:
         return None
     await queue.complete(conn, settle_job_id(payout_id), now)
@@ -620,6 +837,48 @@ async def _finalize(
     else:
         await ledger.void(conn, transfer_ids(payout_id), now)
     return final
+
+
+async def finalize_many(
+    conn: AsyncConnection,
+    payout_ids: Sequence[str],
+    target: State,
+    now: int,
+    *,
+    charge: bool,
+    cause: str,
+    failure_code: FailureCode | None = None,
+    failure_reason: str | None = None,
+) -> list[RowMapping]:
+    """`_finalize` for many in-flight payouts of ONE project, in set statements: one guarded
+    UPDATE (only those still in flight change, each audited by the trigger), one job UPDATE,
+    one resolution INSERT and two balance UPDATEs, however many payouts. Returns the rows
+    that this call made final."""
+    check_transition(State.IN_FLIGHT, target)
+    values = _final_values(target, now, charge, failure_code, failure_reason)
+    params = {"b_ids": list(payout_ids), "b_from": State.IN_FLIGHT.value}
+    params |= {"state": target.value, "updated_at": now, "state_cause": audit.cause_text(cause)}
+    finals = list((await conn.execute(_TRANSITION_MANY, params | values)).mappings())
+    if not finals:
+        return []
+    assert len({row["project_id"] for row in finals}) == 1, "one project per call"
+    await queue.complete_many(conn, [settle_job_id(row["id"]) for row in finals], now)
+    for row in finals:
+        if row["callback_url"]:
+            await callbacks.on_status_change(conn, row, view(row), now)
+    pending_ids = [t for row in finals for t in transfer_ids(row["id"])]
+    if charge:
+        await ledger.post(conn, pending_ids, now)
+    else:
+        await ledger.void(conn, pending_ids, now)
+    return finals
+
+
+_TRANSITION_MANY = (
+    update(payouts)
+    .where(P.id.in_(bindparam("b_ids", expanding=True)), P.state == bindparam("b_from"))
+    .returning(*payouts.c)
+)
 
 
 # ---------------------------------------------------------------- expiry and sandbox changes

@@ -116,49 +116,72 @@ async def check(
     conn: AsyncConnection, settings: Settings, project_id: str, gamertag: str, now_ms: int
 ) -> None:
     """Raise the 429 this payout would break, if any: the block first, then the rate limit."""
-    key = recipient_key(gamertag)
-    mine = (P.project_id == project_id, func.lower(P.gamertag) == key)
-    policy = await policy_for(conn, settings, project_id)
-    if policy.failures_max > 0:
-        horizon_ms = now_ms - (policy.failure_window_s + policy.block_s) * 1000
-        failed_at = list(
-            await conn.scalars(
-                select(P.updated_at)
-                .where(
-                    *mine,
-                    P.created_at > horizon_ms - FAILURE_LOOKBACK_MS,
-                    P.state == State.FAILED.value,
-                    P.updated_at > horizon_ms,
-                )
-                .order_by(P.updated_at.desc())
-                .limit(FAILURES_SCAN_MAX)
-            )
-        )
-        until = blocked_until_ms(sorted(failed_at), policy)
-        if until is not None and until > now_ms:
-            retry_after_s = _retry_after_s(until - now_ms)
-            raise errors.RecipientTemporarilyBlocked(
-                f"Payouts to gamertag {gamertag} are blocked for {retry_after_s} s: "
-                f"{policy.failures_max} payouts to it failed within "
-                f"{policy.failure_window_s} s. Check the recipient before retrying.",
-                retryAfter=retry_after_s,
-                failuresMax=policy.failures_max,
-            )
+    blocked = await block_refusal(conn, settings, project_id, gamertag, now_ms)
+    if blocked is not None:
+        raise blocked
     limit = settings.rate_limit_per_hour
     # The limit-th newest payout in the window: when it leaves the window, a slot frees.
     oldest_counted = await conn.scalar(
         select(P.created_at)
-        .where(*mine, P.created_at > now_ms - RATE_WINDOW_MS)
+        .where(*_mine(project_id, gamertag), P.created_at > now_ms - RATE_WINDOW_MS)
         .order_by(P.created_at.desc())
         .offset(limit - 1)
         .limit(1)
     )
+    refusal = rate_refusal(limit, oldest_counted, now_ms)
+    if refusal is not None:
+        raise refusal
+
+
+def _mine(project_id: str, gamertag: str) -> tuple[Any, Any]:
+    return (P.project_id == project_id, func.lower(P.gamertag) == recipient_key(gamertag))
+
+
+async def block_refusal(
+    conn: AsyncConnection, settings: Settings, project_id: str, gamertag: str, now_ms: int
+) -> errors.RecipientTemporarilyBlocked | None:
+    """The failed-payout block of this recipient, if it is on now (single and batch)."""
+    policy = await policy_for(conn, settings, project_id)
+    if policy.failures_max <= 0:
+        return None
+    horizon_ms = now_ms - (policy.failure_window_s + policy.block_s) * 1000
+    failed_at = list(
+        await conn.scalars(
+            select(P.updated_at)
+            .where(
+                *_mine(project_id, gamertag),
+                P.created_at > horizon_ms - FAILURE_LOOKBACK_MS,
+                P.state == State.FAILED.value,
+                P.updated_at > horizon_ms,
+            )
+            .order_by(P.updated_at.desc())
+            .limit(FAILURES_SCAN_MAX)
+        )
+    )
+    until = blocked_until_ms(sorted(failed_at), policy)
+    if until is None or until <= now_ms:
+        return None
+    retry_after_s = _retry_after_s(until - now_ms)
+    return errors.RecipientTemporarilyBlocked(
+        f"Payouts to gamertag {gamertag} are blocked for {retry_after_s} s: "
+        f"{policy.failures_max} payouts to it failed within "
+        f"{policy.failure_window_s} s. Check the recipient before retrying.",
+        retryAfter=retry_after_s,
+        failuresMax=policy.failures_max,
+    )
+
+
+def rate_refusal(
+    limit: int, oldest_counted: int | None, now_ms: int
+) -> errors.RateLimitExceeded | None:
+    """The rate limit's rule (single and batch): refused while the limit-th newest payout to
+    the recipient is still in the window; the answer says when that one leaves it."""
     if oldest_counted is None:
-        return
+        return None
     # A concurrent request may have stamped created_at a moment after our `now`: clamp to
     # the window so the answer never exceeds it.
     retry_after_s = _retry_after_s(min(RATE_WINDOW_MS, oldest_counted + RATE_WINDOW_MS - now_ms))
-    raise errors.RateLimitExceeded(
+    return errors.RateLimitExceeded(
         f"Maximum {limit} payouts per gamertag per hour (gamertags count whatever their "
         f"case); retry in {retry_after_s} s.",
         retryAfter=retry_after_s,

@@ -91,3 +91,44 @@ class PayoutHistory(Model):
 
 class StatusChange(Body):
     status: str = Field(description="pending, completed, expired or error")
+
+
+class BatchItem(Body):
+    """One payout of a batch: a single POST /payouts body without projectId."""
+
+    gamertag: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    amount: int = Field(ge=AMOUNT_MIN_SATS, le=AMOUNT_MAX_SATS, description="sats")
+    idempotencyKey: str | None = Field(None, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS)
+    internalId: str | None = Field(None, max_length=INTERNAL_ID_MAX_CHARS)
+    description: str | None = Field(None, max_length=DESCRIPTION_MAX_CHARS)
+    callbackUrl: str | None = Field(None, max_length=CALLBACK_URL_MAX_CHARS)
+
+
+class BatchRequest(Body):
+    """Up to 1,000 items, each its own payout (own id, fee, idempotency, rate limit)."""
+
+    projectId: str
+    items: list[dict[str, Any]] = Field(
+        min_length=1, max_length=1000, description="BatchItem objects"
+    )
+
+
+class BatchItemAnswer(Model):
+    """What a single POST /payouts would have answered for this item, with its status."""
+
+    httpStatus: int
+    success: bool
+    message: str
+    data: dict[str, Any]
+
+
+class BatchAnswer(Model):
+    projectId: str
+    items: list[BatchItemAnswer]
+    count: int
+
+
+BATCH_EXAMPLE: dict[str, Any] = {
+    "projectId": "project_test_001",
+    "items": [{"gamertag": "winner1", "amount": 5000}, {"gamertag": "winner2", "amount": 2500}],
+}

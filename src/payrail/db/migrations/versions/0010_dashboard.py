@@ -1,7 +1,7 @@
 """dashboard: browser sessions and kept reconciliation results
 
 Revision ID: 0010_dashboard
-Revises: 0008_hardening
+Revises: 0009_perf
 Create Date: 2026-12-03 09:50:00
 
 Sessions are server-side (the cookie is a random token, stored hashed) so that signing out,
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_dashboard"
-down_revision = "0008_hardening"
+down_revision = "0009_perf"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,377 @@
+"""Batch payouts: many payouts of one project in one request, each its own payout.
+
+Each item is what a single POST /payouts would be (own id, fee, idempotency key, rate limit,
+callbacks) and is answered as that call would have been. What the batch shares is the cost:
+
+- reservations: items are reserved in groups of RESERVE_GROUP_MAX per transaction; each item
+  runs the single payout's pre-reservation checks and its conditional debit in that
+  transaction, and the group's job rows, transfer rows and system-account credits are written
+  with one statement each. An item refused (rate limit, balance, a used key) writes nothing.
+- settlement: the node is called for every reserved item concurrently, at most
+  SETTLE_CONCURRENCY_MAX at a time, each through the saga of a single payout.
+- idempotency: items without their own key get `<batch key>#<index>`, and the batch's answers
+  are stored under its key once every item has one, so a replay answers the same items (a
+  refusal stays a refusal even if funds arrived since; a payout is answered as it is now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from payrail import metrics
+from payrail.db.tables import payout_batches, payouts, projects
+from payrail.domain import errors
+from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
+from payrail.domain.payouts import FINAL_STATES, PayoutRequest, State
+from payrail.jobs import queue
+from payrail.ledger import accounts as acct
+from payrail.ledger import ledger
+from payrail.services import destinations, flags, recipient_guard
+from payrail.services import payouts as single
+from payrail.services.runtime import Runtime, SimulatedCrash
+
+log = structlog.get_logger("payrail.batches")
+P = payouts.c
+B = payout_batches.c
+
+BATCH_ITEMS_MAX = 1_000
+RESERVE_GROUP_MAX = 100  # items per shared reservation transaction
+SETTLE_CONCURRENCY_MAX = 100  # node calls in flight at once per group of a batch
+FINAL_POLL_MS = 20
+# The refusals an item can get, by code: a replay rebuilds them from the stored answers.
+ITEM_ERRORS: dict[str, type[errors.PayrailError]] = {
+    cls.code: cls
+    for cls in (
+        errors.ValidationError,
+        errors.InvalidAmount,
+        errors.DescriptionTooLong,
+        errors.InvalidCallbackUrl,
+        errors.RateLimitExceeded,
+        errors.InsufficientBalance,
+        errors.IdempotencyKeyReused,
+        errors.RecipientTemporarilyBlocked,
+        errors.RecipientNotFound,
+        errors.RecipientSuspended,
+        errors.InvalidInvoice,
+        errors.RecipientUnreachable,
+        errors.RecipientInvoiceInvalid,
+        errors.DestinationUnsupported,
+    )
+}
+
+
+@dataclass
+class ItemAnswer:
+    """One item: its payout (created, or replayed by its key), or the refusal."""
+
+    payout: RowMapping | None = None
+    replay: bool = False
+    error: errors.PayrailError | None = None
+
+
+@dataclass
+class BatchAnswer:
+    items: list[ItemAnswer]
+    replay: bool
+
+
+def item_key(batch_key: str, index: int, own_key: str | None) -> str:
+    """The idempotency key of an item: its own, or one derived from the batch's."""
+    return own_key if own_key is not None else f"{batch_key}#{index}"
+
+
+def fingerprint(items: Sequence[PayoutRequest | errors.PayrailError]) -> str:
+    """The batch body's hash: a reused batch key with another body is refused."""
+    parts = [
+        item.fingerprint() + (item.idempotency_key or "")
+        if isinstance(item, PayoutRequest)
+        else f"{item.code}:{item.message}"
+        for item in items
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+async def create_batch(
+    rt: Runtime,
+    project_id: str,
+    batch_key: str,
+    items: Sequence[PayoutRequest | errors.PayrailError],
+) -> BatchAnswer:
+    """Reserve and settle every valid item; answer each. Items carry their final keys."""
+    assert 1 <= len(items) <= BATCH_ITEMS_MAX
+    request_hash = fingerprint(items)
+    stored = await _stored(rt, project_id, batch_key)
+    if stored is not None:
+        return await _replay_batch(rt, stored, request_hash)
+    async with rt.engine.connect() as conn:
+        if await conn.scalar(select(projects.c.id).where(projects.c.id == project_id)) is None:
+            raise errors.ProjectNotFound(f"No project with id {project_id}.")
+    answers: list[ItemAnswer] = [
+        ItemAnswer(error=item) if isinstance(item, errors.PayrailError) else ItemAnswer()
+        for item in items
+    ]
+    path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, project_id)
+    valid = [(i, item) for i, item in enumerate(items) if isinstance(item, PayoutRequest)]
+    # Where each item's money goes (directory, invoice): network calls, so before any tx.
+    resolved: dict[int, destinations.Resolved] = {}
+    for index, req in valid:
+        try:
+            resolved[index] = await destinations.resolve(rt, req)
+        except tuple(ITEM_ERRORS.values()) as refusal:
+            answers[index] = ItemAnswer(error=refusal)
+    valid = [(i, req) for i, req in valid if i in resolved]
+    created: list[tuple[int, dict[str, Any]]] = []
+    settling: set[asyncio.Task[None]] = set()
+    for start in range(0, len(valid), RESERVE_GROUP_MAX):
+        group = valid[start : start + RESERVE_GROUP_MAX]
+        try:
+            reserved = await _reserve_group(rt, group, answers, path, resolved)
+        except IntegrityError:
+            # A concurrent request took one of these keys first: this group one item at a time.
+            for index, req in group:
+                answers[index] = await _one_by_one(rt, req)
+            continue
+        created += reserved
+        if reserved and path == single.PATH_INLINE:  # its node calls overlap the next group
+            settling.add(rt.spawn(_settle_group(rt, [row for _, row in reserved])))
+    for index, answer in enumerate(answers):
+        if answer.replay and answer.payout is not None:
+            req = items[index]
+            assert isinstance(req, PayoutRequest)
+            try:  # answered as it is now: a batch does not wait on an earlier request's payout
+                single.check_same_request(answer.payout, req)
+            except errors.IdempotencyKeyReused as refusal:
+                answers[index] = ItemAnswer(error=refusal)
+    finals = await _settle(rt, [row["id"] for _, row in created], settling)
+    for index, row in created:
+        answers[index] = ItemAnswer(payout=finals[row["id"]])
+    replayed = [a.payout["id"] for a in answers if a.replay and a.payout is not None]
+    if replayed:  # answered as they are now, not as the lookup inside tx1 saw them
+        now_rows = await _load_many(rt, replayed)
+        for answer in answers:
+            if answer.replay and answer.payout is not None:
+                answer.payout = now_rows[answer.payout["id"]]
+    await _store(rt, project_id, batch_key, request_hash, answers)
+    log.info("payout_batch", project_id=project_id, items=len(items), created=len(created))
+    return BatchAnswer(answers, replay=False)
+
+
+def _as_item(outcome: single.CreateOutcome) -> ItemAnswer:
+    return ItemAnswer(payout=outcome.payout, replay=outcome.replay)
+
+
+async def _one_by_one(rt: Runtime, req: PayoutRequest) -> ItemAnswer:
+    """The single payout's whole path, for an item whose group lost a key race."""
+    try:
+        return _as_item(await single.create_payout(rt, req))
+    except tuple(ITEM_ERRORS.values()) as refusal:
+        return ItemAnswer(error=refusal)
+
+
+async def _reserve_group(
+    rt: Runtime,
+    group: list[tuple[int, PayoutRequest]],
+    answers: list[ItemAnswer],
+    path: str,
+    resolved: dict[int, destinations.Resolved],
+) -> list[tuple[int, dict[str, Any]]]:
+    """One transaction for a group of items, in set statements. Returns (index, payout row)
+    of those reserved; refusals and replays are written into `answers`.
+
+    What a single payout checks with a query each (key, rate window, balance) is read once
+    for the group, under the same locks (the gamertags sorted, then the project's account),
+    and decided item by item in order, so each item gets the answer it would have got as a
+    single POST sent in that order.
+    """
+    now = rt.clock.now_ms()
+    project_id = group[0][1].project_id
+    limit = rt.settings.rate_limit_per_hour
+    account = acct.project_account(project_id)
+    reserved: list[tuple[int, dict[str, Any]]] = []
+    async with rt.engine.begin() as conn:
+        await single.lock_gamertags(conn, project_id, [req.gamertag for _, req in group], now)
+        keys = [req.idempotency_key for _, req in group if req.idempotency_key]
+        taken: dict[str, Any] = dict(await single.payouts_by_keys(conn, project_id, keys))
+        windows = await single.rate_windows(conn, project_id, [r.gamertag for _, r in group], now)
+        available = await ledger.available_for_update(conn, account)
+        blocks = {
+            recipient_guard.recipient_key(r.gamertag): await recipient_guard.block_refusal(
+                conn, rt.settings, project_id, r.gamertag, now
+            )
+            for _, r in group
+        }
+        for index, req in group:
+            # The pre-reservation decisions of single.pre_reservation_checks, in its order.
+            if req.idempotency_key in taken:
+                answers[index] = ItemAnswer(payout=taken[req.idempotency_key], replay=True)
+                continue
+            recipient = recipient_guard.recipient_key(req.gamertag)
+            window = windows.setdefault(recipient, [])
+            oldest_counted = window[limit - 1] if len(window) >= limit else None
+            refusal = blocks[recipient] or recipient_guard.rate_refusal(limit, oldest_counted, now)
+            if refusal is not None:
+                answers[index] = ItemAnswer(error=refusal)
+                continue
+            row = single.payout_row(req, str(uuid.uuid4()), now, path, resolved[index])
+            if row["amount"] + row["fee"] > available:
+                answers[index] = ItemAnswer(
+                    error=single.insufficient(req.amount_sats, row["fee"], available)
+                )
+                continue
+            available -= row["amount"] + row["fee"]
+            window.insert(0, now)
+            if req.idempotency_key:
+                taken[req.idempotency_key] = row
+            reserved.append((index, row))
+        if not reserved:
+            return []
+        rows = [row for _, row in reserved]
+        await ledger.debit_pending_sum(conn, account, sum(r["amount"] + r["fee"] for r in rows))
+        await conn.execute(single.INSERT_PAYOUT, rows)
+        await queue.enqueue_many(
+            conn,
+            single.SETTLE_JOB,
+            [(single.settle_job_id(row["id"]), {"payoutId": row["id"]}) for row in rows],
+            now,
+            max_attempts=single.SETTLE_ATTEMPTS_MAX,
+            leased_by=rt.worker_id if path == single.PATH_INLINE else None,
+            lease_ms=rt.settings.lease_ms,
+        )
+        for row in rows:
+            if row["callback_url"]:
+                await single.queue_created_callback(conn, row["id"], now)
+        await ledger.record_pending(
+            conn,
+            [(t, row["expires_at"]) for row in rows for t in single.payout_transfers(row)],
+            now,
+        )
+    metrics.PAYOUTS_CREATED.labels(path=path).inc(len(reserved))
+    return reserved
+
+
+async def _settle(
+    rt: Runtime, ids: list[str], settling: set[asyncio.Task[None]]
+) -> dict[str, RowMapping]:
+    """Every created payout as it is once final, or when the settle wait ends."""
+    if not ids:
+        return {}
+    if settling:
+        await asyncio.wait(settling, timeout=rt.settings.settle_wait_ms / 1000)
+        for task in settling:
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                if isinstance(exc, SimulatedCrash):  # the process "died" there
+                    raise exc
+    return await _await_finals(rt, ids)
+
+
+async def _settle_group(rt: Runtime, rows: list[dict[str, Any]]) -> None:
+    """The node calls of a group concurrently (bounded), then every definite answer recorded
+    in one transaction. Their send intents are committed and their leases held by us."""
+    limit = asyncio.Semaphore(SETTLE_CONCURRENCY_MAX)
+
+    async def pay(row: dict[str, Any]) -> tuple[str, Any]:
+        async with limit:
+            send = single.Send.of(row)
+            return row["id"], await single.node_pay(rt, row["id"], send)
+
+    rt.crashpoint("after_mark_in_flight")
+    results = await asyncio.gather(*(pay(row) for row in rows))
+    rt.crashpoint("after_node_call")
+    try:
+        await single.apply_outcomes(rt, results)
+    except Exception as exc:  # e.g. a lock timeout: each payout's own saga takes over
+        log.warning("batch_settle_error", error=type(exc).__name__, payouts=len(rows))
+        rt.note_error(exc)
+        for row in rows:
+            await single.settle_payout(rt, row["id"], job_leased=True)
+
+
+async def _await_finals(rt: Runtime, ids: list[str]) -> dict[str, RowMapping]:
+    deadline = rt.clock.now_ms() + rt.settings.settle_wait_ms
+    while True:
+        rows = await _load_many(rt, ids)
+        done = all(State(r["state"]) in FINAL_STATES for r in rows.values())
+        if done or rt.clock.now_ms() >= deadline:
+            return rows
+        await asyncio.sleep(FINAL_POLL_MS / 1000)
+
+
+async def _load_many(rt: Runtime, ids: list[str]) -> dict[str, RowMapping]:
+    async with rt.engine.connect() as conn:
+        rows = (await conn.execute(select(payouts).where(P.id.in_(ids)))).mappings().all()
+    return {r["id"]: r for r in rows}
+
+
+# ---------------------------------------------------------------- the stored answers
+
+
+async def _stored(rt: Runtime, project_id: str, batch_key: str) -> RowMapping | None:
+    async with rt.engine.connect() as conn:
+        return (
+            (
+                await conn.execute(
+                    select(payout_batches).where(
+                        B.project_id == project_id, B.idempotency_key == batch_key
+                    )
+                )
+            )
+            .mappings()
+            .first()
+        )
+
+
+def _encode(answer: ItemAnswer) -> dict[str, Any]:
+    if answer.payout is not None:
+        return {"payoutId": answer.payout["id"]}
+    assert answer.error is not None
+    return {"code": answer.error.code, "message": answer.error.message, "extra": answer.error.extra}
+
+
+async def _store(
+    rt: Runtime, project_id: str, batch_key: str, request_hash: str, answers: list[ItemAnswer]
+) -> None:
+    """Store the answers; a concurrent same-key batch may have stored first (then theirs
+    stand, and this answer is still true for each item: a payout is one payout per key)."""
+    try:
+        async with rt.engine.begin() as conn:
+            await conn.execute(
+                payout_batches.insert().values(
+                    project_id=project_id,
+                    idempotency_key=batch_key,
+                    request_hash=request_hash,
+                    items_json=json.dumps([_encode(a) for a in answers]),
+                    created_at=rt.clock.now_ms(),
+                )
+            )
+    except IntegrityError:
+        log.info("payout_batch_stored_concurrently", project_id=project_id)
+
+
+async def _replay_batch(rt: Runtime, stored: RowMapping, request_hash: str) -> BatchAnswer:
+    if stored["request_hash"] != request_hash:
+        raise errors.IdempotencyKeyReused(
+            "This batch Idempotency-Key was already used with a different request body in this "
+            "project. Use a new key for a new batch."
+        )
+    encoded: list[dict[str, Any]] = json.loads(stored["items_json"])
+    ids = [e["payoutId"] for e in encoded if "payoutId" in e]
+    rows = await _load_many(rt, ids) if ids else {}
+    items = [
+        ItemAnswer(payout=rows[e["payoutId"]], replay=True)
+        if "payoutId" in e
+        else ItemAnswer(error=ITEM_ERRORS[e["code"]](e["message"], **e["extra"]))
+        for e in encoded
+    ]
+    return BatchAnswer(items, replay=True)

@@ -1,0 +1,305 @@
+"""POST /payouts/batch: each item answered as a single POST would be, and the money to match.
+
+Every test checks balances: each item's own fee, one charge per payout, nothing for a refusal,
+nothing for a replay. Runs on SQLite and PostgreSQL; the racing test on PostgreSQL only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+from conftest import ADMIN_KEY, PROJECT, balance_of
+from sqlalchemy import func, select
+
+from payrail.config import Settings
+from payrail.db.tables import payouts as payouts_table
+from payrail.db.tables import transfers
+from payrail.domain.money import fee_sats
+from payrail.services import batches
+from payrail.services.reconcile import reconcile
+
+ADMIN = {"apikey": ADMIN_KEY}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """A batch settles many node calls at once: a wide wait, so every item ends final."""
+    return dataclasses.replace(settings, settle_wait_ms=30_000, node_timeout_ms=20_000)
+
+
+async def post_batch(client, items, key="batch-1", project=PROJECT, **headers):
+    return await client.post(
+        "/payouts/batch",
+        json={"projectId": project, "items": items},
+        headers={"Idempotency-Key": key, **headers} if key else headers,
+    )
+
+
+async def new_project(client, project_id: str, fund_sats: int) -> dict[str, str]:
+    created = await client.post("/projects", json={"id": project_id}, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    funded = await client.post(
+        f"/projects/{project_id}/fund", json={"amount": fund_sats}, headers=ADMIN
+    )
+    assert funded.status_code == 200, funded.text
+    return {"apikey": created.json()["data"]["apiKey"]}
+
+
+async def posted_charges(rt, payout_id: str) -> int:
+    """How many posting rows the ledger holds for this payout's two transfers."""
+    async with rt.engine.connect() as conn:
+        return await conn.scalar(
+            select(func.count()).where(
+                transfers.c.pending_id.like(f"{payout_id}:%"), transfers.c.kind == "post"
+            )
+        )
+
+
+async def test_mixed_batch_charges_each_valid_item_its_own_fee_once_and_refuses_the_rest(
+    client, rt
+):
+    start = await balance_of(client)
+    items = [
+        {"gamertag": "a1", "amount": 1},  # fee 1
+        {"gamertag": "a2", "amount": 0},  # 400 INVALID_AMOUNT
+        {"gamertag": "a3", "amount": 1_000, "internalId": "t-3"},  # fee 20
+        {"gamertag": "bad tag!", "amount": 10},  # 400 VALIDATION_ERROR
+        {"gamertag": "a5", "amount": 2_499, "description": "winner"},  # fee 50
+        "not an object",  # 400 VALIDATION_ERROR
+    ]
+    response = await post_batch(client, items)
+    assert response.status_code == 200, response.text
+    answers = response.json()["data"]["items"]
+    assert [a["httpStatus"] for a in answers] == [201, 400, 201, 400, 201, 400]
+    assert [a["data"].get("error") for a in answers] == [
+        None,
+        "INVALID_AMOUNT",
+        None,
+        "VALIDATION_ERROR",
+        None,
+        "VALIDATION_ERROR",
+    ]
+    for answer, amount in zip([answers[0], answers[2], answers[4]], (1, 1_000, 2_499), strict=True):
+        data = answer["data"]
+        assert data["status"] == "completed" and data["amount"] == amount
+        assert data["fee"] == fee_sats(amount) and data["totalCost"] == amount + fee_sats(amount)
+        assert await posted_charges(rt, data["id"]) == 2  # amount and fee, posted once each
+    assert answers[2]["data"]["internalId"] == "t-3"
+    assert await balance_of(client) == start - (1 + 1) - (1_000 + 20) - (2_499 + 50)
+    assert (await reconcile(rt)).clean
+
+
+async def test_replay_of_the_batch_key_answers_the_same_items_and_charges_nothing(client, rt):
+    start = await balance_of(client)
+    items = [{"gamertag": f"r{i}", "amount": 100 + i} for i in range(5)]
+    items.append({"gamertag": "r5", "amount": -1})
+    first = await post_batch(client, items, key="replay-me")
+    assert first.status_code == 200, first.text
+    after_first = await balance_of(client)
+    assert after_first == start - sum(100 + i + fee_sats(100 + i) for i in range(5))
+
+    again = await post_batch(client, items, key="replay-me")
+    assert again.status_code == 200, again.text
+    assert again.json()["message"] == "Batch already processed"
+    one, two = first.json()["data"]["items"], again.json()["data"]["items"]
+    assert [a["data"].get("id") for a in one] == [a["data"].get("id") for a in two]
+    assert [a["httpStatus"] for a in two] == [200] * 5 + [400]
+    assert two[5]["data"]["error"] == "INVALID_AMOUNT"
+    assert await balance_of(client) == after_first
+    async with rt.engine.connect() as conn:
+        count = await conn.scalar(select(func.count()).select_from(payouts_table))
+    assert count == 5
+
+    changed = await post_batch(client, items[:4], key="replay-me")
+    assert changed.status_code == 422, changed.text
+    assert changed.json()["data"]["error"] == "IDEMPOTENCY_KEY_REUSED"
+    assert await balance_of(client) == after_first
+
+
+async def test_insufficient_balance_midway_pays_what_fits_and_refuses_the_rest_on_replay_too(
+    client, rt
+):
+    key = await new_project(client, "studio_b", fund_sats=3 * 1_020)
+    items = [{"gamertag": f"m{i}", "amount": 1_000} for i in range(5)]
+    response = await post_batch(client, items, project="studio_b", **key)
+    assert response.status_code == 200, response.text
+    answers = response.json()["data"]["items"]
+    assert [a["httpStatus"] for a in answers] == [201, 201, 201, 402, 402]
+    refusal = answers[3]["data"]
+    assert refusal["error"] == "INSUFFICIENT_BALANCE"
+    assert (refusal["totalCost"], refusal["currentBalance"]) == (1_020, 0)
+    assert await balance_of(client, "studio_b") == 0
+
+    # Funds arrive; a replay still answers the refusals it gave, and pays nobody more.
+    await client.post("/projects/studio_b/fund", json={"amount": 10_000}, headers=ADMIN)
+    again = await post_batch(client, items, project="studio_b", **key)
+    assert [a["httpStatus"] for a in again.json()["data"]["items"]] == [200, 200, 200, 402, 402]
+    assert await balance_of(client, "studio_b") == 10_000
+    assert (await reconcile(rt)).clean
+
+
+async def test_rate_limit_counts_items_of_the_same_batch(client, rt):
+    start = await balance_of(client)
+    items = [{"gamertag": "same", "amount": 10} for _ in range(rt.settings.rate_limit_per_hour + 2)]
+    response = await post_batch(client, items)
+    statuses = [a["httpStatus"] for a in response.json()["data"]["items"]]
+    limit = rt.settings.rate_limit_per_hour
+    assert statuses == [201] * limit + [429, 429]
+    assert response.json()["data"]["items"][-1]["data"]["error"] == "RATE_LIMIT_EXCEEDED"
+    assert await balance_of(client) == start - limit * (10 + fee_sats(10))
+
+
+async def test_an_item_key_already_used_by_a_single_payout_is_a_replay_not_a_second_charge(
+    client, rt
+):
+    single = await client.post(
+        "/payouts",
+        json={"gamertag": "k", "amount": 500, "projectId": PROJECT, "idempotencyKey": "k-1"},
+    )
+    assert single.status_code == 201, single.text
+    after_single = await balance_of(client)
+    items = [
+        {"gamertag": "k", "amount": 500, "idempotencyKey": "k-1"},  # the same payout
+        {"gamertag": "k", "amount": 501, "idempotencyKey": "k-1"},  # another body: 422
+        {"gamertag": "k2", "amount": 500, "idempotencyKey": "k-2"},
+        {"gamertag": "k2", "amount": 500, "idempotencyKey": "k-2"},  # twice in one batch
+    ]
+    response = await post_batch(client, items, key="keys")
+    answers = response.json()["data"]["items"]
+    assert [a["httpStatus"] for a in answers] == [200, 422, 201, 200]
+    assert answers[0]["data"]["id"] == single.json()["data"]["id"]
+    assert answers[1]["data"]["error"] == "IDEMPOTENCY_KEY_REUSED"
+    assert answers[3]["data"]["id"] == answers[2]["data"]["id"]
+    assert answers[3]["data"]["status"] == "completed"
+    assert await balance_of(client) == after_single - 510
+    assert (await reconcile(rt)).clean
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"),
+    [
+        ({"projectId": PROJECT, "items": [{"gamertag": "x", "amount": 1}]}, {}, 400, None),
+        ({"projectId": PROJECT, "items": []}, {"Idempotency-Key": "v"}, 400, "VALIDATION_ERROR"),
+        ({"projectId": PROJECT, "items": "x"}, {"Idempotency-Key": "v"}, 400, "VALIDATION_ERROR"),
+        ({"items": [{"gamertag": "x", "amount": 1}]}, {"Idempotency-Key": "v"}, 400, None),
+        (
+            {"projectId": PROJECT, "items": [{"gamertag": "x", "amount": 1}] * 1_001},
+            {"Idempotency-Key": "v"},
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            {"projectId": "nope", "items": [{"gamertag": "x", "amount": 1}]},
+            {"Idempotency-Key": "v", "apikey": ADMIN_KEY},
+            404,
+            "PROJECT_NOT_FOUND",
+        ),
+        (
+            {"projectId": "other", "items": [{"gamertag": "x", "amount": 1}]},
+            {"Idempotency-Key": "v"},
+            403,
+            "FORBIDDEN",
+        ),
+    ],
+)
+async def test_a_malformed_batch_is_a_4xx_in_the_envelope_and_moves_nothing(
+    client, body, headers, status, code
+):
+    start = await balance_of(client)
+    response = await client.post("/payouts/batch", json=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.json()["success"] is False
+    if code:
+        assert response.json()["data"]["error"] == code
+    assert await balance_of(client) == start
+
+
+async def test_a_batch_of_1000_items_fits_the_body_limit_and_each_is_charged_once(client, rt):
+    key = await new_project(client, "studio_k", fund_sats=1_000 * 102)
+    items = [{"gamertag": f"p{i}", "amount": 100, "description": "x" * 40} for i in range(1_000)]
+    response = await post_batch(client, items, project="studio_k", **key)
+    assert response.status_code == 200, response.text
+    answers = response.json()["data"]["items"]
+    assert {a["httpStatus"] for a in answers} == {201}
+    assert len({a["data"]["id"] for a in answers}) == 1_000
+    assert await balance_of(client, "studio_k") == 0
+    assert (await reconcile(rt)).clean
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_the_same_batch_sent_three_times_at_once_pays_each_item_once(client, rt):
+    start = await balance_of(client)
+    items = [{"gamertag": f"c{i}", "amount": 200} for i in range(30)]
+    responses = await asyncio.gather(*(post_batch(client, items, key="race") for _ in range(3)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    ids = [[a["data"]["id"] for a in r.json()["data"]["items"]] for r in responses]
+    assert ids[0] == ids[1] == ids[2]
+    assert await balance_of(client) == start - 30 * (200 + fee_sats(200))
+    async with rt.engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(payouts_table)) == 30
+    assert (await reconcile(rt)).clean
+
+
+def test_item_keys_are_derived_from_the_batch_key_unless_given():
+    assert batches.item_key("b", 3, None) == "b#3"
+    assert batches.item_key("b", 3, "own") == "own"
+
+
+@pytest.mark.parametrize("crashpoint", ["after_mark_in_flight", "after_node_call"])
+async def test_a_batch_that_dies_mid_settlement_is_recovered_per_payout_and_paid_once(
+    client, rt, clock, crashpoint
+):
+    """The batch's reservations committed; the process dies before or after the node calls.
+    Each payout's lease runs out and the worker asks the node first: paid once, charged once."""
+    from payrail.domain.payouts import parse_payout_request
+    from payrail.jobs.worker import run_until_idle
+    from payrail.services.runtime import SimulatedCrash
+
+    start = await balance_of(client)
+    items = [
+        parse_payout_request(
+            {"gamertag": f"d{i}", "amount": 300, "projectId": PROJECT}, f"crash-batch#{i}"
+        )
+        for i in range(5)
+    ]
+    rt.crashpoints.add(crashpoint)
+    with pytest.raises(SimulatedCrash):
+        await batches.create_batch(rt, PROJECT, "crash-batch", items)
+    await rt.drain()
+    rt.crashpoints.clear()
+    assert await balance_of(client) == start - 5 * 306  # reserved, not yet settled
+    rt.worker_id = "restarted-worker"
+    clock.advance(rt.settings.lease_ms + 1)
+    assert await run_until_idle(rt) == 5
+    async with rt.engine.connect() as conn:
+        ids = list(await conn.scalars(select(payouts_table.c.id)))
+    assert len(ids) == 5
+    for payout_id in ids:
+        assert await posted_charges(rt, payout_id) == 2
+    assert await balance_of(client) == start - 5 * 306
+    assert (await reconcile(rt)).clean
+    # The batch never answered, so nothing is stored: sending it again creates nothing new.
+    again = await batches.create_batch(rt, PROJECT, "crash-batch", items)
+    assert [a.replay for a in again.items] == [True] * 5
+    assert await balance_of(client) == start - 5 * 306
+
+
+async def test_a_batch_item_with_a_callback_url_gets_its_created_and_completed_events(client, rt):
+    from payrail.jobs import worker
+
+    url = "https://studio.example/batch-hook"
+    items = [
+        {"gamertag": "cb1", "amount": 100, "callbackUrl": url},
+        {"gamertag": "cb2", "amount": 1},
+    ]
+    response = await post_batch(client, items, key="callbacks")
+    answers = response.json()["data"]["items"]
+    assert [a["httpStatus"] for a in answers] == [201, 201]
+    await worker.run_until_idle(rt)
+    log = (await client.get("/test/callbacks")).json()["data"]["callbacks"]
+    assert {entry["url"] for entry in log} == {url}
+    seen = sorted((e["payload"]["sequence"], e["payload"]["data"]["status"]) for e in log)
+    assert seen == [(1, "pending"), (2, "completed")]
+    assert all(e["payload"]["data"]["id"] == answers[0]["data"]["id"] for e in log)
