@@ -230,7 +230,8 @@ async def test_crash_after_recording_the_invoice_pays_that_invoice_once(
     rt.crashpoints.clear()
     async with rt.engine.connect() as conn:
         (row,) = (await conn.execute(select(payouts))).mappings()
-    assert row["state"] == "reserved" and row["invoice"] == address_server.issued[0][2]
+    # tx1 recorded the invoice and the send intent together; recovery asks the node first
+    assert row["state"] == "in_flight" and row["invoice"] == address_server.issued[0][2]
     clock.advance(rt.settings.lease_ms + 1)  # the dead process's lease runs out
     assert await worker.run_until_idle(rt) >= 1
     assert await _node_destinations(rt) == [row["payment_hash"]]

@@ -267,7 +267,7 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     # Where the money goes, invoice included: network calls, so before the reservation's tx.
     resolved = await destinations.resolve(rt, req)
     try:
-        row = await _reserve(rt, req, path, resolved)
+        row = await _reserve_row(rt, req, path, resolved)
     except ReplayInstead as other:
         return await replay_outcome(rt, other.row, req)
     except IntegrityError:
@@ -294,6 +294,16 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
 
 
 async def _reserve(
+    rt: Runtime,
+    req: PayoutRequest,
+    path: str = PATH_INLINE,
+    resolved: destinations.Resolved | None = None,
+) -> str:
+    """_reserve_row, for callers that need only the new payout's id."""
+    return str((await _reserve_row(rt, req, path, resolved))["id"])
+
+
+async def _reserve_row(
     rt: Runtime,
     req: PayoutRequest,
     path: str = PATH_INLINE,
