@@ -157,10 +157,10 @@ async def test_a_payout_sent_between_the_snapshot_and_the_node_answer_is_in_moti
     ask_node = rt.node.status
     moved = []
 
-    async def status_after_the_worker_ran(pid: str):
+    async def status_after_the_worker_ran(pid: str, destination=None):
         if not moved:  # the worker sends and settles it after reconcile read it as reserved
             moved.append(await worker.run_once(rt))
-        return await ask_node(pid)
+        return await ask_node(pid, destination)
 
     monkeypatch.setattr(rt.node, "status", status_after_the_worker_ran)
     report = await reconcile(rt)

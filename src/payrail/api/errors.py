@@ -142,6 +142,8 @@ async def read_json(request: Request) -> Any:
         raise errors.ValidationError(
             f"The request body is nested more than {JSON_DEPTH_MAX} levels deep."
         ) from None
+    if value is None:  # a literal `null` is neither an object nor the empty body it mimics
+        raise errors.ValidationError("The request body must be a JSON object (or empty), not null.")
     return check_json(value)
 
 
