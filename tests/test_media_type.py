@@ -68,3 +68,16 @@ async def test_empty_body_needs_no_content_type(client):
         f"/projects/{PROJECT}/webhook-secret/rotate", headers={"apikey": ADMIN_KEY}
     )
     assert response.status_code == 200, response.text
+
+
+async def test_a_literal_null_body_is_refused_and_creates_nothing(client):
+    admin = {"apikey": ADMIN_KEY, "content-type": "application/json"}
+    before = (await client.get("/payouts", headers={"apikey": ADMIN_KEY})).json()["data"]
+    answer = await client.post("/projects", content=b"null", headers=admin)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["data"]["error"] == "VALIDATION_ERROR"
+    funded = await client.post(f"/projects/{PROJECT}/fund", content=b"null", headers=admin)
+    assert funded.status_code == 400
+    assert await balance_of(client) == 100_000
+    after = (await client.get("/payouts", headers={"apikey": ADMIN_KEY})).json()["data"]
+    assert after == before
