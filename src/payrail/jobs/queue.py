@@ -91,21 +91,45 @@ async def enqueue_many(
     await conn.execute(
         insert(jobs),
         [
-            dict(
-                id=job_id,
-                kind=kind,
-                payload=json.dumps(payload),
-                state="queued",
-                run_at=run_at_ms if run_at_ms is not None else now_ms,
-                attempts=1 if leased_by else 0,
+            job_row(
+                job_id,
+                kind,
+                payload,
+                now_ms,
+                run_at_ms=run_at_ms,
                 max_attempts=max_attempts,
-                lease_until=now_ms + lease_ms if leased_by else None,
-                locked_by=leased_by,
-                created_at=now_ms,
-                updated_at=now_ms,
+                leased_by=leased_by,
+                lease_ms=lease_ms,
             )
             for job_id, payload in jobs_
         ],
+    )
+
+
+def job_row(
+    job_id: str,
+    kind: str,
+    payload: dict[str, Any],
+    now_ms: int,
+    *,
+    run_at_ms: int | None = None,
+    max_attempts: int = ATTEMPTS_MAX_DEFAULT,
+    leased_by: str | None = None,
+    lease_ms: int = 0,
+) -> dict[str, Any]:
+    """A new job's row, as enqueue writes it (and the payout hot path, services/hot_path)."""
+    return dict(
+        id=job_id,
+        kind=kind,
+        payload=json.dumps(payload),
+        state="queued",
+        run_at=run_at_ms if run_at_ms is not None else now_ms,
+        attempts=1 if leased_by else 0,
+        max_attempts=max_attempts,
+        lease_until=now_ms + lease_ms if leased_by else None,
+        locked_by=leased_by,
+        created_at=now_ms,
+        updated_at=now_ms,
     )
 
 

@@ -202,7 +202,7 @@ async def transfer(conn: AsyncConnection, t: Transfer, now_ms: int) -> None:
     """A single-phase transfer, posted at once (funding)."""
     await _debit(conn, t.debit_account_id, t.amount, pending=False)
     await _credit(conn, {t.credit_account_id: t.amount}, pending=False)
-    await conn.execute(insert(transfers), _row(t, "single", None, None, now_ms))
+    await conn.execute(insert(transfers), transfer_row(t, "single", None, None, now_ms))
 
 
 async def reserve(
@@ -244,7 +244,8 @@ async def record_pending(
     """Phase two: the pending transfer rows (each with its timeout) and their credits, in two
     statements however many transfers (the credited accounts summed and locked in id order)."""
     await conn.execute(
-        insert(transfers), [_row(t, "pending", None, timeout, now_ms) for t, timeout in held]
+        insert(transfers),
+        [transfer_row(t, "pending", None, timeout, now_ms) for t, timeout in held],
     )
     await _credit(conn, _credits_by_account(t for t, _ in held), pending=True)
 
@@ -318,9 +319,10 @@ def _resolve_statement() -> Any:
 _RESOLVE = _resolve_statement()
 
 
-def _row(
+def transfer_row(
     t: Transfer, kind: str, pending_id: str | None, timeout_at: int | None, now_ms: int
 ) -> dict:
+    """A transfers row as the ledger writes it (the payout hot path writes the same rows)."""
     return {
         "id": t.id,
         "debit_account_id": t.debit_account_id,

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail import __version__, metrics, webhooks
 from payrail.clock import iso
-from payrail.db.tables import callback_attempts, callbacks
+from payrail.db.tables import callback_attempts, callbacks, jobs
 from payrail.domain import errors
 from payrail.jobs import queue
 from payrail.services import callback_urls, pagination, webhook_secrets
@@ -111,7 +111,16 @@ async def on_status_change(
     previous = await conn.scalar(
         select(func.coalesce(func.max(C.sequence), 0)).where(C.payout_id == row["id"])
     )
-    sequence = int(previous or 0) + 1
+    event, job = event_rows(row, payout_view, now, int(previous or 0) + 1)
+    await conn.execute(insert(callbacks).values(**event))
+    await conn.execute(insert(jobs), job)
+
+
+def event_rows(
+    row: Any, payout_view: dict[str, Any], now: int, sequence: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The callbacks row of a payout's status change and its delivery job's row (the general
+    path writes them in on_status_change, the hot path in its unit)."""
     event_id = str(uuid.uuid4())
     payload = {
         "id": event_id,
@@ -120,29 +129,27 @@ async def on_status_change(
         "sequence": sequence,
         "data": payout_view,
     }
-    await conn.execute(
-        insert(callbacks).values(
-            id=event_id,
-            project_id=row["project_id"],
-            payout_id=row["id"],
-            url=row["callback_url"],
-            payload=json.dumps(payload, separators=(",", ":")),
-            status=Status.PENDING.value,
-            attempts=0,
-            sequence=sequence,
-            created_at=now,
-            updated_at=now,
-            next_attempt_at=now,
-        )
+    event = dict(
+        id=event_id,
+        project_id=row["project_id"],
+        payout_id=row["id"],
+        url=row["callback_url"],
+        payload=json.dumps(payload, separators=(",", ":")),
+        status=Status.PENDING.value,
+        attempts=0,
+        sequence=sequence,
+        created_at=now,
+        updated_at=now,
+        next_attempt_at=now,
     )
-    await queue.enqueue(
-        conn,
+    job = queue.job_row(
+        job_id_for(event_id),
         CALLBACK_JOB,
         job_payload(event_id, row["callback_url"]),
         now,
-        job_id=job_id_for(event_id),
         max_attempts=JOB_ATTEMPTS_MAX,
     )
+    return event, job
 
 
 # ---------------------------------------------------------------- deliver

@@ -102,8 +102,13 @@ def backend_destination(row: RowMapping) -> Destination:
     return Destination.sandbox(row["gamertag"])
 
 
-async def resolve(rt: Runtime, req: PayoutRequest) -> Resolved:
-    """The payout's destination, invoice fetched and checked; raises before any charge."""
+UNREAD: Any = object()  # resolve's `directory`: not read yet
+
+
+async def resolve(rt: Runtime, req: PayoutRequest, directory: Any = UNREAD) -> Resolved:
+    """The payout's destination, invoice fetched and checked; raises before any charge.
+
+    directory: the gamertag's directory entry (or None) when the caller read it already."""
     kinds = rt.node.kinds
     if req.destination_kind == Kind.INVOICE:
         assert req.destination is not None
@@ -111,7 +116,9 @@ async def resolve(rt: Runtime, req: PayoutRequest) -> Resolved:
     if req.destination_kind in (Kind.LIGHTNING_ADDRESS, Kind.LNURL):
         assert req.destination is not None
         return await _via_lnurl(rt, req, req.destination_kind, req.destination)
-    recipient = await recipients.find(rt, req.project_id, req.gamertag)
+    recipient = directory
+    if recipient is UNREAD:
+        recipient = await recipients.find(rt, req.project_id, req.gamertag)
     if recipient is None:
         if rt.settings.sandbox and DestinationKind.SANDBOX in kinds:
             return Resolved(Kind.GAMERTAG, req.gamertag, None)

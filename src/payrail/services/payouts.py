@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from payrail import metrics
 from payrail.clock import iso
 from payrail.db.engine import single_statement
-from payrail.db.tables import gamertag_locks, payouts, projects
+from payrail.db.tables import gamertag_locks, jobs, payouts, projects
 from payrail.domain import errors
 from payrail.domain.flags import KNOWN_FLAGS, SETTLEMENT_QUEUE_PATH
 from payrail.domain.money import fee_sats
@@ -61,7 +61,15 @@ from payrail.lightning.backend import (
     PaymentResult,
     UnknownOutcome,
 )
-from payrail.services import audit, callbacks, destinations, flags, pagination, recipient_guard
+from payrail.services import (
+    audit,
+    callbacks,
+    destinations,
+    flags,
+    hot_path,
+    pagination,
+    recipient_guard,
+)
 from payrail.services.runtime import Runtime, SimulatedCrash
 
 log = structlog.get_logger("payrail.payouts")
@@ -259,18 +267,16 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     """Reserve and settle a payout; answers a replay for a key already used in this project."""
     # The flag decides the settlement path before anything is written (a cached read).
     path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, req.project_id)
-    if req.idempotency_key:  # a replay answers without resolving (no second invoice fetched)
-        async with rt.engine.connect() as conn:
-            earlier = await _by_key(conn, req.project_id, req.idempotency_key)
-        if earlier is not None:
-            return await replay_outcome(rt, earlier, req)
+    earlier, directory = await _lookup(rt, req)
+    if earlier is not None:  # a replay answers without resolving (no second invoice fetched)
+        return await replay_outcome(rt, earlier, req)
     # Where the money goes, invoice included: network calls, so before the reservation's tx.
-    resolved = await destinations.resolve(rt, req)
+    resolved = await destinations.resolve(rt, req, directory)
     try:
         row = await _reserve_row(rt, req, path, resolved)
     except ReplayInstead as other:
         return await replay_outcome(rt, other.row, req)
-    except IntegrityError:
+    except (IntegrityError, hot_path.DuplicateKey):
         # A concurrent request with the same key committed first: answer like a replay.
         async with rt.engine.connect() as conn:
             row = await _by_key(conn, req.project_id, req.idempotency_key or "")
@@ -291,6 +297,21 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
         if task.exception() is None and task.result() is not None:
             return CreateOutcome(task.result(), replay=False)
     return CreateOutcome(await get_payout(rt, payout_id), replay=False)
+
+
+async def _lookup(rt: Runtime, req: PayoutRequest) -> tuple[Any, Any]:
+    """Before anything is resolved: the payout already holding the request's key, if any,
+    and for a gamertag its directory entry (destinations.UNREAD: resolve reads it itself).
+    One read on the hot path."""
+    gamertag = req.destination_kind == destinations.Kind.GAMERTAG
+    if rt.hot_path is not None:
+        key = recipient_guard.recipient_key(req.gamertag) if gamertag else None
+        return await rt.hot_path.lookup(req.project_id, req.idempotency_key, key)
+    earlier = None
+    if req.idempotency_key:
+        async with rt.engine.connect() as conn:
+            earlier = await _by_key(conn, req.project_id, req.idempotency_key)
+    return earlier, destinations.UNREAD
 
 
 async def _reserve(
@@ -317,12 +338,19 @@ async def _reserve_row(
     """
     now = rt.clock.now_ms()
     row = payout_row(req, str(uuid.uuid4()), now, path, resolved)
+    if rt.hot_path is not None:  # the same steps as below, as one unit (services/hot_path)
+        try:
+            await rt.hot_path.reserve(_reservation(rt, req, row, path))
+        except hot_path.Refused as refused:
+            raise await _refusal(rt, req, row, refused) from None
+        log.info("payout_reserved", payout_id=row["id"], project_id=req.project_id, path=path)
+        return row
     async with rt.engine.begin() as conn:
         await pre_reservation_checks(rt, conn, req, now)
         # The payout row first: a same-key race fails here (unique index), before any lock on
         # the shared system accounts is taken.
         await conn.execute(INSERT_PAYOUT, row)
-        await _enqueue_settle(rt, conn, row["id"], now, path)
+        await conn.execute(insert(jobs), _settle_job(rt, row["id"], now, path))
         if req.callback_url:
             await queue_created_callback(conn, row["id"], now)
         # Last: the reservation. Its row locks (the project's account, then this payout's
@@ -336,6 +364,60 @@ async def _reserve_row(
 
 
 INSERT_PAYOUT = insert(payouts)
+
+
+def _reservation(
+    rt: Runtime, req: PayoutRequest, row: dict[str, Any], path: str
+) -> hot_path.Reservation:
+    """tx1 as the hot path's unit: the rows the general path below would write, built here."""
+    now, settings = row["created_at"], rt.settings
+    callback = callback_job = None
+    if row["callback_url"]:
+        callback, callback_job = callbacks.event_rows(row, view(row), now, 1)
+    return hot_path.Reservation(
+        row=row,
+        recipient_key=recipient_guard.recipient_key(req.gamertag),
+        job=_settle_job(rt, row["id"], now, path),
+        transfers=(
+            *(
+                ledger.transfer_row(t, "pending", None, row["expires_at"], now)
+                for t in payout_transfers(row)
+            ),
+        ),  # type: ignore[arg-type]
+        callback=callback,
+        callback_job=callback_job,
+        rate_limit=settings.rate_limit_per_hour,
+        rate_window_ms=recipient_guard.RATE_WINDOW_MS,
+        failures_max=settings.recipient_failures_max,
+        failure_window_s=settings.recipient_failure_window_s,
+        block_s=settings.recipient_block_s,
+        failures_scan_max=recipient_guard.FAILURES_SCAN_MAX,
+        failure_lookback_ms=recipient_guard.FAILURE_LOOKBACK_MS,
+    )
+
+
+async def _refusal(
+    rt: Runtime, req: PayoutRequest, row: dict[str, Any], refused: hot_path.Refused
+) -> Exception:
+    """The general path's answer to what the hot path's unit refused (nothing was written)."""
+    now = row["created_at"]
+    if refused.kind == "no_project":
+        return errors.ProjectNotFound(f"No project with id {req.project_id}.")
+    if refused.kind == "key_taken":
+        async with rt.engine.connect() as conn:
+            earlier = await _by_key(conn, req.project_id, req.idempotency_key or "")
+        return ReplayInstead(earlier) if earlier is not None else hot_path.DuplicateKey()
+    if refused.kind == "blocked":
+        assert refused.value is not None
+        return recipient_guard.blocked_error(
+            req.gamertag, refused.value, refused.failures_max, refused.window_s, now
+        )
+    if refused.kind == "rate_limited":
+        refusal = recipient_guard.rate_refusal(rt.settings.rate_limit_per_hour, refused.value, now)
+        assert refusal is not None
+        return refusal
+    assert refused.kind == "insufficient", refused.kind
+    return insufficient(row["amount"], row["fee"], refused.value or 0)
 
 
 def payout_row(
@@ -360,6 +442,9 @@ def payout_row(
         request_hash=req.fingerprint(),
         state=(State.IN_FLIGHT if inline else State.RESERVED).value,
         charge_posted=False,
+        settled_at=None,
+        failure_code=None,
+        failure_reason=None,
         expires_in=req.expires_in_s,
         expires_at=now + req.expires_in_s * 1000,
         created_at=now,
@@ -402,15 +487,13 @@ async def pre_reservation_checks(
         raise
 
 
-async def _enqueue_settle(
-    rt: Runtime, conn: AsyncConnection, payout_id: str, now: int, path: str
-) -> None:
-    await queue.enqueue(
-        conn,
+def _settle_job(rt: Runtime, payout_id: str, now: int, path: str) -> dict[str, Any]:
+    """The settle job's row, written in tx1."""
+    return queue.job_row(
+        settle_job_id(payout_id),
         SETTLE_JOB,
         {"payoutId": payout_id},
         now,
-        job_id=settle_job_id(payout_id),
         max_attempts=SETTLE_ATTEMPTS_MAX,
         # Inline: this process holds the lease and settles right after COMMIT.
         leased_by=rt.worker_id if path == PATH_INLINE else None,
@@ -590,17 +673,16 @@ async def _send(rt: Runtime, payout_id: str, send: Send) -> RowMapping | None:
 async def _expire_unsent(rt: Runtime, payout_id: str) -> None:
     """In flight, but the node says it never had the payment and expiresAt has passed."""
     now = rt.clock.now_ms()
-    async with rt.engine.begin() as conn:
-        final = await _finalize(
-            conn,
-            payout_id,
-            State.IN_FLIGHT,
-            State.EXPIRED,
-            now,
-            charge=False,
-            cause="saga: the node never had it; expiresAt passed",
-            node_confirmed_unsent=True,
-        )
+    final = await finalize(
+        rt,
+        payout_id,
+        State.IN_FLIGHT,
+        State.EXPIRED,
+        now,
+        charge=False,
+        cause="saga: the node never had it; expiresAt passed",
+        node_confirmed_unsent=True,
+    )
     _observe_final(final, now)
 
 
@@ -664,35 +746,34 @@ async def _apply_outcome(
     legacy_charge = False
     if result.status == NodeStatus.FAILED and result.failure_reason == FailureReason.TIMEOUT:
         legacy_charge = rt.settings.sandbox and not (await rt.faults.get()).rollbackOnTimeout
-    async with rt.engine.begin() as conn:
-        # The guarded update refuses if another actor already finalised it.
-        if result.status == NodeStatus.SUCCEEDED:
-            final = await _finalize(
-                conn,
-                payout_id,
-                State.IN_FLIGHT,
-                State.COMPLETED,
-                now,
-                charge=True,
-                cause="node: payment succeeded",
-            )
-        else:
-            code = (
-                FailureCode.GATEWAY_TIMEOUT
-                if result.failure_reason == FailureReason.TIMEOUT
-                else FailureCode.PAYMENT_FAILED
-            )
-            final = await _finalize(
-                conn,
-                payout_id,
-                State.IN_FLIGHT,
-                State.FAILED,
-                now,
-                charge=legacy_charge,
-                cause=f"node: payment failed ({result.failure_reason or 'failed'})",
-                failure_code=code,
-                failure_reason=f"node: {result.failure_reason or 'failed'}",
-            )
+    # The guarded update refuses if another actor already finalised it.
+    if result.status == NodeStatus.SUCCEEDED:
+        final = await finalize(
+            rt,
+            payout_id,
+            State.IN_FLIGHT,
+            State.COMPLETED,
+            now,
+            charge=True,
+            cause="node: payment succeeded",
+        )
+    else:
+        code = (
+            FailureCode.GATEWAY_TIMEOUT
+            if result.failure_reason == FailureReason.TIMEOUT
+            else FailureCode.PAYMENT_FAILED
+        )
+        final = await finalize(
+            rt,
+            payout_id,
+            State.IN_FLIGHT,
+            State.FAILED,
+            now,
+            charge=legacy_charge,
+            cause=f"node: payment failed ({result.failure_reason or 'failed'})",
+            failure_code=code,
+            failure_reason=f"node: {result.failure_reason or 'failed'}",
+        )
     _observe_final(final, now)
     log.info("payout_final", payout_id=payout_id, node_status=result.status.value)
     return final
@@ -811,6 +892,54 @@ def _final_values(
     return values
 
 
+async def finalize(
+    rt: Runtime,
+    payout_id: str,
+    current: State,
+    target: State,
+    now: int,
+    *,
+    charge: bool,
+    cause: str,
+    failure_code: FailureCode | None = None,
+    failure_reason: str | None = None,
+    node_confirmed_unsent: bool = False,
+) -> RowMapping | dict[str, Any] | None:
+    """tx2 in a transaction of its own: the hot path's unit where there is one (one round
+    trip), else `_finalize` statement by statement. The payout's new row, or None if it was
+    no longer in `current` (someone else won)."""
+    if rt.hot_path is not None:
+        check_transition(current, target, node_confirmed_unsent=node_confirmed_unsent)
+        unit = hot_path.Finalization(
+            payout_id=payout_id,
+            current=current.value,
+            target=target.value,
+            now=now,
+            cause=audit.cause_text(cause),
+            values=_final_values(target, now, charge, failure_code, failure_reason),
+            job_id=settle_job_id(payout_id),
+            transfer_ids=tuple(transfer_ids(payout_id)),  # type: ignore[arg-type]
+            post=charge,
+        )
+        try:
+            return await rt.hot_path.finalize(unit)
+        except hot_path.NeedsGeneralPath:
+            pass  # a callback to write: its payload is built from the final row, below
+    async with rt.engine.begin() as conn:
+        return await _finalize(
+            conn,
+            payout_id,
+            current,
+            target,
+            now,
+            charge=charge,
+            cause=cause,
+            failure_code=failure_code,
+            failure_reason=failure_reason,
+            node_confirmed_unsent=node_confirmed_unsent,
+        )
+
+
 async def _finalize(
     conn: AsyncConnection,
     payout_id: str,
@@ -896,10 +1025,9 @@ _TRANSITION_MANY = (
 
 async def _expire_if_reserved(rt: Runtime, payout_id: str, cause: str) -> bool:
     now = rt.clock.now_ms()
-    async with rt.engine.begin() as conn:
-        final = await _finalize(
-            conn, payout_id, State.RESERVED, State.EXPIRED, now, charge=False, cause=cause
-        )
+    final = await finalize(
+        rt, payout_id, State.RESERVED, State.EXPIRED, now, charge=False, cause=cause
+    )
     _observe_final(final, now)
     if final is not None:
         log.info("payout_expired", payout_id=payout_id)
@@ -972,19 +1100,18 @@ async def set_status(rt: Runtime, payout_id: str, status: Status) -> RowMapping:
         )
     check_transition(current, target)  # 409 before anything is written
     now = rt.clock.now_ms()
-    async with rt.engine.begin() as conn:
-        final = await _finalize(
-            conn,
-            payout_id,
-            current,
-            target,
-            now,
-            charge=False,
-            cause=SANDBOX_STATUS_CAUSE,
-            failure_code=FailureCode.PAYMENT_FAILED if target == State.FAILED else None,
-            failure_reason="set by the sandbox status endpoint" if target == State.FAILED else None,
-        )
-        if final is None:
-            raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
+    final = await finalize(
+        rt,
+        payout_id,
+        current,
+        target,
+        now,
+        charge=False,
+        cause=SANDBOX_STATUS_CAUSE,
+        failure_code=FailureCode.PAYMENT_FAILED if target == State.FAILED else None,
+        failure_reason="set by the sandbox status endpoint" if target == State.FAILED else None,
+    )
+    if final is None:
+        raise errors.InvalidStatusTransition("The payout changed meanwhile; retry.")
     _observe_final(final, now)
     return final

@@ -161,13 +161,20 @@ async def block_refusal(
     until = blocked_until_ms(sorted(failed_at), policy)
     if until is None or until <= now_ms:
         return None
-    retry_after_s = _retry_after_s(until - now_ms)
+    return blocked_error(gamertag, until, policy.failures_max, policy.failure_window_s, now_ms)
+
+
+def blocked_error(
+    gamertag: str, until_ms: int, failures_max: int, failure_window_s: int, now_ms: int
+) -> errors.RecipientTemporarilyBlocked:
+    """The 429 of a block that lasts until `until_ms` (general path and hot path)."""
+    retry_after_s = _retry_after_s(until_ms - now_ms)
     return errors.RecipientTemporarilyBlocked(
         f"Payouts to gamertag {gamertag} are blocked for {retry_after_s} s: "
-        f"{policy.failures_max} payouts to it failed within "
-        f"{policy.failure_window_s} s. Check the recipient before retrying.",
+        f"{failures_max} payouts to it failed within "
+        f"{failure_window_s} s. Check the recipient before retrying.",
         retryAfter=retry_after_s,
-        failuresMax=policy.failures_max,
+        failuresMax=failures_max,
     )
 
 

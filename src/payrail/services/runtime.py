@@ -71,6 +71,9 @@ class Runtime:
     lock_timeouts_ms: collections.deque[int] = field(
         default_factory=lambda: collections.deque(maxlen=LOCK_TIMEOUTS_KEPT_MAX)
     )
+    # A payout's two transactions as one unit each (services/hot_path), or None: the general
+    # path, statement by statement.
+    hot_path: Any = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def crashpoint(self, name: str) -> None:
@@ -100,6 +103,8 @@ class Runtime:
         await self.drain()
         await self.node.aclose()
         await self.provider.aclose()
+        if self.hot_path is not None:
+            await self.hot_path.aclose()
         await self.engine.dispose()
 
 
@@ -132,7 +137,12 @@ def build_runtime(
         node = _make_node(settings, engine, clock, faults)
     if provider is None:
         provider = make_provider(settings)
-    return Runtime(settings, engine, clock, node, faults, new_worker_id(), provider)
+    runtime = Runtime(settings, engine, clock, node, faults, new_worker_id(), provider)
+    if settings.hot_path:
+        from payrail.services.hot_path import for_engine
+
+        runtime.hot_path = for_engine(engine)
+    return runtime
 
 
 def make_provider(settings: Settings, transport: Any = None) -> PaymentProvider:

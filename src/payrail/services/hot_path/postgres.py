@@ -1,0 +1,141 @@
+"""The hot path on PostgreSQL: one call of payrail_reserve / payrail_finalize (migration 0011)
+per transaction, on a small asyncpg pool of its own (no SQLAlchemy between the request and the
+driver: the statement is prepared once per connection and each call is one round trip)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from payrail.ledger import ledger
+from payrail.services.hot_path import (
+    DuplicateKey,
+    Finalization,
+    NeedsGeneralPath,
+    Refused,
+    Reservation,
+)
+
+POOL_MIN = 1
+POOL_MAX = 10  # per process; SQLAlchemy's pool serves everything else
+REFUSED = "PR001"
+GENERAL_PATH = "PR002"
+
+LOOKUP_SQL = (
+    "SELECT 'payout', row_to_json(p)::text FROM payouts p"
+    " WHERE $2::text IS NOT NULL AND p.project_id = $1 AND p.idempotency_key = $2"
+    " UNION ALL"
+    " SELECT 'recipient', row_to_json(r)::text FROM recipients r"
+    " WHERE $3::text IS NOT NULL AND r.project_id = $1 AND r.gamertag_key = $3"
+)
+RESERVE_SQL = "SELECT payrail_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+FINALIZE_SQL = "SELECT * FROM payrail_finalize($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+class PostgresHotPath:
+    def __init__(self, url: str, server_settings: dict[str, str]) -> None:
+        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self._server_settings = server_settings
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def _connections(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=POOL_MIN,
+                        max_size=POOL_MAX,
+                        server_settings=self._server_settings,
+                    )
+        return self._pool
+
+    async def lookup(
+        self, project_id: str, idempotency_key: str | None, recipient_key: str | None
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        pool = await self._connections()
+        found = {
+            what: json.loads(row)
+            for what, row in await pool.fetch(
+                LOOKUP_SQL, project_id, idempotency_key, recipient_key
+            )
+        }
+        return found.get("payout"), found.get("recipient")
+
+    async def reserve(self, r: Reservation) -> None:
+        pool = await self._connections()
+        args = (
+            _json(r.row),
+            _json(r.job),
+            _json(r.callback),
+            _json(r.callback_job),
+            _json(list(r.transfers)),
+            r.recipient_key,
+            r.rate_limit,
+            r.rate_window_ms,
+            r.failures_max,
+            r.failure_window_s,
+            r.block_s,
+            r.failures_scan_max,
+            r.failure_lookback_ms,
+        )
+        try:
+            await pool.execute(RESERVE_SQL, *args)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.table_name == "payouts":
+                raise DuplicateKey(str(exc)) from None
+            raise
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == REFUSED:
+                raise _refused(exc) from None
+            raise
+
+    async def finalize(self, f: Finalization) -> dict[str, Any] | None:
+        pool = await self._connections()
+        try:
+            row = await pool.fetchrow(
+                FINALIZE_SQL,
+                f.payout_id,
+                f.current,
+                f.target,
+                f.now,
+                f.cause,
+                bool(f.values.get("charge_posted")),
+                f.values.get("settled_at"),
+                f.values.get("failure_code"),
+                f.values.get("failure_reason"),
+                f.job_id,
+                list(f.transfer_ids),
+                f.post,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            if exc.table_name == "transfers":
+                raise ledger.AlreadyResolved(f"already resolved: {list(f.transfer_ids)}") from None
+            raise
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == GENERAL_PATH:
+                raise NeedsGeneralPath(f.payout_id) from None
+            raise
+        return dict(row) if row is not None else None
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+def _refused(exc: asyncpg.PostgresError) -> Refused:
+    kind = str(exc.message)
+    figures = [int(x) for x in (getattr(exc, "detail", None) or "").split()]
+    if kind == "blocked":
+        return Refused(kind, figures[0], failures_max=figures[1], window_s=figures[2])
+    return Refused(kind, figures[0] if figures else None)
