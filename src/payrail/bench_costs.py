@@ -4,8 +4,8 @@
 prints only these). Throughput on a shared 2-core machine is noisy; these counts are not, so
 they show what each change to the hot path bought:
 
-- statements: every statement payrail sends (SQLAlchemy's cursor-execute event), BEGIN and
-  COMMIT excluded;
+- statements: every statement payrail sends (SQLAlchemy's cursor-execute event, plus each call
+  of the hot path's units, services/hot_path: one statement each), BEGIN and COMMIT excluded;
 - commits, rows inserted, rows updated: PostgreSQL's own pg_stat_database deltas for the bench
   database (read once every backend has closed, so the counters are flushed).
 
@@ -93,13 +93,15 @@ async def _measure(
     try:
         await projects.create_project(rt, PROJECT_ID + what, PROJECT_ID + what)
         await projects.fund(rt, PROJECT_ID + what, FUND_SATS)
-        await rt.engine.dispose()
+        await _close_connections(rt)
         await asyncio.sleep(STATS_FLUSH_WAIT_S)
         before = await pg_stats(database_url)
+        hot_calls_before = _hot_calls(rt)
         with _count_statements(rt.engine) as statements:
             await work(rt)
             await rt.drain()
-        await rt.engine.dispose()
+        statements[0] += _hot_calls(rt) - hot_calls_before
+        await _close_connections(rt)
         await asyncio.sleep(STATS_FLUSH_WAIT_S)
         after = await pg_stats(database_url)
     finally:
@@ -113,6 +115,17 @@ async def _measure(
         rows_inserted_per_payout=round(inserted / payouts, 2),
         rows_updated_per_payout=round(updated / payouts, 2),
     )
+
+
+def _hot_calls(rt: Any) -> int:
+    return rt.hot_path.calls if rt.hot_path is not None else 0
+
+
+async def _close_connections(rt: Any) -> None:
+    """Every backend closed, so that PostgreSQL has flushed its statistics of them."""
+    await rt.engine.dispose()
+    if rt.hot_path is not None:
+        await rt.hot_path.aclose()
 
 
 def _request(project_id: str, i: int) -> Any:

@@ -46,8 +46,10 @@ class PostgresHotPath:
         self._server_settings = server_settings
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+        self.calls = 0  # statements sent (bench_costs counts them)
 
     async def _connections(self) -> asyncpg.Pool:
+        self.calls += 1
         if self._pool is None:
             async with self._opening:
                 if self._pool is None:
@@ -56,6 +58,7 @@ class PostgresHotPath:
                         min_size=POOL_MIN,
                         max_size=POOL_MAX,
                         server_settings=self._server_settings,
+                        reset=_keep_session,
                     )
         return self._pool
 
@@ -131,6 +134,12 @@ class PostgresHotPath:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: none. Every use here is one autocommitted statement that
+    sets no session state (no SET, LISTEN, cursor or advisory lock), and asyncpg rolls back an
+    open transaction itself before this; its default reset query costs a round trip per use."""
 
 
 def _refused(exc: asyncpg.PostgresError) -> Refused:
