@@ -5,6 +5,8 @@ Changing a table here needs a new Alembic revision in migrations/versions.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -17,7 +19,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     func,
+    insert,
 )
 
 metadata = MetaData(
@@ -504,3 +508,11 @@ reconcile_runs = Table(
     Column("report", Text, nullable=False),  # JSON: counts and the first discrepancies
     Index("ix_reconcile_runs_at", "at_ms"),
 )
+
+
+def insert_row(table: Table, dialect_insert: Any = insert) -> Any:
+    """INSERT of whole rows (a dict per row with every column), built once by its caller.
+
+    A bare insert(table) has no cache key in SQLAlchemy 2.0, so it was compiled again on
+    every execution; with each column named as a bind parameter, it is compiled once."""
+    return dialect_insert(table).values({c.name: bindparam(c.name) for c in table.c})

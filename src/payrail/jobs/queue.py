@@ -128,6 +128,7 @@ def job_row(
         max_attempts=max_attempts,
         lease_until=now_ms + lease_ms if leased_by else None,
         locked_by=leased_by,
+        last_error=None,
         created_at=now_ms,
         updated_at=now_ms,
     )

@@ -13,12 +13,11 @@ returns only once its own row is durable.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payrail.clock import Clock
@@ -36,12 +35,22 @@ from payrail.sandbox import FaultStore
 
 P = sim_node_payments.c
 RECORD_GROUP_MAX = 500  # rows per shared INSERT (a bound on one statement's size)
-# Built once: the rows are execute parameters, so a group costs no statement compilation.
+_COLUMNS = [c.name for c in sim_node_payments.c]
+_JSON_FIELDS = ", ".join(f"json_extract(value, '$.{c}')" for c in _COLUMNS)
+# One statement for a whole group, its rows one JSON parameter: plain text, so SQLAlchemy
+# compiles it once (its dialect INSERT … ON CONFLICT has no cache key and was compiled again
+# for every group).
 _RECORD = {
-    name: dialect_insert(sim_node_payments)
-    .on_conflict_do_nothing(index_elements=["payment_id"])
-    .returning(P.payment_id)
-    for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+    "postgresql": text(
+        "INSERT INTO sim_node_payments"
+        " SELECT * FROM jsonb_populate_recordset(NULL::sim_node_payments, CAST(:rows AS jsonb))"
+        " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id"
+    ),
+    "sqlite": text(
+        f"INSERT INTO sim_node_payments ({', '.join(_COLUMNS)}) SELECT {_JSON_FIELDS}"
+        " FROM json_each(:rows) WHERE true"
+        " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id"
+    ),
 }
 
 
@@ -154,7 +163,7 @@ class SimulatedNode:
         statement = _RECORD[self._engine.dialect.name]
         unique = list({row["payment_id"]: row for row in reversed(rows)}.values())
         async with single_statement(self._engine) as conn:
-            result = await conn.execute(statement, unique)  # one INSERT (insertmanyvalues)
+            result = await conn.execute(statement, {"rows": json.dumps(unique)})
             return set(result.scalars())
 
     async def status(self, payment_id: str, destination: Destination) -> PaymentResult:
