@@ -303,3 +303,45 @@ async def test_a_batch_item_with_a_callback_url_gets_its_created_and_completed_e
     seen = sorted((e["payload"]["sequence"], e["payload"]["data"]["status"]) for e in log)
     assert seen == [(1, "pending"), (2, "completed")]
     assert all(e["payload"]["data"]["id"] == answers[0]["data"]["id"] for e in log)
+
+
+async def test_batch_items_get_the_recipient_guard_and_directory_answers_of_single_payouts(
+    client, rt
+):
+    """Read for the whole batch at once (one directory read, one failed-payout read): a blocked
+    recipient, a suspended one and a registered keysend recipient each answered as alone."""
+    pubkey = "02" + "ab" * 32
+    assert (await client.put("/recipients/Keyed", json={"nodePubkey": pubkey})).status_code in (
+        200,
+        201,
+    )
+    suspended = await client.put(
+        "/recipients/frozen", json={"nodePubkey": pubkey, "suspended": True}
+    )
+    assert suspended.status_code in (200, 201), suspended.text
+    await client.post("/test/failure-injection", json={"enabled": True, "failureRate": 1.0})
+    for spelling in ("blocky", "Blocky", "BLOCKY"):
+        failed = await client.post(
+            "/payouts", json={"gamertag": spelling, "amount": 10, "projectId": PROJECT}
+        )
+        assert failed.status_code == 502, failed.text
+    await client.post("/test/failure-injection", json={"enabled": False})
+    start = await balance_of(client)
+
+    items = [
+        {"gamertag": "bLoCkY", "amount": 100},
+        {"gamertag": "keyed", "amount": 100},  # the directory's "Keyed", any case
+        {"gamertag": "FROZEN", "amount": 100},
+        {"gamertag": "newcomer", "amount": 100},  # sandbox: paid by name
+    ]
+    response = await post_batch(client, items, key="guarded-batch")
+    assert response.status_code == 200, response.text
+    answers = response.json()["data"]["items"]
+    assert [a["httpStatus"] for a in answers] == [429, 201, 403, 201]
+    assert answers[0]["data"]["error"] == "RECIPIENT_TEMPORARILY_BLOCKED"
+    assert 590 <= answers[0]["data"]["retryAfter"] <= 600
+    assert answers[2]["data"]["error"] == "RECIPIENT_SUSPENDED"
+    keyed = await client.get(f"/payouts/{answers[1]['data']['id']}")
+    assert keyed.json()["data"]["destinationKind"] == "keysend", keyed.text
+    assert await balance_of(client) == start - 2 * (100 + fee_sats(100))
+    assert (await reconcile(rt)).clean

@@ -14,10 +14,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from payrail.db.tables import jobs
+from payrail.db.tables import insert_row, jobs
 from payrail.domain import errors
 
 J = jobs.c
@@ -89,7 +89,7 @@ async def enqueue_many(
 ) -> None:
     """Insert jobs (id, payload) of one kind in one statement, in the caller's transaction."""
     await conn.execute(
-        insert(jobs),
+        INSERT_JOB,
         [
             job_row(
                 job_id,
@@ -104,6 +104,9 @@ async def enqueue_many(
             for job_id, payload in jobs_
         ],
     )
+
+
+INSERT_JOB = insert_row(jobs)
 
 
 def job_row(

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payrail.db.tables import accounts, transfers
+from payrail.db.tables import accounts, insert_row, transfers
 from payrail.ledger.accounts import CURRENCY_SATS, SYSTEM_ACCOUNTS, Code
 
 A = accounts.c
@@ -198,11 +198,14 @@ def _single_debit_account(items: Sequence[Transfer]) -> str:
     return debit_ids.pop()
 
 
+_INSERT_TRANSFER = insert_row(transfers)
+
+
 async def transfer(conn: AsyncConnection, t: Transfer, now_ms: int) -> None:
     """A single-phase transfer, posted at once (funding)."""
     await _debit(conn, t.debit_account_id, t.amount, pending=False)
     await _credit(conn, {t.credit_account_id: t.amount}, pending=False)
-    await conn.execute(insert(transfers), transfer_row(t, "single", None, None, now_ms))
+    await conn.execute(_INSERT_TRANSFER, transfer_row(t, "single", None, None, now_ms))
 
 
 async def reserve(
@@ -244,7 +247,7 @@ async def record_pending(
     """Phase two: the pending transfer rows (each with its timeout) and their credits, in two
     statements however many transfers (the credited accounts summed and locked in id order)."""
     await conn.execute(
-        insert(transfers),
+        _INSERT_TRANSFER,
         [transfer_row(t, "pending", None, timeout, now_ms) for t, timeout in held],
     )
     await _credit(conn, _credits_by_account(t for t, _ in held), pending=True)

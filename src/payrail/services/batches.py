@@ -34,10 +34,11 @@ from payrail.db.tables import payout_batches, payouts, projects
 from payrail.domain import errors
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
 from payrail.domain.payouts import FINAL_STATES, PayoutRequest, State
+from payrail.domain.recipients import gamertag_key
 from payrail.jobs import queue
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
-from payrail.services import destinations, flags, recipient_guard
+from payrail.services import destinations, flags, recipient_guard, recipients
 from payrail.services import payouts as single
 from payrail.services.runtime import Runtime, SimulatedCrash
 
@@ -125,9 +126,13 @@ async def create_batch(
     valid = [(i, item) for i, item in enumerate(items) if isinstance(item, PayoutRequest)]
     # Where each item's money goes (directory, invoice): network calls, so before any tx.
     resolved: dict[int, destinations.Resolved] = {}
+    directory = await recipients.find_many(
+        rt, project_id, [r.gamertag for _, r in valid if r.destination_kind == "gamertag"]
+    )
     for index, req in valid:
+        entry = directory.get(gamertag_key(req.gamertag))
         try:
-            resolved[index] = await destinations.resolve(rt, req)
+            resolved[index] = await destinations.resolve(rt, req, entry)
         except tuple(ITEM_ERRORS.values()) as refusal:
             answers[index] = ItemAnswer(error=refusal)
     valid = [(i, req) for i, req in valid if i in resolved]
@@ -205,12 +210,9 @@ async def _reserve_group(
         taken: dict[str, Any] = dict(await single.payouts_by_keys(conn, project_id, keys))
         windows = await single.rate_windows(conn, project_id, [r.gamertag for _, r in group], now)
         available = await ledger.available_for_update(conn, account)
-        blocks = {
-            recipient_guard.recipient_key(r.gamertag): await recipient_guard.block_refusal(
-                conn, rt.settings, project_id, r.gamertag, now
-            )
-            for _, r in group
-        }
+        blocks = await recipient_guard.block_refusals(
+            conn, rt.settings, project_id, [r.gamertag for _, r in group], now
+        )
         for index, req in group:
             # The pre-reservation decisions of single.pre_reservation_checks, in its order.
             if req.idempotency_key in taken:
@@ -219,7 +221,9 @@ async def _reserve_group(
             recipient = recipient_guard.recipient_key(req.gamertag)
             window = windows.setdefault(recipient, [])
             oldest_counted = window[limit - 1] if len(window) >= limit else None
-            refusal = blocks[recipient] or recipient_guard.rate_refusal(limit, oldest_counted, now)
+            refusal = blocks.get(recipient) or recipient_guard.rate_refusal(
+                limit, oldest_counted, now
+            )
             if refusal is not None:
                 answers[index] = ItemAnswer(error=refusal)
                 continue

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail import __version__, metrics, webhooks
 from payrail.clock import iso
-from payrail.db.tables import callback_attempts, callbacks, jobs
+from payrail.db.tables import callback_attempts, callbacks
 from payrail.domain import errors
 from payrail.jobs import queue
 from payrail.services import callback_urls, pagination, webhook_secrets
@@ -113,7 +113,7 @@ async def on_status_change(
     )
     event, job = event_rows(row, payout_view, now, int(previous or 0) + 1)
     await conn.execute(insert(callbacks).values(**event))
-    await conn.execute(insert(jobs), job)
+    await conn.execute(queue.INSERT_JOB, job)
 
 
 def event_rows(

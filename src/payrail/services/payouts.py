@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from payrail import metrics
 from payrail.clock import iso
 from payrail.db.engine import single_statement
-from payrail.db.tables import gamertag_locks, insert_row, jobs, payouts, projects
+from payrail.db.tables import gamertag_locks, insert_row, payouts, projects
 from payrail.domain import errors
 from payrail.domain.flags import KNOWN_FLAGS, SETTLEMENT_QUEUE_PATH
 from payrail.domain.money import fee_sats
@@ -350,7 +350,7 @@ async def _reserve_row(
         # The payout row first: a same-key race fails here (unique index), before any lock on
         # the shared system accounts is taken.
         await conn.execute(INSERT_PAYOUT, row)
-        await conn.execute(INSERT_JOB, _settle_job(rt, row["id"], now, path))
+        await conn.execute(queue.INSERT_JOB, _settle_job(rt, row["id"], now, path))
         if req.callback_url:
             await queue_created_callback(conn, row["id"], now)
         # Last: the reservation. Its row locks (the project's account, then this payout's
@@ -364,7 +364,6 @@ async def _reserve_row(
 
 
 INSERT_PAYOUT = insert_row(payouts)
-INSERT_JOB = insert_row(jobs)
 
 
 def _reservation(

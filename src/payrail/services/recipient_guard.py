@@ -164,6 +164,40 @@ async def block_refusal(
     return blocked_error(gamertag, until, policy.failures_max, policy.failure_window_s, now_ms)
 
 
+async def block_refusals(
+    conn: AsyncConnection, settings: Settings, project_id: str, gamertags: list[str], now_ms: int
+) -> dict[str, errors.RecipientTemporarilyBlocked]:
+    """block_refusal for many recipients of one project (a batch) in two reads: the blocked
+    ones, by recipient_key (the message names the gamertag as first given)."""
+    policy = await policy_for(conn, settings, project_id)
+    if policy.failures_max <= 0 or not gamertags:
+        return {}
+    spelled = {recipient_key(g): g for g in reversed(gamertags)}
+    horizon_ms = now_ms - (policy.failure_window_s + policy.block_s) * 1000
+    key = func.lower(P.gamertag)
+    rows = await conn.execute(
+        select(key, P.updated_at).where(
+            P.project_id == project_id,
+            key.in_(sorted(spelled)),
+            P.created_at > horizon_ms - FAILURE_LOOKBACK_MS,
+            P.state == State.FAILED.value,
+            P.updated_at > horizon_ms,
+        )
+    )
+    failed: dict[str, list[int]] = {}
+    for recipient, updated_at in rows:
+        failed.setdefault(recipient, []).append(updated_at)
+    refusals = {}
+    for recipient, times in failed.items():
+        # The single check reads the newest FAILURES_SCAN_MAX; the same ones here.
+        until = blocked_until_ms(sorted(times)[-FAILURES_SCAN_MAX:], policy)
+        if until is not None and until > now_ms:
+            refusals[recipient] = blocked_error(
+                spelled[recipient], until, policy.failures_max, policy.failure_window_s, now_ms
+            )
+    return refusals
+
+
 def blocked_error(
     gamertag: str, until_ms: int, failures_max: int, failure_window_s: int, now_ms: int
 ) -> errors.RecipientTemporarilyBlocked:

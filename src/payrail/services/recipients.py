@@ -80,6 +80,16 @@ async def find(rt: Runtime, project_id: str, gamertag: str) -> RowMapping | None
         return await _load(conn, project_id, gamertag)
 
 
+async def find_many(rt: Runtime, project_id: str, gamertags: list[str]) -> dict[str, RowMapping]:
+    """The recipients registered for these gamertags, by gamertag_key, in one read (a batch)."""
+    keys = sorted({gamertag_key(g) for g in gamertags})
+    if not keys:
+        return {}
+    query = select(recipients).where(R.project_id == project_id, R.gamertag_key.in_(keys))
+    async with rt.engine.connect() as conn:
+        return {row["gamertag_key"]: row for row in (await conn.execute(query)).mappings()}
+
+
 async def get(rt: Runtime, project_id: str, gamertag: str) -> RowMapping:
     row = await find(rt, project_id, gamertag)
     if row is None:
