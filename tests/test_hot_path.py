@@ -9,7 +9,9 @@ is the PL/pgSQL functions of migration 0011; on SQLite, its unit where there is 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -301,3 +303,36 @@ async def test_each_refusal_gets_the_same_answer_and_writes_nothing(paths, case)
     for data in (hot[1], general[1]):
         data.pop("payoutId", None)  # key_reused names the payout, whose id differs
     assert hot == general
+
+
+async def test_concurrent_payouts_finish_in_shared_calls_with_exact_balances(paths, database_url):
+    """Finalizations that meet in one process share a call (PostgreSQL): completed, failed and
+    callback payouts mixed in one group each end as they would alone, the money exact."""
+    rt, client = paths["hot"]
+    await _project(client, "hp_group")
+    before = rt.hot_path.calls if rt.hot_path is not None else 0
+    await client.post("/test/failure-injection", json={"enabled": True, "failureRate": 0.3})
+    bodies = [
+        {"gamertag": f"grp{i}", "amount": 100 + i, "projectId": "hp_group"}
+        | ({"callbackUrl": "http://127.0.0.1:9/hook"} if i % 7 == 0 else {})
+        for i in range(40)
+    ]
+    answers = await asyncio.gather(*(client.post("/payouts", json=b) for b in bodies))
+    await client.post("/test/failure-injection", json={"enabled": False})
+    codes = Counter(a.status_code for a in answers)
+    assert set(codes) <= {201, 502} and codes[201] > 0, codes
+    paid = sum(
+        b["amount"] + fee_sats(b["amount"])
+        for b, a in zip(bodies, answers, strict=True)
+        if a.status_code == 201
+    )
+    assert await _balance(rt, "hp_group") == (0, paid, FUNDS)
+    for body, answer in zip(bodies, answers, strict=True):
+        row = await _rows(rt, answer.json()["data"].get("id") or answer.json()["data"]["payoutId"])
+        assert row["payout"]["state"] == ("completed" if answer.status_code == 201 else "failed")
+        assert row["job"][0] == "done"
+        assert [c[0] for c in row["callbacks"]] == ([1, 2] if "callbackUrl" in body else [])
+    if rt.hot_path is not None:
+        # 40 lookups and 40 reservations; the finalizations shared calls
+        assert rt.hot_path.calls - before < 3 * 40
+    assert (await reconcile(rt)).clean

@@ -33,6 +33,8 @@ LOOKUP_SQL = (
     " WHERE $3::text IS NOT NULL AND r.project_id = $1 AND r.gamertag_key = $3"
 )
 RESERVE_SQL = "SELECT payrail_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+FINALIZE_MANY_SQL = "SELECT outcome, payout FROM payrail_finalize_many($1)"
+FINALIZE_GROUP_MAX = 200  # payouts per grouped call
 FINALIZE_SQL = "SELECT * FROM payrail_finalize($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
 
@@ -47,6 +49,8 @@ class PostgresHotPath:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.calls = 0  # statements sent (bench_costs counts them)
+        self._finalizing: list[tuple[Finalization, asyncio.Future[Any]]] = []
+        self._finalizer: asyncio.Task[None] | None = None
 
     async def _connections(self) -> asyncpg.Pool:
         self.calls += 1
@@ -103,6 +107,82 @@ class PostgresHotPath:
             raise
 
     async def finalize(self, f: Finalization) -> dict[str, Any] | None:
+        """Joins the next group: what this process's requests finish while a group call is on
+        its way goes in the next call (one round trip and one commit for all of them)."""
+        done: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._finalizing.append((f, done))
+        if self._finalizer is None or self._finalizer.done():
+            self._finalizer = asyncio.create_task(self._finalize_groups())
+        return await asyncio.shield(done)  # a cancelled caller must not cancel the others
+
+    async def _finalize_groups(self) -> None:
+        while self._finalizing:
+            group: list[tuple[Finalization, asyncio.Future[Any]]] = []
+            later: list[tuple[Finalization, asyncio.Future[Any]]] = []
+            ids: set[str] = set()
+            for item in self._finalizing:
+                # A payout twice in one group would be finalized once but answered twice.
+                if len(group) < FINALIZE_GROUP_MAX and item[0].payout_id not in ids:
+                    group.append(item)
+                    ids.add(item[0].payout_id)
+                else:
+                    later.append(item)
+            self._finalizing = later
+            if len(group) > 1:
+                try:
+                    outcomes = await self._finalize_many([f for f, _ in group])
+                except Exception:  # one item's fault fails the group: each on its own
+                    outcomes = None
+                if outcomes is not None:
+                    for f, done in group:
+                        outcome = outcomes.get(f.payout_id)
+                        if done.done():
+                            continue
+                        if outcome == "general":
+                            done.set_exception(NeedsGeneralPath(f.payout_id))
+                        else:
+                            done.set_result(outcome)
+                    continue
+            for f, done in group:
+                try:
+                    result = await self._finalize_one(f)
+                except Exception as exc:
+                    if not done.done():
+                        done.set_exception(exc)
+                else:
+                    if not done.done():
+                        done.set_result(result)
+
+    async def _finalize_many(self, group: list[Finalization]) -> dict[str, Any]:
+        """{payout id: its new row, or "general"}; an item not in its state is absent."""
+        pool = await self._connections()
+        items = [
+            {
+                "id": f.payout_id,
+                "cur": f.current,
+                "target": f.target,
+                "now": f.now,
+                "cause": f.cause,
+                "charge": bool(f.values.get("charge_posted")),
+                "settled_at": f.values.get("settled_at"),
+                "failure_code": f.values.get("failure_code"),
+                "failure_reason": f.values.get("failure_reason"),
+                "job_id": f.job_id,
+                "transfer_ids": list(f.transfer_ids),
+                "post": f.post,
+            }
+            for f in group
+        ]
+        outcomes: dict[str, Any] = {}
+        for outcome, value in await pool.fetch(FINALIZE_MANY_SQL, _json(items)):
+            if outcome == "general":
+                outcomes[value] = "general"
+            else:
+                row = json.loads(value)
+                outcomes[row["id"]] = row
+        return outcomes
+
+    async def _finalize_one(self, f: Finalization) -> dict[str, Any] | None:
         pool = await self._connections()
         try:
             row = await pool.fetchrow(
