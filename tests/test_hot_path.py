@@ -336,3 +336,49 @@ async def test_concurrent_payouts_finish_in_shared_calls_with_exact_balances(pat
         # 40 lookups and 40 reservations; the finalizations shared calls
         assert rt.hot_path.calls - before < 3 * 40
     assert (await reconcile(rt)).clean
+
+
+async def test_concurrent_reservations_in_shared_calls_are_each_decided_as_alone(paths):
+    """Reservations that meet in one process share a call (PostgreSQL): refusals of every kind
+    mixed with payouts in the same groups, each answered as alone, nothing charged twice or
+    for a refusal, the rate limit exact."""
+    rt, client = paths["hot"]
+    funds = 15 * (1_000 + fee_sats(1_000))  # room for 15 of the 20 below
+    created = await client.post("/projects", json={"id": "hp_mix"}, headers=ADMIN)
+    assert created.status_code == 201
+    await client.post("/projects/hp_mix/fund", json={"amount": funds}, headers=ADMIN)
+    await _project(client, "hp_mix2")
+    before = rt.hot_path.calls if rt.hot_path is not None else 0
+    requests = (
+        [({"gamertag": f"mix{i}", "amount": 1_000, "projectId": "hp_mix"}, None) for i in range(20)]
+        + [({"gamertag": "Hot", "amount": 10, "projectId": "hp_mix2"}, None) for _ in range(12)]
+        + [
+            ({"gamertag": f"twice{k}", "amount": 20, "projectId": "hp_mix2"}, f"twice-{k}")
+            for k in range(5)
+            for _ in range(2)
+        ]
+        + [({"gamertag": "nobody", "amount": 10, "projectId": "hp_none"}, None)] * 3
+    )
+    answers = await asyncio.gather(
+        *(
+            client.post("/payouts", json=body, headers={"Idempotency-Key": key} if key else {})
+            for body, key in requests
+        )
+    )
+    by_kind = Counter(
+        (body["projectId"], body["gamertag"][:3], a.status_code)
+        for (body, _), a in zip(requests, answers, strict=True)
+    )
+    assert by_kind[("hp_mix", "mix", 201)] == 15 and by_kind[("hp_mix", "mix", 402)] == 5
+    assert by_kind[("hp_mix2", "Hot", 201)] == 10 and by_kind[("hp_mix2", "Hot", 429)] == 2
+    assert by_kind[("hp_none", "nob", 404)] == 3
+    for k in range(5):
+        pair = [a for (b, key), a in zip(requests, answers, strict=True) if key == f"twice-{k}"]
+        assert sorted(a.status_code for a in pair) in ([200, 201], [201, 201]), pair
+        assert pair[0].json()["data"]["id"] == pair[1].json()["data"]["id"]
+    assert await _balance(rt, "hp_mix") == (0, funds, funds)
+    spent2 = 10 * (10 + fee_sats(10)) + 5 * (20 + fee_sats(20))
+    assert await _balance(rt, "hp_mix2") == (0, spent2, FUNDS)
+    if rt.hot_path is not None:
+        assert rt.hot_path.calls - before < 3 * len(requests)
+    assert (await reconcile(rt)).clean

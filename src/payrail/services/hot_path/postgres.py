@@ -1,11 +1,19 @@
-"""The hot path on PostgreSQL: one call of payrail_reserve / payrail_finalize (migration 0011)
-per transaction, on a small asyncpg pool of its own (no SQLAlchemy between the request and the
-driver: the statement is prepared once per connection and each call is one round trip)."""
+"""The hot path on PostgreSQL: each transaction one function call (migrations 0011-0013), on a
+small asyncpg pool of its own (no SQLAlchemy between the request and the driver: each
+statement is prepared once per connection and each call is one round trip).
+
+Reservations and final transitions are grouped per process (`_Grouped`): a call goes out at
+once when none is on its way; what arrives meanwhile goes together in the next one
+(payrail_reserve_many, payrail_finalize_many: one round trip and one commit for the group,
+each item decided as it would be alone). No timer, so a lone payout waits for nothing. A group
+call that fails (a same-key race, anything unexpected) is retried item by item with the single
+functions, so each item gets its own answer or error."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -33,13 +41,73 @@ LOOKUP_SQL = (
     " WHERE $3::text IS NOT NULL AND r.project_id = $1 AND r.gamertag_key = $3"
 )
 RESERVE_SQL = "SELECT payrail_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+RESERVE_MANY_SQL = (
+    "SELECT item, outcome, detail FROM payrail_reserve_many($1, $2, $3, $4, $5, $6, $7, $8)"
+)
 FINALIZE_MANY_SQL = "SELECT outcome, payout FROM payrail_finalize_many($1)"
-FINALIZE_GROUP_MAX = 200  # payouts per grouped call
+GROUP_MAX = 200  # payouts per grouped call
 FINALIZE_SQL = "SELECT * FROM payrail_finalize($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
 
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+class _Grouped:
+    """Calls that arrive while one is on its way go together in the next, at most GROUP_MAX.
+
+    run_group(items) answers each item (a value or an exception, in order); if it raises,
+    run_one answers each item alone. Items with the same `key` never share a group (a payout
+    finalized twice in one call would be answered twice)."""
+
+    def __init__(
+        self,
+        run_group: Callable[[list[Any]], Awaitable[list[Any]]],
+        run_one: Callable[[Any], Awaitable[Any]],
+        key: Callable[[Any], Any],
+    ) -> None:
+        self._run_group, self._run_one, self._key = run_group, run_one, key
+        self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Any) -> Any:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, done))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        return await asyncio.shield(done)  # a cancelled caller must not cancel the others
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            group, later, keys = [], [], set()
+            for entry in self._waiting:
+                key = self._key(entry[0])
+                if len(group) < GROUP_MAX and key not in keys:
+                    group.append(entry)
+                    keys.add(key)
+                else:
+                    later.append(entry)
+            self._waiting = later
+            answers: list[Any] | None = None
+            if len(group) > 1:
+                try:
+                    answers = await self._run_group([item for item, _ in group])
+                except Exception:
+                    answers = None
+            if answers is None:
+                answers = []
+                for item, _ in group:
+                    try:
+                        answers.append(await self._run_one(item))
+                    except Exception as exc:
+                        answers.append(exc)
+            for (_, done), answer in zip(group, answers, strict=True):
+                if done.done():
+                    continue
+                if isinstance(answer, BaseException):
+                    done.set_exception(answer)
+                else:
+                    done.set_result(answer)
 
 
 class PostgresHotPath:
@@ -49,8 +117,8 @@ class PostgresHotPath:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.calls = 0  # statements sent (bench_costs counts them)
-        self._finalizing: list[tuple[Finalization, asyncio.Future[Any]]] = []
-        self._finalizer: asyncio.Task[None] | None = None
+        self._reserving = _Grouped(self._reserve_many, self._reserve_one, _payout_of)
+        self._finalizing = _Grouped(self._finalize_many, self._finalize_one, lambda f: f.payout_id)
 
     async def _connections(self) -> asyncpg.Pool:
         self.calls += 1
@@ -79,6 +147,33 @@ class PostgresHotPath:
         return found.get("payout"), found.get("recipient")
 
     async def reserve(self, r: Reservation) -> None:
+        await self._reserving.submit(r)
+
+    async def _reserve_many(self, group: list[Reservation]) -> list[Any]:
+        """Each item: None (reserved) or its Refused; raises for the group to go item by item."""
+        pool = await self._connections()
+        first = group[0]
+        items = [
+            {
+                "i": i,
+                "payout": r.row,
+                "job": r.job,
+                "callback": r.callback,
+                "callback_job": r.callback_job,
+                "transfers": list(r.transfers),
+                "recipient_key": r.recipient_key,
+            }
+            for i, r in enumerate(group)
+        ]
+        assert all(_settings_of(r) == _settings_of(first) for r in group)
+        answers: list[Any] = [None] * len(group)
+        rows = await pool.fetch(RESERVE_MANY_SQL, _json(items), *_settings_of(first))
+        for i, outcome, detail in rows:
+            if outcome != "reserved":
+                answers[i] = _refusal(outcome, detail)
+        return answers
+
+    async def _reserve_one(self, r: Reservation) -> None:
         pool = await self._connections()
         args = (
             _json(r.row),
@@ -87,13 +182,7 @@ class PostgresHotPath:
             _json(r.callback_job),
             _json(list(r.transfers)),
             r.recipient_key,
-            r.rate_limit,
-            r.rate_window_ms,
-            r.failures_max,
-            r.failure_window_s,
-            r.block_s,
-            r.failures_scan_max,
-            r.failure_lookback_ms,
+            *_settings_of(r),
         )
         try:
             await pool.execute(RESERVE_SQL, *args)
@@ -107,54 +196,10 @@ class PostgresHotPath:
             raise
 
     async def finalize(self, f: Finalization) -> dict[str, Any] | None:
-        """Joins the next group: what this process's requests finish while a group call is on
-        its way goes in the next call (one round trip and one commit for all of them)."""
-        done: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        self._finalizing.append((f, done))
-        if self._finalizer is None or self._finalizer.done():
-            self._finalizer = asyncio.create_task(self._finalize_groups())
-        return await asyncio.shield(done)  # a cancelled caller must not cancel the others
+        return await self._finalizing.submit(f)  # type: ignore[no-any-return]
 
-    async def _finalize_groups(self) -> None:
-        while self._finalizing:
-            group: list[tuple[Finalization, asyncio.Future[Any]]] = []
-            later: list[tuple[Finalization, asyncio.Future[Any]]] = []
-            ids: set[str] = set()
-            for item in self._finalizing:
-                # A payout twice in one group would be finalized once but answered twice.
-                if len(group) < FINALIZE_GROUP_MAX and item[0].payout_id not in ids:
-                    group.append(item)
-                    ids.add(item[0].payout_id)
-                else:
-                    later.append(item)
-            self._finalizing = later
-            if len(group) > 1:
-                try:
-                    outcomes = await self._finalize_many([f for f, _ in group])
-                except Exception:  # one item's fault fails the group: each on its own
-                    outcomes = None
-                if outcomes is not None:
-                    for f, done in group:
-                        outcome = outcomes.get(f.payout_id)
-                        if done.done():
-                            continue
-                        if outcome == "general":
-                            done.set_exception(NeedsGeneralPath(f.payout_id))
-                        else:
-                            done.set_result(outcome)
-                    continue
-            for f, done in group:
-                try:
-                    result = await self._finalize_one(f)
-                except Exception as exc:
-                    if not done.done():
-                        done.set_exception(exc)
-                else:
-                    if not done.done():
-                        done.set_result(result)
-
-    async def _finalize_many(self, group: list[Finalization]) -> dict[str, Any]:
-        """{payout id: its new row, or "general"}; an item not in its state is absent."""
+    async def _finalize_many(self, group: list[Finalization]) -> list[Any]:
+        """Each item's new row; None if it was no longer in its state; NeedsGeneralPath."""
         pool = await self._connections()
         items = [
             {
@@ -176,11 +221,11 @@ class PostgresHotPath:
         outcomes: dict[str, Any] = {}
         for outcome, value in await pool.fetch(FINALIZE_MANY_SQL, _json(items)):
             if outcome == "general":
-                outcomes[value] = "general"
+                outcomes[value] = NeedsGeneralPath(value)
             else:
                 row = json.loads(value)
                 outcomes[row["id"]] = row
-        return outcomes
+        return [outcomes.get(f.payout_id) for f in group]
 
     async def _finalize_one(self, f: Finalization) -> dict[str, Any] | None:
         pool = await self._connections()
@@ -222,9 +267,30 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     open transaction itself before this; its default reset query costs a round trip per use."""
 
 
+def _settings_of(r: Reservation) -> tuple[int, ...]:
+    """The recipient guard's settings, as the functions take them (one set per process)."""
+    return (
+        r.rate_limit,
+        r.rate_window_ms,
+        r.failures_max,
+        r.failure_window_s,
+        r.block_s,
+        r.failures_scan_max,
+        r.failure_lookback_ms,
+    )
+
+
+def _payout_of(r: Reservation) -> str:
+    return str(r.row["id"])
+
+
 def _refused(exc: asyncpg.PostgresError) -> Refused:
-    kind = str(exc.message)
-    figures = [int(x) for x in (getattr(exc, "detail", None) or "").split()]
+    return _refusal(str(exc.message), getattr(exc, "detail", None))
+
+
+def _refusal(kind: str, detail: str | None) -> Refused:
+    """A refusal from its kind and its figures ("until failures_max window_s" when blocked)."""
+    figures = [int(x) for x in (detail or "").split()]
     if kind == "blocked":
         return Refused(kind, figures[0], failures_max=figures[1], window_s=figures[2])
     return Refused(kind, figures[0] if figures else None)
