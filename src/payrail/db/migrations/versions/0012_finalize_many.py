@@ -27,8 +27,10 @@ FINALIZE_MANY = """
 CREATE FUNCTION payrail_finalize_many(p_items jsonb)
 RETURNS TABLE (outcome text, payout text) LANGUAGE plpgsql AS $$
 DECLARE
+  v_all text[];
   v_changed payouts[];
   v_ids text[];
+  v_tids text[];
   v_n integer;
   v_accounts text[];
   v_dp bigint[];
@@ -36,13 +38,14 @@ DECLARE
   v_cp bigint[];
   v_cc bigint[];
 BEGIN
-  PERFORM 1 FROM payouts
-   WHERE id IN (SELECT i->>'id' FROM jsonb_array_elements(p_items) i)
-   ORDER BY id FOR UPDATE;
+  -- Every statement below finds its rows through an id array (an index scan), never by
+  -- joining the items to a whole table.
+  v_all := ARRAY(SELECT i->>'id' FROM jsonb_array_elements(p_items) i ORDER BY 1);
+  PERFORM 1 FROM payouts WHERE id = ANY(v_all) ORDER BY id FOR UPDATE;
   RETURN QUERY
     SELECT 'general', p.id::text FROM payouts p
       JOIN jsonb_to_recordset(p_items) AS i(id text, cur text) ON p.id = i.id
-     WHERE p.state = i.cur AND p.callback_url IS NOT NULL;
+     WHERE p.id = ANY(v_all) AND p.state = i.cur AND p.callback_url IS NOT NULL;
   WITH items AS (
     SELECT * FROM jsonb_to_recordset(p_items) AS i(
       id text, cur text, target text, now bigint, cause text, charge boolean,
@@ -55,31 +58,36 @@ BEGIN
            failure_reason = CASE WHEN i.failure_code IS NULL THEN p.failure_reason
                                  ELSE i.failure_reason END
       FROM items i
-     WHERE p.id = i.id AND p.state = i.cur AND p.callback_url IS NULL
+     WHERE p.id = ANY(v_all) AND p.id = i.id AND p.state = i.cur AND p.callback_url IS NULL
     RETURNING p.*
   )
   SELECT array_agg(c ORDER BY c.id) INTO v_changed FROM changed c;
   IF v_changed IS NULL THEN
     RETURN;
   END IF;
-  SELECT array_agg(c.id) INTO v_ids FROM unnest(v_changed) c;
+  v_ids := ARRAY(SELECT c.id FROM unnest(v_changed) c);
+  v_tids := ARRAY(
+    SELECT unnest(i.transfer_ids)
+      FROM jsonb_to_recordset(p_items) AS i(id text, transfer_ids text[])
+     WHERE i.id = ANY(v_ids));
   UPDATE jobs j SET state = 'done', lease_until = NULL, locked_by = NULL, updated_at = i.now
     FROM jsonb_to_recordset(p_items) AS i(id text, job_id text, now bigint)
-   WHERE i.id = ANY(v_ids) AND j.id = i.job_id;
+   WHERE j.id = ANY(ARRAY(SELECT x->>'job_id' FROM jsonb_array_elements(p_items) x
+                          WHERE x->>'id' = ANY(v_ids)))
+     AND j.id = i.job_id;
   -- The resolutions (the unique pending_id refuses a second one: the call rolls back).
   INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, pending_id, kind,
                          timeout_at, created_at)
   SELECT t.id || ':' || CASE WHEN i.post THEN 'post' ELSE 'void' END, t.debit_account_id,
          t.credit_account_id, t.amount, t.id,
          CASE WHEN i.post THEN 'post' ELSE 'void' END, NULL, i.now
-    FROM jsonb_to_recordset(p_items) AS i(id text, post boolean, now bigint, transfer_ids text[])
-    JOIN transfers t ON t.id = ANY(i.transfer_ids) AND t.kind = 'pending'
-   WHERE i.id = ANY(v_ids);
+    FROM transfers t
+    JOIN jsonb_to_recordset(p_items) AS i(id text, post boolean, now bigint, transfer_ids text[])
+      ON t.id = ANY(i.transfer_ids)
+   WHERE t.id = ANY(v_tids) AND t.kind = 'pending' AND i.id = ANY(v_ids);
   GET DIAGNOSTICS v_n = ROW_COUNT;
-  IF v_n <> (SELECT sum(cardinality(i.transfer_ids)) FROM
-             jsonb_to_recordset(p_items) AS i(id text, transfer_ids text[])
-             WHERE i.id = ANY(v_ids)) THEN
-    RAISE EXCEPTION 'not pending transfers among %', v_ids;
+  IF v_n <> cardinality(v_tids) THEN
+    RAISE EXCEPTION 'not pending transfers among %', v_tids;
   END IF;
   -- The balances: every account the group moves, locked in id order, then changed at once.
   SELECT array_agg(account ORDER BY account), array_agg(dp ORDER BY account),
@@ -89,14 +97,12 @@ BEGIN
     FROM (
       SELECT account, sum(dp) AS dp, sum(dd) AS dd, sum(cp) AS cp, sum(cc) AS cc FROM (
         SELECT t.debit_account_id AS account, -t.amount AS dp,
-               CASE WHEN i.post THEN t.amount ELSE 0 END AS dd, 0 AS cp, 0 AS cc
-          FROM jsonb_to_recordset(p_items) AS i(id text, post boolean, transfer_ids text[])
-          JOIN transfers t ON t.id = ANY(i.transfer_ids) WHERE i.id = ANY(v_ids)
+               CASE WHEN t.kind = 'post' THEN t.amount ELSE 0 END AS dd, 0 AS cp, 0 AS cc
+          FROM transfers t WHERE t.pending_id = ANY(v_tids)
         UNION ALL
         SELECT t.credit_account_id, 0, 0, -t.amount,
-               CASE WHEN i.post THEN t.amount ELSE 0 END
-          FROM jsonb_to_recordset(p_items) AS i(id text, post boolean, transfer_ids text[])
-          JOIN transfers t ON t.id = ANY(i.transfer_ids) WHERE i.id = ANY(v_ids)
+               CASE WHEN t.kind = 'post' THEN t.amount ELSE 0 END
+          FROM transfers t WHERE t.pending_id = ANY(v_tids)
       ) moves GROUP BY account
     ) d;
   PERFORM 1 FROM accounts WHERE id = ANY(v_accounts) ORDER BY id FOR UPDATE;
@@ -105,7 +111,7 @@ BEGIN
          credits_pending = a.credits_pending + d.cp,
          credits_posted = a.credits_posted + d.cc
     FROM unnest(v_accounts, v_dp, v_dd, v_cp, v_cc) AS d(id, dp, dd, cp, cc)
-   WHERE a.id = d.id;
+   WHERE a.id = ANY(v_accounts) AND a.id = d.id;
   RETURN QUERY SELECT 'final', row_to_json(c)::text FROM unnest(v_changed) c;
 END $$
 """
