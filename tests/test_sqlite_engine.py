@@ -6,6 +6,7 @@ SQLite only by nature: PostgreSQL's engine is SQLAlchemy's own pool, untouched b
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import sqlite3
 from pathlib import Path
@@ -83,6 +84,113 @@ async def test_a_failing_first_transaction_leaves_the_next_one_intact(engine):
     outcomes = await asyncio.gather(first(), second(), return_exceptions=True)
     assert isinstance(outcomes[0], _Refused) and outcomes[1] is None
     assert await _job_ids(engine) == {"second"}
+
+
+def _insert_job(conn: sqlite3.Connection, job_id: str) -> None:
+    conn.execute(
+        "INSERT INTO jobs (id, kind, payload, state, run_at, attempts, max_attempts,"
+        " created_at, updated_at) VALUES (?, 'test', '{}', 'queued', 0, 0, 1, 0, 0)",
+        (job_id,),
+    )
+
+
+async def test_raw_units_share_the_group_commit_and_a_failing_one_leaves_no_row(engine):
+    """run_write units (the payout hot path's) mixed with SQLAlchemy transactions in one
+    group: a unit that fails after writing (an error, or a simulated crash) leaves none of its
+    rows, every other member keeps both of its rows, and they share commits."""
+    commits = []
+    event.listen(engine.writer.sync_engine, "commit", lambda conn: commits.append(1))
+    failing = {5, 13, 14, 26}  # none a multiple of 3
+
+    def unit(n: int, conn: sqlite3.Connection) -> int:
+        _insert_job(conn, f"job{n}:a")
+        if n in failing:
+            raise (SimulatedCrash if n % 2 else _Refused)(f"unit {n}")
+        _insert_job(conn, f"job{n}:b")
+        return n
+
+    async def write(n: int) -> int:
+        if n % 3 == 0:  # every third member through SQLAlchemy
+            async with engine.begin() as conn:
+                await queue.enqueue(conn, "test", {}, 0, job_id=f"job{n}:a")
+                await queue.enqueue(conn, "test", {}, 0, job_id=f"job{n}:b")
+            return n
+        return await engine.run_write(functools.partial(unit, n))
+
+    outcomes = await asyncio.gather(*(write(n) for n in range(30)), return_exceptions=True)
+
+    refused = {n for n, o in enumerate(outcomes) if isinstance(o, _Refused | SimulatedCrash)}
+    assert refused == failing
+    assert all(outcomes[n] == n for n in range(30) if n not in failing)
+    expected = {f"job{n}:{part}" for n in range(30) if n not in failing for part in "ab"}
+    assert await _job_ids(engine) == expected
+    assert 1 <= len(commits) < 30 - len(failing), "queued writers should share commits"
+
+
+async def test_a_failing_first_unit_leaves_the_next_one_intact(engine):
+    def first(conn: sqlite3.Connection) -> None:
+        _insert_job(conn, "first")
+        raise _Refused("first")
+
+    outcomes = await asyncio.gather(
+        engine.run_write(first),
+        engine.run_write(lambda conn: _insert_job(conn, "second")),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], _Refused) and outcomes[1] is None
+    assert await _job_ids(engine) == {"second"}
+
+
+async def test_a_failed_unit_answers_only_once_what_it_saw_is_committed(engine):
+    """A unit refused because of an earlier member's write (a taken key, a spent balance)
+    must not answer before that write is durable: its error comes after the group's COMMIT."""
+    seen_committed = []
+
+    async def earlier() -> None:
+        async with engine.begin() as conn:
+            await queue.enqueue(conn, "test", {}, 0, job_id="taken")
+
+    def refused(conn: sqlite3.Connection) -> None:
+        assert conn.execute("SELECT 1 FROM jobs WHERE id = 'taken'").fetchone() is not None
+        raise _Refused("taken")
+
+    async def later() -> None:
+        try:
+            await engine.run_write(refused)
+        except _Refused:
+            seen_committed.append("taken" in engine.read_inline(_all_job_ids))
+            raise
+
+    outcomes = await asyncio.gather(earlier(), later(), return_exceptions=True)
+    assert outcomes[0] is None and isinstance(outcomes[1], _Refused)
+    assert seen_committed == [True]
+
+
+def _all_job_ids(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT id FROM jobs")}
+
+
+async def test_the_inline_reader_never_sees_the_open_group(engine):
+    """read_inline answers from committed data only: a row of the writer's open transaction,
+    which may still roll back, is invisible to it until its COMMIT."""
+    async with engine.begin() as conn:
+        await queue.enqueue(conn, "test", {}, 0, job_id="uncommitted")
+        assert engine.read_inline(_all_job_ids) == set()
+    assert engine.read_inline(_all_job_ids) == {"uncommitted"}
+
+
+async def test_the_inline_reader_never_waits_on_the_loop_nor_writes(engine):
+    """It runs on the loop's thread: no busy handler (a busy file raises ReaderBusy at once,
+    and the caller goes to the pool's readers), and read-only like them."""
+
+    def pragmas(conn: sqlite3.Connection) -> tuple[int, int]:
+        busy = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        return busy, conn.execute("PRAGMA query_only").fetchone()[0]
+
+    assert engine.read_inline(pragmas) == (0, 1)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        engine.read_inline(lambda conn: _insert_job(conn, "through-the-inline-reader"))
+    assert engine.read_inline(_all_job_ids) == set()
 
 
 async def test_a_group_never_exceeds_its_size_limit(engine):

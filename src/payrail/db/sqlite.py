@@ -13,6 +13,11 @@ default slow, so this module owns how payrail uses SQLite instead:
 - Reads (`engine.connect()`) take one of SQLITE_READERS_MAX read-only connections, each on
   its own aiosqlite thread, in a deferred transaction: a consistent snapshot of the WAL
   that the writer never blocks, and a long report (reconciliation) never stalls the loop.
+- A caller that wants no SQLAlchemy at all (the payout hot path, services/hot_path/sqlite.py)
+  hands `run_write` a synchronous function of the raw sqlite3 connection: it runs as one
+  member of the group, its statements with no await between them, under a SAVEPOINT. For
+  reads, `read_inline` runs a synchronous function on a read-only connection on the loop's
+  own thread: committed data only, as the readers see it, without their thread hop.
 - Another process on the same file (a `payrail worker`, a CLI command) is still excluded
   by BEGIN IMMEDIATE; the writer then retries with an asyncio sleep, never blocking the
   loop, for up to SQLITE_BUSY_TIMEOUT_MS. `payrail serve --workers N` refuses N > 1 on
@@ -25,9 +30,9 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, make_url
@@ -43,6 +48,14 @@ SQLITE_READERS_MAX = 4
 # save and what a power loss could then drop: docs/operations.md, "SQLite durability".
 SQLITE_SYNCHRONOUS_DEFAULT = "FULL"
 SQLITE_SYNCHRONOUS_CHOICES = ("FULL", "NORMAL")
+
+T = TypeVar("T")
+
+
+class ReaderBusy(Exception):
+    """The inline reader found the file busy (a WAL reader rarely does: recovery, a
+    checkpoint resetting the log). It never waits on the loop's thread: use a reader from
+    the pool (`engine.connect()`), whose busy handler sleeps on its own thread."""
 
 
 class SQLiteEngine(AsyncEngine):
@@ -68,11 +81,44 @@ class SQLiteEngine(AsyncEngine):
         )
         _writer_connection(self.writer.sync_engine, synchronous)
         self._group = _GroupCommit(self.writer)
+        self._path = path
+        self._inline_reader: sqlite3.Connection | None = None
 
     def begin(self) -> Any:  # an async context manager, as AsyncEngine.begin's
         return self._group.transaction()
 
+    async def run_write(self, unit: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `unit(connection)` as one write transaction of the group; its result once the
+        COMMIT that holds its writes has returned. If it raises, none of its writes exist."""
+        return await self._group.run(unit)
+
+    def read_inline(self, unit: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `unit(connection)` in one read transaction on the loop's thread: a consistent
+        snapshot of committed data, never the writer's open group. Raises ReaderBusy instead
+        of waiting."""
+        conn = self._inline_reader
+        if conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            _pragmas(conn, "PRAGMA busy_timeout=0", "PRAGMA query_only=ON")
+            self._inline_reader = conn
+        try:
+            conn.execute("BEGIN")
+            try:
+                return unit(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if _is_busy_text(str(error)):
+                raise ReaderBusy(str(error)) from None
+            raise
+
     async def dispose(self, close: bool = True) -> None:
+        if self._inline_reader is not None:
+            self._inline_reader.close()
+            self._inline_reader = None
         await self._group.close()
         await self.writer.dispose(close)
         await super().dispose(close)
@@ -126,6 +172,48 @@ class _GroupCommit:
             if self._commit_task is None:
                 self._commit_task = asyncio.create_task(self._commit_when_free())
         await committed
+
+    async def run(self, unit: Callable[[sqlite3.Connection], T]) -> T:
+        """`unit` on the raw sqlite3 connection as one member of the group (see run_write).
+
+        No await between its statements: it runs whole while this process holds the writer.
+        A unit that raises after other members' writes is undone to its SAVEPOINT, and its
+        error is raised only once their COMMIT is done: what it saw (a key taken, a balance
+        spent) is committed before anyone acts on its answer.
+        """
+        async with self._lock:
+            if len(self._members) >= SQLITE_GROUP_COMMIT_MAX:
+                await self._commit()
+            if self._conn is None:
+                self._conn = await self._writer.connect()
+            first = self._tx is None
+            if first:
+                self._tx = await self._conn.begin()
+            raw = _raw_sqlite(self._conn)
+            if not first:
+                raw.execute("SAVEPOINT payrail_unit")
+            committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            try:
+                result = unit(raw)
+            except BaseException as error:
+                if first:  # nobody else is in this transaction yet
+                    tx, self._tx = self._tx, None
+                    await tx.rollback()
+                    raise
+                raw.execute("ROLLBACK TO payrail_unit")
+                raw.execute("RELEASE payrail_unit")
+                failure = error
+            else:
+                failure = None
+                if not first:
+                    raw.execute("RELEASE payrail_unit")
+            self._members.append(committed)
+            if self._commit_task is None:
+                self._commit_task = asyncio.create_task(self._commit_when_free())
+        await committed
+        if failure is not None:
+            raise failure
+        return result
 
     async def _commit_when_free(self) -> None:
         async with self._lock:  # behind every transaction already queued for the writer
@@ -200,7 +288,18 @@ def _writer_connection(engine: Engine, synchronous: str) -> None:
 
 
 def _is_busy(error: exc.OperationalError) -> bool:
-    return "database is locked" in str(error.orig) or "database is busy" in str(error.orig)
+    return _is_busy_text(str(error.orig))
+
+
+def _is_busy_text(message: str) -> bool:
+    return "database is locked" in message or "database is busy" in message
+
+
+def _raw_sqlite(conn: AsyncConnection) -> sqlite3.Connection:
+    """The sqlite3 connection under the writer's AsyncConnection (no await: attribute reads)."""
+    inline = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+    assert isinstance(inline, _InlineConnection)
+    return inline.raw_connection
 
 
 def _reader_connections(engine: Engine) -> None:
@@ -232,6 +331,10 @@ class _InlineConnection:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+
+    @property
+    def raw_connection(self) -> sqlite3.Connection:
+        return self._conn
 
     @property
     def isolation_level(self) -> str | None:

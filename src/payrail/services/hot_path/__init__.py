@@ -122,9 +122,14 @@ class HotPath(Protocol):
 def for_engine(engine: Any) -> HotPath | None:
     """The unit for this engine's database, or None where the general path must run: behind
     PgBouncer (transaction pooling; the call would need SQLAlchemy's transaction there, and
-    the general path already runs in one) and on SQLite until its unit exists."""
+    the general path already runs in one)."""
     from payrail.db.engine import PGBOUNCER_URL_PARAM, _pg_connect_args
+    from payrail.db.sqlite import SQLiteEngine
 
+    if isinstance(engine, SQLiteEngine):
+        from payrail.services.hot_path.sqlite import SqliteHotPath
+
+        return SqliteHotPath(engine)
     if engine.dialect.name == "postgresql":
         if engine.get_execution_options().get(PGBOUNCER_URL_PARAM):
             return None
