@@ -48,8 +48,14 @@ DECLARE
   v_available bigint;
   v_reserved jsonb := '[]'::jsonb;
   v_credit record;
+  v_new_locks text[];
+  v_paid_locks text[] := '{}';
+  v_lock text;
 BEGIN
   -- Every (project, recipient) lock of the group, in order, before anything is counted.
+  -- The rows this call creates are remembered: those of recipients that get no payout here
+  -- are deleted at the end, so a refused item leaves no row behind (as alone).
+  WITH locked AS (
   INSERT INTO gamertag_locks (project_id, gamertag, touched_at)
   SELECT project_id, recipient, max(touched_at) FROM (
     SELECT x->'payout'->>'project_id' AS project_id, x->>'recipient_key' AS recipient,
@@ -58,7 +64,10 @@ BEGIN
   ) l
   WHERE EXISTS (SELECT 1 FROM projects WHERE id = l.project_id)
   GROUP BY project_id, recipient ORDER BY project_id, recipient
-  ON CONFLICT (project_id, gamertag) DO UPDATE SET touched_at = EXCLUDED.touched_at;
+  ON CONFLICT (project_id, gamertag) DO UPDATE SET touched_at = EXCLUDED.touched_at
+  RETURNING project_id || chr(31) || gamertag AS lock_key, xmax = 0 AS created
+  )
+  SELECT array_agg(lock_key) FILTER (WHERE created) INTO v_new_locks FROM locked;
   FOR v_item IN
     SELECT x FROM jsonb_array_elements(p_items) x
      ORDER BY x->'payout'->>'project_id', (x->>'i')::integer
@@ -151,8 +160,14 @@ BEGIN
     INSERT INTO transfers
       SELECT * FROM jsonb_populate_recordset(NULL::transfers, v_item->'transfers');
     v_reserved := v_reserved || (v_item->'transfers');
+    v_paid_locks := v_paid_locks || (v_project || chr(31) || v_recipient);
     outcome := 'reserved';
     RETURN NEXT;
+  END LOOP;
+  FOR v_lock IN SELECT k FROM unnest(v_new_locks) k WHERE NOT (k = ANY(v_paid_locks)) LOOP
+    DELETE FROM gamertag_locks
+     WHERE project_id = split_part(v_lock, chr(31), 1)
+       AND gamertag = split_part(v_lock, chr(31), 2);
   END LOOP;
   -- The credits of every reserved item, the credited accounts locked in id order.
   FOR v_credit IN
