@@ -1,13 +1,13 @@
-"""The hot path on PostgreSQL: each transaction one function call (migrations 0011-0013), on a
+"""The hot path on PostgreSQL: each transaction one function call (migration 0011), on a
 small asyncpg pool of its own (no SQLAlchemy between the request and the driver: each
 statement is prepared once per connection and each call is one round trip).
 
-Reservations and final transitions are grouped per process (`_Grouped`): a call goes out at
-once when none is on its way; what arrives meanwhile goes together in the next one
-(payrail_reserve_many, payrail_finalize_many: one round trip and one commit for the group,
-each item decided as it would be alone). No timer, so a lone payout waits for nothing. A group
-call that fails (a same-key race, anything unexpected) is retried item by item with the single
-functions, so each item gets its own answer or error."""
+Lookups, reservations and final transitions are grouped per process (`_Grouped`): a call goes
+out at once when none of its kind is on its way; what arrives meanwhile goes together in the
+next one (payrail_reserve_many, payrail_finalize_many: one round trip and one commit for the
+group, each item decided as it would be alone). No timer, so a lone payout waits for nothing
+(it is a group of one). A group call that fails as a whole (a same-key race, anything
+unexpected) is redone item by item, so each item gets its own answer or error."""
 
 from __future__ import annotations
 
@@ -30,32 +30,23 @@ from payrail.services.hot_path import (
 
 POOL_MIN = 1
 POOL_MAX = 10  # per process; SQLAlchemy's pool serves everything else
-REFUSED = "PR001"
-GENERAL_PATH = "PR002"
 
-LOOKUP_SQL = (
-    "SELECT 'payout', row_to_json(p)::text FROM payouts p"
-    " WHERE $2::text IS NOT NULL AND p.project_id = $1 AND p.idempotency_key = $2"
-    " UNION ALL"
-    " SELECT 'recipient', row_to_json(r)::text FROM recipients r"
-    " WHERE $3::text IS NOT NULL AND r.project_id = $1 AND r.gamertag_key = $3"
-)
 LOOKUP_MANY_SQL = (  # per item, index lookups (LATERAL): never a join of whole tables
-    "SELECT i.n, 'payout', x.j FROM jsonb_to_recordset($1) AS i(n int, p text, k text, r text)"
-    " CROSS JOIN LATERAL (SELECT row_to_json(p)::text AS j FROM payouts p"
-    "  WHERE i.k IS NOT NULL AND p.project_id = i.p AND p.idempotency_key = i.k) x"
+    "SELECT i.n, 'payout', x.j"
+    " FROM jsonb_to_recordset($1) AS i(n int, pid text, k text, r text)"
+    " CROSS JOIN LATERAL (SELECT row_to_json(po)::text AS j FROM payouts po"
+    "  WHERE i.k IS NOT NULL AND po.project_id = i.pid AND po.idempotency_key = i.k) x"
     " UNION ALL"
-    " SELECT i.n, 'recipient', x.j FROM jsonb_to_recordset($1) AS i(n int, p text, k text, r text)"
-    " CROSS JOIN LATERAL (SELECT row_to_json(r)::text AS j FROM recipients r"
-    "  WHERE i.r IS NOT NULL AND r.project_id = i.p AND r.gamertag_key = i.r) x"
+    " SELECT i.n, 'recipient', x.j"
+    " FROM jsonb_to_recordset($1) AS i(n int, pid text, k text, r text)"
+    " CROSS JOIN LATERAL (SELECT row_to_json(re)::text AS j FROM recipients re"
+    "  WHERE i.r IS NOT NULL AND re.project_id = i.pid AND re.gamertag_key = i.r) x"
 )
-RESERVE_SQL = "SELECT payrail_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 RESERVE_MANY_SQL = (
     "SELECT item, outcome, detail FROM payrail_reserve_many($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 FINALIZE_MANY_SQL = "SELECT outcome, payout FROM payrail_finalize_many($1)"
 GROUP_MAX = 200  # payouts per grouped call
-FINALIZE_SQL = "SELECT * FROM payrail_finalize($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
 
 def _json(value: Any) -> str | None:
@@ -65,17 +56,15 @@ def _json(value: Any) -> str | None:
 class _Grouped:
     """Calls that arrive while one is on its way go together in the next, at most GROUP_MAX.
 
-    run_group(items) answers each item (a value or an exception, in order); if it raises,
-    run_one answers each item alone. Items with the same `key` never share a group (a payout
+    run(items) answers each item (a value or an exception, in order); a lone item is a group
+    of one. If a group of several raises, each of its items is run alone, so that each gets
+    its own answer or error. Items with the same `key` never share a group (a payout
     finalized twice in one call would be answered twice)."""
 
     def __init__(
-        self,
-        run_group: Callable[[list[Any]], Awaitable[list[Any]]],
-        run_one: Callable[[Any], Awaitable[Any]],
-        key: Callable[[Any], Any],
+        self, run: Callable[[list[Any]], Awaitable[list[Any]]], key: Callable[[Any], Any]
     ) -> None:
-        self._run_group, self._run_one, self._key = run_group, run_one, key
+        self._run, self._key = run, key
         self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -97,19 +86,10 @@ class _Grouped:
                 else:
                     later.append(entry)
             self._waiting = later
-            answers: list[Any] | None = None
-            if len(group) > 1:
-                try:
-                    answers = await self._run_group([item for item, _ in group])
-                except Exception:
-                    answers = None
-            if answers is None:
-                answers = []
-                for item, _ in group:
-                    try:
-                        answers.append(await self._run_one(item))
-                    except Exception as exc:
-                        answers.append(exc)
+            try:
+                answers = await self._run([item for item, _ in group])
+            except Exception as exc:
+                answers = [exc] if len(group) == 1 else [await self._alone(i) for i, _ in group]
             for (_, done), answer in zip(group, answers, strict=True):
                 if done.done():
                     continue
@@ -117,6 +97,12 @@ class _Grouped:
                     done.set_exception(answer)
                 else:
                     done.set_result(answer)
+
+    async def _alone(self, item: Any) -> Any:
+        try:
+            return (await self._run([item]))[0]
+        except Exception as exc:
+            return exc
 
 
 class PostgresHotPath:
@@ -132,9 +118,9 @@ class PostgresHotPath:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.calls = 0  # statements sent (bench_costs counts them)
-        self._looking_up = _Grouped(self._lookup_many, self._lookup_one, lambda item: item)
-        self._reserving = _Grouped(self._reserve_many, self._reserve_one, _payout_of)
-        self._finalizing = _Grouped(self._finalize_many, self._finalize_one, lambda f: f.payout_id)
+        self._looking_up = _Grouped(self._lookup_many, lambda item: item)
+        self._reserving = _Grouped(self._reserve_many, lambda r: r.row["id"])
+        self._finalizing = _Grouped(self._finalize_many, lambda f: f.payout_id)
 
     async def _connections(self) -> asyncpg.Pool:
         self.calls += 1
@@ -159,24 +145,11 @@ class PostgresHotPath:
 
     async def _lookup_many(self, group: list[tuple[str, str | None, str | None]]) -> list[Any]:
         pool = await self._connections()
-        items = [{"n": n, "p": p, "k": k, "r": r} for n, (p, k, r) in enumerate(group)]
+        items = [{"n": n, "pid": p, "k": k, "r": r} for n, (p, k, r) in enumerate(group)]
         found: list[list[Any]] = [[None, None] for _ in group]
         for n, what, row in await pool.fetch(LOOKUP_MANY_SQL, _json(items)):
             found[n][0 if what == "payout" else 1] = json.loads(row)
         return [tuple(pair) for pair in found]
-
-    async def _lookup_one(
-        self, item: tuple[str, str | None, str | None]
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        project_id, idempotency_key, recipient_key = item
-        pool = await self._connections()
-        found = {
-            what: json.loads(row)
-            for what, row in await pool.fetch(
-                LOOKUP_SQL, project_id, idempotency_key, recipient_key
-            )
-        }
-        return found.get("payout"), found.get("recipient")
 
     async def reserve(self, r: Reservation) -> None:
         await self._reserving.submit(r)
@@ -199,33 +172,16 @@ class PostgresHotPath:
         ]
         assert all(_settings_of(r) == _settings_of(first) for r in group)
         answers: list[Any] = [None] * len(group)
-        rows = await pool.fetch(RESERVE_MANY_SQL, _json(items), *_settings_of(first))
+        try:
+            rows = await pool.fetch(RESERVE_MANY_SQL, _json(items), *_settings_of(first))
+        except asyncpg.UniqueViolationError as exc:
+            if exc.table_name == "payouts":  # a same-key request committed first
+                raise DuplicateKey(str(exc)) from None
+            raise
         for i, outcome, detail in rows:
             if outcome != "reserved":
                 answers[i] = _refusal(outcome, detail)
         return answers
-
-    async def _reserve_one(self, r: Reservation) -> None:
-        pool = await self._connections()
-        args = (
-            _json(r.row),
-            _json(r.job),
-            _json(r.callback),
-            _json(r.callback_job),
-            _json(list(r.transfers)),
-            r.recipient_key,
-            *_settings_of(r),
-        )
-        try:
-            await pool.execute(RESERVE_SQL, *args)
-        except asyncpg.UniqueViolationError as exc:
-            if exc.table_name == "payouts":
-                raise DuplicateKey(str(exc)) from None
-            raise
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate == REFUSED:
-                raise _refused(exc) from None
-            raise
 
     async def finalize(self, f: Finalization) -> dict[str, Any] | None:
         return await self._finalizing.submit(f)  # type: ignore[no-any-return]
@@ -250,42 +206,20 @@ class PostgresHotPath:
             }
             for f in group
         ]
+        try:
+            found = await pool.fetch(FINALIZE_MANY_SQL, _json(items))
+        except asyncpg.UniqueViolationError as exc:
+            if exc.table_name == "transfers":  # a second resolution: the call rolled back
+                raise ledger.AlreadyResolved(f"already resolved: {exc}") from None
+            raise
         outcomes: dict[str, Any] = {}
-        for outcome, value in await pool.fetch(FINALIZE_MANY_SQL, _json(items)):
+        for outcome, value in found:
             if outcome == "general":
                 outcomes[value] = NeedsGeneralPath(value)
             else:
                 row = json.loads(value)
                 outcomes[row["id"]] = row
         return [outcomes.get(f.payout_id) for f in group]
-
-    async def _finalize_one(self, f: Finalization) -> dict[str, Any] | None:
-        pool = await self._connections()
-        try:
-            row = await pool.fetchrow(
-                FINALIZE_SQL,
-                f.payout_id,
-                f.current,
-                f.target,
-                f.now,
-                f.cause,
-                bool(f.values.get("charge_posted")),
-                f.values.get("settled_at"),
-                f.values.get("failure_code"),
-                f.values.get("failure_reason"),
-                f.job_id,
-                list(f.transfer_ids),
-                f.post,
-            )
-        except asyncpg.UniqueViolationError as exc:
-            if exc.table_name == "transfers":
-                raise ledger.AlreadyResolved(f"already resolved: {list(f.transfer_ids)}") from None
-            raise
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate == GENERAL_PATH:
-                raise NeedsGeneralPath(f.payout_id) from None
-            raise
-        return dict(row) if row is not None else None
 
     async def aclose(self) -> None:
         if self._pool is not None:
@@ -310,14 +244,6 @@ def _settings_of(r: Reservation) -> tuple[int, ...]:
         r.failures_scan_max,
         r.failure_lookback_ms,
     )
-
-
-def _payout_of(r: Reservation) -> str:
-    return str(r.row["id"])
-
-
-def _refused(exc: asyncpg.PostgresError) -> Refused:
-    return _refusal(str(exc.message), getattr(exc, "detail", None))
 
 
 def _refusal(kind: str, detail: str | None) -> Refused:

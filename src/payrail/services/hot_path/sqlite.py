@@ -1,7 +1,7 @@
 """The hot path on SQLite: each transaction as raw sqlite3 statements on the one writer.
 
 SQLite has no stored functions, and needs none: the database is in this process. A unit here
-is a synchronous function that runs the same steps as payrail_reserve / payrail_finalize
+is a synchronous function that runs the same steps as payrail_reserve_many / payrail_finalize_many
 (migration 0011) on the writer's sqlite3 connection, with no await between its statements,
 as one member of the writer's group commit (db/sqlite.py, `run_write`): BEGIN IMMEDIATE is
 shared with the transactions queued beside it, this unit sits under its own SAVEPOINT, and
@@ -213,7 +213,7 @@ async def _lookup_pooled(
 
 
 def _reserve(r: Reservation, conn: sqlite3.Connection) -> None:
-    """payrail_reserve's steps, in its order (see services/hot_path/__init__.py)."""
+    """payrail_reserve_many's steps for one payout, in its order (services/hot_path/__init__)."""
     execute = conn.execute
     row = r.row
     project, key, now = row["project_id"], row["idempotency_key"], row["created_at"]
@@ -285,7 +285,7 @@ def _reserve(r: Reservation, conn: sqlite3.Connection) -> None:
 
 
 def _finalize(f: Finalization, conn: sqlite3.Connection) -> dict[str, Any] | None:
-    """payrail_finalize's steps, in its order."""
+    """payrail_finalize_many's steps for one payout, in its order."""
     assert len(f.transfer_ids) == 2, "a payout's two linked transfers (RESOLVE_SQL)"
     execute = conn.execute
     values = f.values
