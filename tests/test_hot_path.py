@@ -375,12 +375,12 @@ async def test_a_payout_with_a_callback_is_finalized_by_the_general_path(client,
     assert json.loads(sequences[1][1])["data"]["status"] == "expired"
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # SQLite's one writer
 async def test_sqlite_lookup_answers_from_committed_rows_only(client, rt, monkeypatch):
     """A replay must never be built on a row of the writer's open group (it may roll back):
     the SQLite unit's lookup reads committed data, on the inline reader or, when the file is
     busy for it, on the pool's readers."""
-    if not isinstance(rt.engine, SQLiteEngine):
-        pytest.skip("SQLite's one writer and its open group")
+    assert isinstance(rt.engine, SQLiteEngine)
     response = await client.post(
         "/payouts",
         json={"gamertag": "seen", "amount": 1000, "projectId": "project_test_001"},
