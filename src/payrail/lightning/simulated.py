@@ -6,8 +6,8 @@ what lets reconciliation compare payrail's ledger with "the node" honestly.
 
 The node stands for another system, so its record should not cost the payments database a
 commit per payout: concurrent pay calls share one INSERT and one commit (group commit, no
-timer: a call arriving while a write is on its way joins the next one). Each call still
-returns only once its own row is durable.
+timer: a call arriving while a write is on its way joins the next one; grouping.py). Each
+call still returns only once its own row is durable.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from payrail.clock import Clock
 from payrail.db.engine import single_statement
 from payrail.db.sqlite import SQLiteEngine
 from payrail.db.tables import sim_node_payments
+from payrail.grouping import Grouped
 from payrail.lightning.backend import (
     Destination,
     DestinationKind,
@@ -75,8 +76,9 @@ class SimulatedNode:
         self._faults = faults
         self.seed = seed
         self._rng = random.Random(seed)
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._records = Grouped(
+            self._record_group, lambda row: row["payment_id"], most=RECORD_GROUP_MAX
+        )
 
     async def aclose(self) -> None:
         return None
@@ -140,33 +142,14 @@ class SimulatedNode:
             created_at=now,
             updated_at=now,
         )
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((row, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_groups())
-        return await asyncio.shield(done)  # a cancelled caller must not cancel the others
+        return await self._records.submit(row)  # type: ignore[no-any-return]
 
-    async def _write_groups(self) -> None:
-        """Write waiting rows, a group at a time, until none is left."""
-        while self._waiting:
-            group, self._waiting = (
-                self._waiting[:RECORD_GROUP_MAX],
-                self._waiting[RECORD_GROUP_MAX:],
-            )
-            try:
-                inserted = await self._insert_new([row for row, _ in group])
-            except Exception as exc:
-                for _, done in group:
-                    if not done.done():
-                        done.set_exception(exc)
-                continue
-            for row, done in group:
-                # A payment id twice in one group: the first call recorded it, the second is
-                # the resend that must not pay again.
-                first = row["payment_id"] in inserted
-                inserted.discard(row["payment_id"])
-                if not done.done():
-                    done.set_result(first)
+    async def _record_group(self, rows: list[dict[str, Any]]) -> list[bool]:
+        """One INSERT for the group: for each row, whether it was recorded now (False: the
+        node had that payment id already, a resend that must not pay again). Rows of one
+        payment id never share a group (grouping.Grouped's key)."""
+        inserted = await self._insert_new(rows)
+        return [row["payment_id"] in inserted for row in rows]
 
     async def _insert_new(self, rows: list[dict[str, Any]]) -> set[str]:
         """One INSERT of the group; the ids it inserted (a recorded id is skipped)."""

@@ -2,23 +2,24 @@
 small asyncpg pool of its own (no SQLAlchemy between the request and the driver: each
 statement is prepared once per connection and each call is one round trip).
 
-Lookups, reservations and final transitions are grouped per process (`_Grouped`): a call goes
-out at once when none of its kind is on its way; what arrives meanwhile goes together in the
-next one (payrail_reserve_many, payrail_finalize_many: one round trip and one commit for the
-group, each item decided as it would be alone). No timer, so a lone payout waits for nothing
-(it is a group of one). A group call that fails as a whole (a same-key race, anything
-unexpected) is redone item by item, so each item gets its own answer or error."""
+Lookups, reservations and final transitions are grouped per process (`grouping.Grouped`):
+a call goes out at once when none of its kind is on its way; what arrives meanwhile goes
+together in the next one (payrail_reserve_many, payrail_finalize_many: one round trip and one
+commit for the group, each item decided as it would be alone). No timer, so a lone payout
+waits for nothing (it is a group of one). A group call that fails as a whole (a same-key
+race, anything unexpected) is redone item by item, so each item gets its own answer or
+error."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from payrail.grouping import Grouped
 from payrail.ledger import ledger
 from payrail.services.hot_path import (
     DuplicateKey,
@@ -46,63 +47,10 @@ RESERVE_MANY_SQL = (
     "SELECT item, outcome, detail FROM payrail_reserve_many($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 FINALIZE_MANY_SQL = "SELECT outcome, payout FROM payrail_finalize_many($1)"
-GROUP_MAX = 200  # payouts per grouped call
 
 
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
-
-
-class _Grouped:
-    """Calls that arrive while one is on its way go together in the next, at most GROUP_MAX.
-
-    run(items) answers each item (a value or an exception, in order); a lone item is a group
-    of one. If a group of several raises, each of its items is run alone, so that each gets
-    its own answer or error. Items with the same `key` never share a group (a payout
-    finalized twice in one call would be answered twice)."""
-
-    def __init__(
-        self, run: Callable[[list[Any]], Awaitable[list[Any]]], key: Callable[[Any], Any]
-    ) -> None:
-        self._run, self._key = run, key
-        self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def submit(self, item: Any) -> Any:
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, done))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain())
-        return await asyncio.shield(done)  # a cancelled caller must not cancel the others
-
-    async def _drain(self) -> None:
-        while self._waiting:
-            group, later, keys = [], [], set()
-            for entry in self._waiting:
-                key = self._key(entry[0])
-                if len(group) < GROUP_MAX and key not in keys:
-                    group.append(entry)
-                    keys.add(key)
-                else:
-                    later.append(entry)
-            self._waiting = later
-            try:
-                answers = await self._run([item for item, _ in group])
-            except Exception as exc:
-                answers = [exc] if len(group) == 1 else [await self._alone(i) for i, _ in group]
-            for (_, done), answer in zip(group, answers, strict=True):
-                if done.done():
-                    continue
-                if isinstance(answer, BaseException):
-                    done.set_exception(answer)
-                else:
-                    done.set_result(answer)
-
-    async def _alone(self, item: Any) -> Any:
-        try:
-            return (await self._run([item]))[0]
-        except Exception as exc:
-            return exc
 
 
 class PostgresHotPath:
@@ -118,9 +66,9 @@ class PostgresHotPath:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.calls = 0  # statements sent (bench_costs counts them)
-        self._looking_up = _Grouped(self._lookup_many, lambda item: item)
-        self._reserving = _Grouped(self._reserve_many, lambda r: r.row["id"])
-        self._finalizing = _Grouped(self._finalize_many, lambda f: f.payout_id)
+        self._looking_up = Grouped(self._lookup_many, lambda item: item)
+        self._reserving = Grouped(self._reserve_many, lambda r: r.row["id"])
+        self._finalizing = Grouped(self._finalize_many, lambda f: f.payout_id)
 
     async def _connections(self) -> asyncpg.Pool:
         self.calls += 1
