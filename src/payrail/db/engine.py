@@ -70,11 +70,14 @@ def make_engine(
 
 
 def _pg_connect_args() -> dict[str, Any]:
+    return {"server_settings": pg_server_settings()}
+
+
+def pg_server_settings() -> dict[str, str]:
+    """The session settings of every direct PostgreSQL connection (the hot path's pool too)."""
     return {
-        "server_settings": {
-            "statement_timeout": str(PG_STATEMENT_TIMEOUT_MS),
-            "lock_timeout": str(PG_LOCK_TIMEOUT_MS),
-        }
+        "statement_timeout": str(PG_STATEMENT_TIMEOUT_MS),
+        "lock_timeout": str(PG_LOCK_TIMEOUT_MS),
     }
 
 

@@ -123,7 +123,7 @@ def for_engine(engine: Any) -> HotPath | None:
     """The unit for this engine's database, or None where the general path must run: behind
     PgBouncer (transaction pooling; the call would need SQLAlchemy's transaction there, and
     the general path already runs in one)."""
-    from payrail.db.engine import PGBOUNCER_URL_PARAM, _pg_connect_args
+    from payrail.db.engine import PGBOUNCER_URL_PARAM, pg_server_settings
     from payrail.db.sqlite import SQLiteEngine
 
     if isinstance(engine, SQLiteEngine):
@@ -137,6 +137,6 @@ def for_engine(engine: Any) -> HotPath | None:
 
         return PostgresHotPath(
             engine.url.render_as_string(hide_password=False),
-            _pg_connect_args()["server_settings"],
+            pg_server_settings(),
         )
     return None
