@@ -87,6 +87,8 @@ class Settings:
     hot_path: bool = True
     run_worker: bool = True
     reconcile_interval_s: int = 60
+    # ANALYZE/VACUUM of payrail's tables by the server: auto (when autovacuum is off) | on | off
+    db_maintenance: str = "auto"
     # A pending payout that changed this recently is in motion, not a discrepancy (reconcile).
     reconcile_settle_window_ms: int = 30_000
     flag_guard_interval_s: int = 15  # how often rollback guards are checked (0: never)
@@ -158,6 +160,7 @@ class Settings:
             hot_path=env.get("PAYRAIL_HOT_PATH", "1") not in ("0", "false", "no"),
             run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),
             reconcile_interval_s=_int(env, "PAYRAIL_RECONCILE_INTERVAL_S", 60, 0, 86_400),
+            db_maintenance=env.get("PAYRAIL_DB_MAINTENANCE", "auto").lower(),
             reconcile_settle_window_ms=_int(
                 env, "PAYRAIL_RECONCILE_SETTLE_WINDOW_MS", 30_000, 0, 3_600_000
             ),
@@ -234,6 +237,8 @@ class Settings:
             )
         if self.lightning_backend == "lnbits" and not (self.lnbits_url and self.lnbits_admin_key):
             raise UnsafeSettings("PAYRAIL_LNBITS_URL and PAYRAIL_LNBITS_ADMIN_KEY are required")
+        if self.db_maintenance not in ("auto", "on", "off"):
+            raise UnsafeSettings("PAYRAIL_DB_MAINTENANCE must be auto, on or off")
         if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS_CHOICES:
             raise UnsafeSettings(
                 f"PAYRAIL_SQLITE_SYNCHRONOUS must be one of {', '.join(SQLITE_SYNCHRONOUS_CHOICES)}"

@@ -31,7 +31,7 @@ from payrail.api.models import install_openapi
 from payrail.api.observe import API_PREFIX, Observe
 from payrail.api.payouts import BATCH_BODY_MAX_BYTES
 from payrail.config import STRIPE_SIMULATOR_PATH, Settings
-from payrail.db import migrate
+from payrail.db import maintenance, migrate
 from payrail.jobs import worker
 from payrail.psp.simulator import StripeSimulator
 from payrail.services import flags, projects, reconcile
@@ -64,6 +64,11 @@ def create_app(
                         reconcile.run_periodically(rt, stop, settings.reconcile_interval_s)
                     )
                 )
+            background.append(
+                asyncio.create_task(
+                    maintenance.run_periodically(rt.engine, settings.db_maintenance, stop)
+                )
+            )
             if settings.flag_guard_interval_s:
                 background.append(
                     asyncio.create_task(

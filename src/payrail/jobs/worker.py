@@ -20,10 +20,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from payrail import metrics
+from payrail.clock import wait_or_stop
 from payrail.db.tables import worker_heartbeats
 from payrail.jobs import queue
 from payrail.services import callbacks, order_events, payouts
-from payrail.services.runtime import Runtime, SimulatedCrash, wait_or_stop
+from payrail.services.runtime import Runtime, SimulatedCrash
 
 log = structlog.get_logger("payrail.worker")
 

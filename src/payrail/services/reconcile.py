@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from payrail.clock import wait_or_stop
 from payrail.db.engine import is_sqlite
 from payrail.db.tables import accounts, order_events, order_payments, orders, payouts, transfers
 from payrail.domain.orders import AWAITING_PROVIDER, CHARGED, OrderStatus
@@ -33,7 +34,7 @@ from payrail.ledger import ledger
 from payrail.lightning.backend import NodeStatus
 from payrail.services import destinations
 from payrail.services.payouts import transfer_ids
-from payrail.services.runtime import Runtime, wait_or_stop
+from payrail.services.runtime import Runtime
 
 log = structlog.get_logger("payrail.reconcile")
 NODE_QUERIES_CONCURRENT_MAX = 16

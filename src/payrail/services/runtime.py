@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import os
 import random
 import socket
@@ -106,12 +105,6 @@ class Runtime:
         if self.hot_path is not None:
             await self.hot_path.aclose()
         await self.engine.dispose()
-
-
-async def wait_or_stop(stop: asyncio.Event, timeout_s: float) -> None:
-    """Sleep between rounds of a background loop, waking at once when asked to stop."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout_s)
 
 
 def new_worker_id() -> str:
