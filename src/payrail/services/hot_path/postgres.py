@@ -65,8 +65,9 @@ class PostgresHotPath:
         # are nearly empty (no statistics yet): sequential scans, kept as the tables grow until
         # the next ANALYZE (measured: 445 payouts/s falling to 218 within the first minute of
         # a fresh database, 768 once analyzed). With sequential scans priced out, the cached
-        # plans are index scans from the first call.
-        self._server_settings = server_settings | {"enable_seqscan": "off"}
+        # plans are index scans from the first call. A plan priced with that penalty would
+        # pass jit_above_cost and be compiled to machine code at every execution: no JIT here.
+        self._server_settings = server_settings | {"enable_seqscan": "off", "jit": "off"}
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.calls = 0  # statements sent (bench_costs counts them)

@@ -1,0 +1,122 @@
+"""The server keeps PostgreSQL's statistics itself when autovacuum is off (db/maintenance.py),
+and the hot path's lookups stay per-item index lookups whatever the statistics say."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from payrail.db import maintenance
+from payrail.db.engine import make_engine
+from payrail.services.hot_path.postgres import LOOKUP_MANY_SQL
+
+
+def test_due_follows_autovacuum_thresholds() -> None:
+    rows = [
+        ("quiet", 50, 50, 0.0),  # at the thresholds: not yet
+        ("grown", 51, 0, 0.0),  # a new table past 50 changes: analyze
+        ("big", 1_049, 0, 10_000.0),  # under 50 + 10 %
+        ("big_changed", 1_051, 0, 10_000.0),
+        ("churned", 0, 2_051, 10_000.0),  # dead rows past 50 + 20 %
+        ("both", 2_000, 3_000, 10_000.0),
+    ]
+    assert maintenance.due(rows) == [
+        maintenance.Due("grown", analyze=True, vacuum=False),
+        maintenance.Due("big_changed", analyze=True, vacuum=False),
+        maintenance.Due("churned", analyze=False, vacuum=True),
+        maintenance.Due("both", analyze=True, vacuum=True),
+    ]
+
+
+async def test_needed_only_on_postgresql_and_by_mode(pg_url: str, tmp_path) -> None:
+    sqlite = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    pg = make_engine(pg_url)
+    try:
+        assert not await maintenance.needed(sqlite, "on")
+        assert await maintenance.needed(pg, "on")
+        assert not await maintenance.needed(pg, "off")
+        conn = await asyncpg.connect(pg_url)
+        try:
+            autovacuum = await conn.fetchval("SHOW autovacuum")
+        finally:
+            await conn.close()
+        assert await maintenance.needed(pg, "auto") == (autovacuum == "off")
+    finally:
+        await sqlite.dispose()
+        await pg.dispose()
+
+
+async def _counts(conn: asyncpg.Connection, table: str) -> tuple[int, int]:
+    row = await conn.fetchrow(
+        "SELECT analyze_count, vacuum_count FROM pg_stat_user_tables WHERE relname = $1", table
+    )
+    return row["analyze_count"], row["vacuum_count"]
+
+
+async def test_run_once_analyzes_and_vacuums_what_changed(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    conn = await asyncpg.connect(pg_url)
+    table = "maintenance_probe"
+    try:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.execute(f"CREATE TABLE {table} (id int primary key)")
+        await conn.execute(f"INSERT INTO {table} SELECT generate_series(1, 500)")
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await conn.execute("SELECT 1")  # the flush happens after a transaction
+        assert await _counts(conn, table) == (0, 0)
+
+        done = await maintenance.run_once(engine)
+        assert maintenance.Due(table, analyze=True, vacuum=False) in done
+        assert await _counts(conn, table) == (1, 0)
+        assert (
+            await conn.fetchval(f"SELECT reltuples FROM pg_class WHERE relname = '{table}'") == 500
+        )
+        assert table not in [d.table for d in await maintenance.run_once(engine)]
+
+        await conn.execute(f"DELETE FROM {table} WHERE id > 100")  # 400 dead rows
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await conn.execute("SELECT 1")
+        done = await maintenance.run_once(engine)
+        assert maintenance.Due(table, analyze=True, vacuum=True) in done
+        assert await _counts(conn, table) == (2, 1)
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()
+        await engine.dispose()
+
+
+async def test_run_once_leaves_the_work_to_the_process_that_holds_it(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    other = await asyncpg.connect(pg_url)
+    try:
+        await other.execute(f"SELECT pg_advisory_lock({maintenance.LOCK_KEY})")
+        await other.execute("CREATE TABLE IF NOT EXISTS maintenance_held (id int)")
+        await other.execute("INSERT INTO maintenance_held SELECT generate_series(1, 100)")
+        await other.execute("SELECT pg_stat_force_next_flush()")
+        await other.execute("SELECT 1")
+        assert await maintenance.run_once(engine) == []
+        await other.execute(f"SELECT pg_advisory_unlock({maintenance.LOCK_KEY})")
+        assert "maintenance_held" in [d.table for d in await maintenance.run_once(engine)]
+    finally:
+        await other.execute("DROP TABLE IF EXISTS maintenance_held")
+        await other.close()
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("planner", ["enable_nestloop", "enable_hashjoin"])
+async def test_lookups_stay_per_item_whatever_the_planner_prefers(
+    pg_url: str, planner: str
+) -> None:
+    """Each LATERAL lookup must stay a parameterized per-item index scan: with nested loops
+    priced out the plan must still be one (a flattened join would hash the whole index)."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(f"SET {planner} = off")
+        await conn.execute("SET enable_seqscan = off")
+        items = '[{"n": 0, "pid": "p", "k": "k", "r": "r"}]'
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {LOOKUP_MANY_SQL}", items))
+        assert "Hash Join" not in plan and "Merge Join" not in plan, plan
+        assert plan.count("Nested Loop") == 2, plan
+        assert plan.count("Index Cond: ((project_id)::text = i") == 2, plan
+    finally:
+        await conn.close()
