@@ -120,3 +120,25 @@ async def test_lookups_stay_per_item_whatever_the_planner_prefers(
         assert plan.count("Index Cond: ((project_id)::text = i") == 2, plan
     finally:
         await conn.close()
+
+
+async def test_hot_path_sessions_plan_generically_without_jit(pg_url: str) -> None:
+    """The hot path's own pool: generic plans (no planning per call), no seq scans, no JIT."""
+    from payrail.db.engine import pg_server_settings
+    from payrail.services.hot_path.postgres import PostgresHotPath
+
+    hot = PostgresHotPath(pg_url, pg_server_settings())
+    try:
+        pool = await hot._connections()
+        async with pool.acquire() as conn:
+            shown = {
+                name: await conn.fetchval(f"SHOW {name}")
+                for name in ("plan_cache_mode", "jit", "enable_seqscan")
+            }
+        assert shown == {
+            "plan_cache_mode": "force_generic_plan",
+            "jit": "off",
+            "enable_seqscan": "off",
+        }
+    finally:
+        await hot.aclose()
