@@ -111,3 +111,43 @@ def test_reconcile_command_exits_2_when_it_cannot_check(database_url):
     missing = database_url.rsplit("/", 1)[0] + "/payrail_no_such_database"
     result = _run_cli(missing)
     assert result.exit_code == 2, result.output
+
+
+async def test_the_periodic_run_asks_the_node_about_a_final_payout_once(client, rt):
+    """node_answers (the server's periodic loop): the node is asked about each final payout
+    in the first run only, and its remembered answer still takes part in every check."""
+    ids = []
+    for n in range(3):
+        response = await client.post("/payouts", json=payout_body(gamertag=f"once{n}"))
+        assert response.status_code == 201, response.text
+        assert response.json()["data"]["status"] == "completed"
+        ids.append(response.json()["data"]["id"])
+    asked: list[str] = []
+    status = rt.node.status
+
+    async def counted(payment_id, destination):
+        asked.append(payment_id)
+        return await status(payment_id, destination)
+
+    rt.node.status = counted
+    known: dict = {}
+    first = await reconcile(rt, node_answers=known)
+    assert first.clean, first.discrepancies
+    assert sorted(asked) == sorted(ids)
+    assert sorted(known) == sorted(ids)
+    asked.clear()
+    assert (await reconcile(rt, node_answers=known)).clean
+    assert asked == []
+    # The ledger of a paid payout voided behind the saga's back: the node's remembered
+    # "succeeded" still finds it, without asking again.
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE transfers SET kind = 'void' WHERE pending_id IN (:a, :f)"),
+            {"a": f"{ids[0]}:amount", "f": f"{ids[0]}:fee"},
+        )
+    third = await reconcile(rt, node_answers=known)
+    assert asked == []
+    assert [d.ids for d in third.discrepancies if d.kind == "paid-not-charged"] == [[ids[0]]]
+    asked.clear()
+    await reconcile(rt)  # without node_answers (the command, the tests): everything is asked
+    assert sorted(asked) == sorted(ids)
