@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -37,8 +36,16 @@ def iso(ms: int | None) -> str | None:
     """ISO 8601 UTC with milliseconds and a Z, as the payout API shows times."""
     if ms is None:
         return None
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    t = time.gmtime(ms // 1000)  # C-level and twice as fast as datetime.strftime (hot: answers)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        t.tm_year,
+        t.tm_mon,
+        t.tm_mday,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+        ms % 1000,
+    )
 
 
 async def wait_or_stop(stop: asyncio.Event, timeout_s: float) -> None:
