@@ -123,13 +123,13 @@ async def test_the_periodic_run_asks_the_node_about_a_final_payout_once(client, 
         assert response.json()["data"]["status"] == "completed"
         ids.append(response.json()["data"]["id"])
     asked: list[str] = []
-    status = rt.node.status
+    statuses = rt.node.statuses
 
-    async def counted(payment_id, destination):
-        asked.append(payment_id)
-        return await status(payment_id, destination)
+    async def counted(payment_ids):
+        asked.extend(payment_ids)
+        return await statuses(payment_ids)
 
-    rt.node.status = counted
+    rt.node.statuses = counted
     known: dict = {}
     first = await reconcile(rt, node_answers=known)
     assert first.clean, first.discrepancies
@@ -151,3 +151,21 @@ async def test_the_periodic_run_asks_the_node_about_a_final_payout_once(client, 
     asked.clear()
     await reconcile(rt)  # without node_answers (the command, the tests): everything is asked
     assert sorted(asked) == sorted(ids)
+
+
+async def test_the_simulated_node_answers_many_as_it_answers_one(client, rt):
+    """statuses() (one read for many payments, used by reconcile) == status() for each."""
+    from payrail.lightning.backend import NodeStatus
+
+    ids = []
+    for n in range(3):
+        response = await client.post("/payouts", json=payout_body(gamertag=f"many{n}"))
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["data"]["id"])
+    unknown = "00000000-0000-4000-8000-000000000000"
+    many = await rt.node.statuses([*ids, unknown])
+    assert many == {
+        **{pid: (await rt.node.status(pid, None)).status for pid in ids},  # type: ignore[arg-type]
+        unknown: NodeStatus.NOT_FOUND,
+    }
+    assert set(many.values()) == {NodeStatus.SUCCEEDED, NodeStatus.NOT_FOUND}

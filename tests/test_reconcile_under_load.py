@@ -154,20 +154,20 @@ async def test_a_payout_sent_between_the_snapshot_and_the_node_answer_is_in_moti
     client, rt, monkeypatch
 ):
     payout_id = await _queued_payout(client, "mover")
-    ask_node = rt.node.status
+    ask_node = rt.node.statuses  # reconcile asks the simulated node about all at once
     moved = []
 
-    async def status_after_the_worker_ran(pid: str, destination=None):
+    async def statuses_after_the_worker_ran(pids: list[str]):
         if not moved:  # the worker sends and settles it after reconcile read it as reserved
             moved.append(await worker.run_once(rt))
-        return await ask_node(pid, destination)
+        return await ask_node(pids)
 
-    monkeypatch.setattr(rt.node, "status", status_after_the_worker_ran)
+    monkeypatch.setattr(rt.node, "statuses", statuses_after_the_worker_ran)
     report = await reconcile(rt)
     assert moved == [1]
     assert report.clean, report.kinds()  # before: sent-while-reserved
     assert report.in_motion == 1
-    monkeypatch.setattr(rt.node, "status", ask_node)
+    monkeypatch.setattr(rt.node, "statuses", ask_node)
     assert (await reconcile(rt)).clean and (await get_payout(rt, payout_id))["state"] == "completed"
 
 

@@ -96,4 +96,8 @@ class LightningBackend(Protocol):
         """What the backend knows of this payment now; NOT_FOUND if it never received it."""
         ...
 
+    # Optional: `async def statuses(self, payment_ids: list[str]) -> dict[str, NodeStatus]`,
+    # status() of many payments at once, which reconciliation uses where a backend has it
+    # (the simulated node reads its record 500 payments per query).
+
     async def aclose(self) -> None: ...
