@@ -161,19 +161,27 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        from payrail.db import maintenance
         from payrail.services.flags import run_guards_periodically
 
         interval_s = settings.flag_guard_interval_s
-        guards = (
+        background = (
             [asyncio.create_task(run_guards_periodically(rt, stop, interval_s))]
             if interval_s
             else []
+        )
+        # A deployment whose API servers run without a worker (PAYRAIL_RUN_WORKER=0) keeps
+        # the tables' statistics here (db/maintenance.py; one process at a time does it).
+        background.append(
+            asyncio.create_task(
+                maintenance.run_periodically(rt.engine, settings.db_maintenance, stop)
+            )
         )
         try:
             await run_forever(rt, stop)
         finally:
             stop.set()
-            await asyncio.gather(*guards)
+            await asyncio.gather(*background)
             await rt.aclose()
 
     asyncio.run(main())
