@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 
 from payrail.db import maintenance
 from payrail.db.engine import make_engine
@@ -54,7 +55,7 @@ async def _counts(conn: asyncpg.Connection, table: str) -> tuple[int, int]:
 
 
 async def test_run_once_analyzes_and_vacuums_what_changed(pg_url: str) -> None:
-    engine = make_engine(pg_url)
+    engine = make_engine(pg_url, pool_size=1)  # one pooled session, checked after each run
     conn = await asyncpg.connect(pg_url)
     table = "maintenance_probe"
     try:
@@ -79,6 +80,9 @@ async def test_run_once_analyzes_and_vacuums_what_changed(pg_url: str) -> None:
         done = await maintenance.run_once(engine)
         assert maintenance.Due(table, analyze=True, vacuum=True) in done
         assert await _counts(conn, table) == (2, 1)
+        # Maintenance lifts the pool's statement cap for itself only.
+        async with engine.connect() as pooled:
+            assert (await pooled.execute(text("SHOW statement_timeout"))).scalar() == "30s"
     finally:
         await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await conn.close()

@@ -79,6 +79,10 @@ async def run_once(engine: AsyncEngine) -> list[Due]:
         if not got:
             return []
         try:
+            # The pool's sessions cap statements at 30 s; a VACUUM of a large table takes
+            # longer and would be cancelled at every round. RESET in `finally` restores the cap
+            # before the connection goes back to the pool.
+            await conn.execute(text("SET statement_timeout = 0"))
             work = due([tuple(r) for r in (await conn.execute(DUE_SQL)).all()])  # type: ignore[misc]
             for item in work:
                 name = conn.dialect.identifier_preparer.quote(item.table)
@@ -89,6 +93,7 @@ async def run_once(engine: AsyncEngine) -> list[Due]:
                 await conn.execute(text(f"{verb} {name}"))
             return work
         finally:
+            await conn.execute(text("RESET statement_timeout"))
             await conn.execute(text(f"SELECT pg_advisory_unlock({LOCK_KEY})"))
 
 
