@@ -169,3 +169,24 @@ async def test_the_simulated_node_answers_many_as_it_answers_one(client, rt):
         unknown: NodeStatus.NOT_FOUND,
     }
     assert set(many.values()) == {NodeStatus.SUCCEEDED, NodeStatus.NOT_FOUND}
+
+
+async def test_the_periodic_runs_memory_is_bounded_and_starts_over(client, rt, monkeypatch):
+    """Past NODE_ANSWERS_KEPT_MAX the remembered answers are dropped: that run still answers
+    every payout (from memory or the node), and the next one asks the node again."""
+    from payrail.services import reconcile as reconcile_module
+
+    ids = []
+    for n in range(3):
+        response = await client.post("/payouts", json=payout_body(gamertag=f"bound{n}"))
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["data"]["id"])
+    known: dict = {}
+    assert (await reconcile(rt, node_answers=known)).clean
+    assert len(known) == 3
+    response = await client.post("/payouts", json=payout_body(gamertag="bound3"))
+    assert response.status_code == 201, response.text
+    monkeypatch.setattr(reconcile_module, "NODE_ANSWERS_KEPT_MAX", 3)
+    report = await reconcile(rt, node_answers=known)  # 3 remembered + 1 asked > 3
+    assert report.clean and report.payouts_checked == 4
+    assert sorted(known) == [response.json()["data"]["id"]]  # started over with this run's

@@ -460,17 +460,17 @@ async def _node_statuses(
             destination = destinations.backend_destination(row)
             return row["id"], (await rt.node.status(row["id"], destination)).status
 
-    remembered = {} if known is None else known
-    ask = [r for r in rows if r["id"] not in remembered]
+    answers = {r["id"]: known[r["id"]] for r in rows if known and r["id"] in known}
+    ask = [r for r in rows if r["id"] not in answers]
     many = getattr(rt.node, "statuses", None)  # a backend that answers many in one read
     if many is not None:
-        answers = await many([r["id"] for r in ask])
+        answers |= await many([r["id"] for r in ask])
     else:
-        answers = dict(await asyncio.gather(*(one(r) for r in ask)))
+        answers |= dict(await asyncio.gather(*(one(r) for r in ask)))
     if known is not None:
         if len(known) + len(ask) > NODE_ANSWERS_KEPT_MAX:
             known.clear()  # a bound on the memory: the next run asks about everything again
         for row in ask:
             if State(row["state"]) in FINAL_STATES and answers[row["id"]] != NodeStatus.IN_FLIGHT:
                 known[row["id"]] = answers[row["id"]]
-    return {r["id"]: answers[r["id"]] if r["id"] in answers else remembered[r["id"]] for r in rows}
+    return answers
