@@ -173,11 +173,7 @@ class SimulatedNode:
             ).first()
         if row is None:
             return PaymentResult(NodeStatus.NOT_FOUND)
-        status = NodeStatus(row.status)
-        if status == NodeStatus.IN_FLIGHT and row.settle_at <= self._clock.now_ms():
-            await self._settle(payment_id)
-            status = NodeStatus.SUCCEEDED
-        return PaymentResult(status, row.failure_reason)
+        return PaymentResult(await self._now(payment_id, row), row.failure_reason)
 
     async def statuses(self, payment_ids: list[str]) -> dict[str, NodeStatus]:
         """status() of many payments, STATUSES_READ_MAX per query (reconciliation asks about
@@ -192,14 +188,17 @@ class SimulatedNode:
                         select(P.payment_id, P.status, P.settle_at).where(P.payment_id.in_(chunk))
                     )
                 ).all()
-            now = self._clock.now_ms()
             for row in rows:
-                status = NodeStatus(row.status)
-                if status == NodeStatus.IN_FLIGHT and row.settle_at <= now:
-                    await self._settle(row.payment_id)
-                    status = NodeStatus.SUCCEEDED
-                found[row.payment_id] = status
+                found[row.payment_id] = await self._now(row.payment_id, row)
         return {pid: found.get(pid, NodeStatus.NOT_FOUND) for pid in payment_ids}
+
+    async def _now(self, payment_id: str, row: Any) -> NodeStatus:
+        """A recorded payment's status now: an in-flight one whose time has come settles."""
+        status = NodeStatus(row.status)
+        if status == NodeStatus.IN_FLIGHT and row.settle_at <= self._clock.now_ms():
+            await self._settle(payment_id)
+            status = NodeStatus.SUCCEEDED
+        return status
 
     async def _settle(self, payment_id: str) -> None:
         async with single_statement(self._engine) as conn:
