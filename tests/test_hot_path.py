@@ -320,11 +320,13 @@ async def test_a_second_resolution_rolls_the_whole_unit_back(client, rt):
         assert sorted(kinds) == ["pending", "pending", "post", "post"]
 
 
-def _finalization(payout_id: str, *, post: bool) -> Finalization:
+def _finalization(
+    payout_id: str, *, post: bool, current: State = State.IN_FLIGHT, target: State | None = None
+) -> Finalization:
     return Finalization(
         payout_id=payout_id,
-        current=State.IN_FLIGHT.value,
-        target=(State.COMPLETED if post else State.FAILED).value,
+        current=current.value,
+        target=(target or (State.COMPLETED if post else State.FAILED)).value,
         now=1,
         cause="test",
         values={"charge_posted": post},
@@ -346,17 +348,7 @@ async def test_a_payout_with_a_callback_is_finalized_by_the_general_path(client,
     )
     with pytest.raises(NeedsGeneralPath):
         await rt.hot_path.finalize(
-            Finalization(
-                payout_id=payout_id,
-                current=State.RESERVED.value,
-                target=State.EXPIRED.value,
-                now=1,
-                cause="test",
-                values={"charge_posted": False},
-                job_id=f"settle:{payout_id}",
-                transfer_ids=(f"{payout_id}:amount", f"{payout_id}:fee"),
-                post=False,
-            )
+            _finalization(payout_id, post=False, current=State.RESERVED, target=State.EXPIRED)
         )
     async with rt.engine.connect() as conn:
         assert await conn.scalar(select(payouts.c.state).where(payouts.c.id == payout_id)) == (
