@@ -14,18 +14,37 @@ from payrail.services.hot_path.postgres import LOOKUP_MANY_SQL
 
 def test_due_follows_autovacuum_thresholds() -> None:
     rows = [
-        ("quiet", 50, 50, 0.0),  # at the thresholds: not yet
-        ("grown", 51, 0, 0.0),  # a new table past 50 changes: analyze
-        ("big", 1_049, 0, 10_000.0),  # under 50 + 10 %
-        ("big_changed", 1_051, 0, 10_000.0),
-        ("churned", 0, 2_051, 10_000.0),  # dead rows past 50 + 20 %
-        ("both", 2_000, 3_000, 10_000.0),
+        ("quiet", 50, 50, 0.0, None, None),  # at the thresholds: not yet
+        ("grown", 51, 0, 0.0, None, None),  # a new table past 50 changes: analyze
+        ("big", 1_049, 0, 10_000.0, 1.0, 1.0),  # under 50 + 10 %
+        ("big_changed", 1_051, 0, 10_000.0, 1.0, 1.0),  # small enough to analyze at once
+        ("churned", 0, 2_051, 10_000.0, 1.0, 1.0),  # dead rows past 50 + 20 %
+        ("both", 2_000, 3_000, 10_000.0, 0.0, 0.0),
     ]
     assert maintenance.due(rows) == [
         maintenance.Due("grown", analyze=True, vacuum=False),
         maintenance.Due("big_changed", analyze=True, vacuum=False),
         maintenance.Due("churned", analyze=False, vacuum=True),
         maintenance.Due("both", analyze=True, vacuum=True),
+    ]
+
+
+def test_a_large_table_is_analyzed_again_at_most_once_a_naptime() -> None:
+    large = float(maintenance.REPEAT_ROWS_MIN)
+    wait = maintenance.REPEAT_INTERVAL_S
+    rows = [
+        ("never_analyzed", 10_000, 0, large, None, None),  # the first time is never held back
+        ("analyzed_lately", 10_000, 0, large, wait - 1, None),
+        ("analyzed_a_while_ago", 10_000, 0, large, wait, None),
+        ("vacuumed_lately", 0, 10_000, large, None, wait - 1),
+        ("vacuumed_a_while_ago", 0, 10_000, large, None, wait + 1),
+        ("small_analyzed_lately", 4_000, 0, large - 1, 0.0, None),
+    ]
+    assert maintenance.due(rows) == [
+        maintenance.Due("never_analyzed", analyze=True, vacuum=False),
+        maintenance.Due("analyzed_a_while_ago", analyze=True, vacuum=False),
+        maintenance.Due("vacuumed_a_while_ago", analyze=False, vacuum=True),
+        maintenance.Due("small_analyzed_lately", analyze=True, vacuum=False),
     ]
 
 

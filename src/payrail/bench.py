@@ -852,7 +852,7 @@ def run_bench(
     batch_clients: int = 0,
 ) -> int:
     """Run the whole bench; 0 if every invariant held, 1 if one failed, 2 if it could not run."""
-    if not client_levels or any(c < 1 for c in client_levels):
+    if any(c < 1 for c in client_levels) or not (client_levels or (batch_items and batch_clients)):
         console.print("[red]error:[/red] --clients needs positive integers, e.g. 10,50")
         return EXIT_HARNESS_FAILED
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -260,7 +260,7 @@ def reconcile(
 
 @app.command()
 def bench(
-    clients: str = typer.Option("10,50", help="comma-separated concurrency levels"),
+    clients: str = typer.Option("10,50", help="comma-separated concurrency levels (\"\": batches only)"),
     duration_s: float = typer.Option(15.0, min=1, max=600, help="seconds per level"),
     server_workers: int = typer.Option(2, min=1, max=16, help="server processes"),
     database_url: str = typer.Option(
@@ -272,7 +272,7 @@ def bench(
     """Benchmark payouts (single and batch) on PostgreSQL against pgbench on the same database."""
     from payrail.bench import run_bench
 
-    levels = [int(c) for c in clients.split(",")]
+    levels = [int(c) for c in clients.split(",") if c.strip()]  # "": batches only
     sys.exit(
         run_bench(database_url, levels, duration_s, server_workers, batch_items, batch_clients)
     )
