@@ -252,7 +252,8 @@ async def test_a_batch_that_dies_mid_settlement_is_recovered_per_payout_and_paid
     client, rt, clock, crashpoint
 ):
     """The batch's reservations committed; the process dies before or after the node calls.
-    Each payout's lease runs out and the worker asks the node first: paid once, charged once."""
+    The group job's lease runs out, the worker hands each payout its own settle job, and each
+    asks the node first: paid once, charged once."""
     from payrail.domain.payouts import parse_payout_request
     from payrail.jobs.worker import run_until_idle
     from payrail.services.runtime import SimulatedCrash
@@ -272,7 +273,8 @@ async def test_a_batch_that_dies_mid_settlement_is_recovered_per_payout_and_paid
     assert await balance_of(client) == start - 5 * 306  # reserved, not yet settled
     rt.worker_id = "restarted-worker"
     clock.advance(rt.settings.lease_ms + 1)
-    assert await run_until_idle(rt) == 5
+    # The group's one job (its lease ran out: it hands each payout its own), then the five.
+    assert await run_until_idle(rt) == 6
     async with rt.engine.connect() as conn:
         ids = list(await conn.scalars(select(payouts_table.c.id)))
     assert len(ids) == 5
@@ -344,4 +346,60 @@ async def test_batch_items_get_the_recipient_guard_and_directory_answers_of_sing
     keyed = await client.get(f"/payouts/{answers[1]['data']['id']}")
     assert keyed.json()["data"]["destinationKind"] == "keysend", keyed.text
     assert await balance_of(client) == start - 2 * (100 + fee_sats(100))
+    assert (await reconcile(rt)).clean
+
+
+async def _jobs(rt) -> list[tuple[str, str, str]]:
+    from payrail.db.tables import jobs
+
+    async with rt.engine.connect() as conn:
+        rows = await conn.execute(select(jobs.c.kind, jobs.c.state, jobs.c.id).order_by(jobs.c.id))
+        return [tuple(r) for r in rows]
+
+
+async def test_a_settled_group_leaves_one_job_done_and_no_job_per_payout(client, rt):
+    """The inline batch writes one job per reservation group, not one per payout; once every
+    answer is recorded there is nothing left for the worker."""
+    items = [{"gamertag": f"j{i}", "amount": 50} for i in range(batches.RESERVE_GROUP_MAX + 1)]
+    start = await balance_of(client)
+    response = await post_batch(client, items, key="one-job")
+    assert [a["httpStatus"] for a in response.json()["data"]["items"]] == [201] * len(items)
+    assert await balance_of(client) == start - len(items) * (50 + fee_sats(50))
+    found = await _jobs(rt)
+    assert [(kind, state) for kind, state, _ in found] == [
+        (batches.SETTLE_GROUP_JOB, "done"),
+        (batches.SETTLE_GROUP_JOB, "done"),
+    ]
+
+
+async def test_unknown_answers_in_a_batch_are_handed_to_their_own_jobs_and_paid_once(
+    client, rt, clock
+):
+    """The node's answer is unknown for every item: each payout stays in flight, gets its own
+    settle job, and the worker asks the node later: charged once, the rest of the group done."""
+    from payrail.jobs.worker import run_until_idle
+
+    await client.post(
+        "/test/failure-injection",
+        json={"enabled": True, "ambiguousRate": 1.0, "timeoutMs": 5, "ambiguousSettleMs": 1_000},
+    )
+    rt.settings = dataclasses.replace(rt.settings, settle_wait_ms=200)  # nothing to wait for
+    start = await balance_of(client)
+    items = [{"gamertag": f"u{i}", "amount": 200} for i in range(3)]
+    response = await post_batch(client, items, key="unknown-answers")
+    answers = response.json()["data"]["items"]
+    assert [a["data"]["status"] for a in answers] == ["pending"] * 3
+    assert await balance_of(client) == start - 3 * (200 + fee_sats(200))  # reserved, not charged
+    found = await _jobs(rt)
+    ids = sorted(a["data"]["id"] for a in answers)
+    assert sorted(job_id for kind, _, job_id in found if kind == "settle_payout") == [
+        f"settle:{i}" for i in ids
+    ]
+    assert [state for kind, state, _ in found if kind == batches.SETTLE_GROUP_JOB] == ["done"]
+    await client.post("/test/failure-injection", json={"enabled": False})
+    clock.advance(2_000)  # past the first retry's backoff, and the node has settled them
+    assert await run_until_idle(rt) == 3
+    for payout_id in ids:
+        assert await posted_charges(rt, payout_id) == 2
+    assert await balance_of(client) == start - 3 * (200 + fee_sats(200))
     assert (await reconcile(rt)).clean

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from payrail.db.tables import insert_row, jobs
@@ -86,10 +88,12 @@ async def enqueue_many(
     max_attempts: int = ATTEMPTS_MAX_DEFAULT,
     leased_by: str | None = None,
     lease_ms: int = 0,
+    skip_existing: bool = False,
 ) -> None:
-    """Insert jobs (id, payload) of one kind in one statement, in the caller's transaction."""
+    """Insert jobs (id, payload) of one kind in one statement, in the caller's transaction.
+    skip_existing: a job whose id exists already is left as it is (not an error)."""
     await conn.execute(
-        INSERT_JOB,
+        _INSERT_JOB_IF_NEW[conn.dialect.name] if skip_existing else INSERT_JOB,
         [
             job_row(
                 job_id,
@@ -107,6 +111,10 @@ async def enqueue_many(
 
 
 INSERT_JOB = insert_row(jobs)
+_INSERT_JOB_IF_NEW = {
+    "postgresql": insert_row(jobs, pg_insert).on_conflict_do_nothing(index_elements=["id"]),
+    "sqlite": insert_row(jobs, sqlite_insert).on_conflict_do_nothing(index_elements=["id"]),
+}
 
 
 def job_row(

@@ -23,7 +23,7 @@ from payrail import metrics
 from payrail.clock import wait_or_stop
 from payrail.db.tables import worker_heartbeats
 from payrail.jobs import queue
-from payrail.services import callbacks, order_events, payouts
+from payrail.services import batches, callbacks, order_events, payouts
 from payrail.services.runtime import Runtime, SimulatedCrash
 
 log = structlog.get_logger("payrail.worker")
@@ -44,11 +44,18 @@ async def _deliver(rt: Runtime, job: queue.Job) -> None:
 
 # These finish (or reschedule) their job row in their own transaction, with their outcome.
 SELF_COMPLETING = frozenset(
-    {payouts.SETTLE_JOB, callbacks.CALLBACK_JOB, order_events.EVENT_JOB, order_events.FULFIL_JOB}
+    {
+        payouts.SETTLE_JOB,
+        batches.SETTLE_GROUP_JOB,
+        callbacks.CALLBACK_JOB,
+        order_events.EVENT_JOB,
+        order_events.FULFIL_JOB,
+    }
 )
 
 HANDLERS: dict[str, Handler] = {
     payouts.SETTLE_JOB: _settle,
+    batches.SETTLE_GROUP_JOB: batches.recover_group,
     callbacks.CALLBACK_JOB: _deliver,
     order_events.EVENT_JOB: order_events.process_event,
     order_events.FULFIL_JOB: order_events.fulfil,

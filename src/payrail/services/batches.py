@@ -8,7 +8,15 @@ callbacks) and is answered as that call would have been. What the batch shares i
   transaction, and the group's job rows, transfer rows and system-account credits are written
   with one statement each. An item refused (rate limit, balance, a used key) writes nothing.
 - settlement: the node is called for every reserved item concurrently, at most
-  SETTLE_CONCURRENCY_MAX at a time, each through the saga of a single payout.
+  SETTLE_CONCURRENCY_MAX at a time, and the definite answers are recorded in one transaction.
+- recovery: a group reserved for inline settlement has ONE job (SETTLE_GROUP_JOB), written in
+  its reservation and leased by the process that settles it, where a single payout has one
+  job each. When the group's answers are recorded, the payouts not made final (an unknown
+  answer, a lost race) get a settle job each and the group job is done, in one transaction
+  (hand_off). If the process dies first, the lease runs out and the worker's claim of the
+  group job does the same hand-off: from there each payout is a single payout's saga (ask
+  the node by payment id before anything is sent again). Per item that saves a job row
+  written and updated, and its index entries.
 - idempotency: items without their own key get `<batch key>#<index>`, and the batch's answers
   are stored under its key once every item has one, so a replay answers the same items (a
   refusal stays a refusal even if funds arrived since; a payout is answered as it is now).
@@ -48,6 +56,8 @@ B = payout_batches.c
 
 BATCH_ITEMS_MAX = 1_000
 RESERVE_GROUP_MAX = 100  # items per shared reservation transaction
+SETTLE_GROUP_JOB = "settle_payout_group"  # a group's settlement until its hand-off
+GROUP_JOB_ATTEMPTS_MAX = 25
 SETTLE_CONCURRENCY_MAX = 100  # node calls in flight at once per group of a batch
 FINAL_POLL_MS = 20
 # The refusals an item can get, by code: a replay rebuilds them from the stored answers.
@@ -243,15 +253,25 @@ async def _reserve_group(
         rows = [row for _, row in reserved]
         await ledger.debit_pending_sum(conn, account, sum(r["amount"] + r["fee"] for r in rows))
         await conn.execute(single.INSERT_PAYOUT, rows)
-        await queue.enqueue_many(
-            conn,
-            single.SETTLE_JOB,
-            [(single.settle_job_id(row["id"]), {"payoutId": row["id"]}) for row in rows],
-            now,
-            max_attempts=single.SETTLE_ATTEMPTS_MAX,
-            leased_by=rt.worker_id if path == single.PATH_INLINE else None,
-            lease_ms=rt.settings.lease_ms,
-        )
+        if path == single.PATH_INLINE:  # settled by this process now: one job, leased
+            await queue.enqueue(
+                conn,
+                SETTLE_GROUP_JOB,
+                {"payoutIds": [row["id"] for row in rows]},
+                now,
+                job_id=group_job_id(rows[0]["id"]),
+                max_attempts=GROUP_JOB_ATTEMPTS_MAX,
+                leased_by=rt.worker_id,
+                lease_ms=rt.settings.lease_ms,
+            )
+        else:  # the worker settles each
+            await queue.enqueue_many(
+                conn,
+                single.SETTLE_JOB,
+                [(single.settle_job_id(row["id"]), {"payoutId": row["id"]}) for row in rows],
+                now,
+                max_attempts=single.SETTLE_ATTEMPTS_MAX,
+            )
         for row in rows:
             if row["callback_url"]:
                 await single.queue_created_callback(conn, row["id"], now)
@@ -282,7 +302,8 @@ async def _settle(
 
 async def _settle_group(rt: Runtime, rows: list[dict[str, Any]]) -> None:
     """The node calls of a group concurrently (bounded), then every definite answer recorded
-    in one transaction. Their send intents are committed and their leases held by us."""
+    in one transaction, then the rest handed off. Their send intents are committed and their
+    group job leased by us."""
     limit = asyncio.Semaphore(SETTLE_CONCURRENCY_MAX)
 
     async def pay(row: dict[str, Any]) -> tuple[str, Any]:
@@ -293,13 +314,53 @@ async def _settle_group(rt: Runtime, rows: list[dict[str, Any]]) -> None:
     rt.crashpoint("after_mark_in_flight")
     results = await asyncio.gather(*(pay(row) for row in rows))
     rt.crashpoint("after_node_call")
+    ids = [row["id"] for row in rows]
     try:
-        await single.apply_outcomes(rt, results)
+        finals = await single.apply_outcomes(rt, results)
     except Exception as exc:  # e.g. a lock timeout: each payout's own saga takes over
         log.warning("batch_settle_error", error=type(exc).__name__, payouts=len(rows))
         rt.note_error(exc)
-        for row in rows:
-            await single.settle_payout(rt, row["id"], job_leased=True)
+        finals = {}
+    # An unknown answer is asked about again after the first retry's backoff, as a single
+    # payout's is.
+    delay_ms = queue.backoff_ms(1)
+    await hand_off(rt, group_job_id(ids[0]), [i for i in ids if i not in finals], delay_ms)
+
+
+def group_job_id(first_payout_id: str) -> str:
+    """The group job's id, from its first payout's (a new uuid per group)."""
+    return f"settle-group:{first_payout_id}"
+
+
+async def hand_off(rt: Runtime, job_id: str, payout_ids: list[str], delay_ms: int = 0) -> int:
+    """Each of payout_ids not final yet gets its own settle job (kept if it has one), due in
+    delay_ms, and the group job is done, in one transaction. How many were handed off."""
+    now = rt.clock.now_ms()
+    async with rt.engine.begin() as conn:
+        still_open: list[str] = []
+        if payout_ids:
+            final = [s.value for s in FINAL_STATES]
+            query = select(P.id).where(P.id.in_(payout_ids), P.state.not_in(final))
+            still_open = sorted(await conn.scalars(query))
+        if still_open:
+            await queue.enqueue_many(
+                conn,
+                single.SETTLE_JOB,
+                [(single.settle_job_id(i), {"payoutId": i}) for i in still_open],
+                now,
+                run_at_ms=now + delay_ms,
+                max_attempts=single.SETTLE_ATTEMPTS_MAX,
+                skip_existing=True,
+            )
+        await queue.complete(conn, job_id, now)
+    if still_open:
+        log.info("payout_group_handed_off", job_id=job_id, payouts=len(still_open))
+    return len(still_open)
+
+
+async def recover_group(rt: Runtime, job: queue.Job) -> None:
+    """The worker's handler of a group job whose lease ran out (its process died)."""
+    await hand_off(rt, job.id, list(job.payload["payoutIds"]))
 
 
 async def _await_finals(rt: Runtime, ids: list[str]) -> dict[str, RowMapping]:

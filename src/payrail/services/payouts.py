@@ -783,14 +783,14 @@ async def apply_outcomes(
     rt: Runtime, results: Sequence[tuple[str, PaymentResult | None]]
 ) -> dict[str, RowMapping]:
     """`_apply_outcome` for many in-flight payouts of one project (a batch): every definite
-    answer is recorded in ONE transaction, a set of payouts per outcome; unknown ones are
-    rescheduled one by one, as a single payout's are. Returns the rows made final."""
+    answer is recorded in ONE transaction, a set of payouts per outcome. An unknown answer is
+    left as it is: the caller hands each payout not made final to its own settle job
+    (services/batches.py, hand_off). Returns the rows made final."""
     now = rt.clock.now_ms()
     groups: dict[tuple[State, bool, FailureCode | None, str | None], list[str]] = {}
     legacy_charge: bool | None = None
     for payout_id, result in results:
         if result is None or result.status in (NodeStatus.IN_FLIGHT, NodeStatus.NOT_FOUND):
-            await _apply_outcome(rt, payout_id, result)
             continue
         if result.status == NodeStatus.SUCCEEDED:
             groups.setdefault((State.COMPLETED, True, None, None), []).append(payout_id)
