@@ -260,7 +260,9 @@ def reconcile(
 
 @app.command()
 def bench(
-    clients: str = typer.Option("10,50", help="comma-separated concurrency levels (\"\": batches only)"),
+    clients: str = typer.Option(
+        "10,50", help='comma-separated concurrency levels ("": batches only)'
+    ),
     duration_s: float = typer.Option(15.0, min=1, max=600, help="seconds per level"),
     server_workers: int = typer.Option(2, min=1, max=16, help="server processes"),
     database_url: str = typer.Option(

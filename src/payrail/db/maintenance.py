@@ -18,8 +18,10 @@ A large table (REPEAT_ROWS_MIN rows or more, where an ANALYZE reads its full 30,
 is analyzed, or vacuumed, again at most once per REPEAT_INTERVAL_S, autovacuum's naptime. A
 young table grows by 10 % every second or two under load, and analyzing each of them that
 often took 7 % of the machine in `payrail bench`'s batch run; its plans stopped changing long
-before. A small table, or one never analyzed, is not held back: those are the plans that change. One process at a time does
-it (an advisory lock); the check itself is one read of pg_stat_user_tables. `off`: never.
+before. A small table, or one never analyzed, is not held back: those are the plans that change.
+
+One process at a time does it (an advisory lock); the check itself is one read of
+pg_stat_user_tables. `off`: never.
 """
 
 from __future__ import annotations

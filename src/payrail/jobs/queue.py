@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from payrail.db import bulk
 from payrail.db.tables import insert_row, jobs
 from payrail.domain import errors
 
@@ -92,22 +93,23 @@ async def enqueue_many(
 ) -> None:
     """Insert jobs (id, payload) of one kind in one statement, in the caller's transaction.
     skip_existing: a job whose id exists already is left as it is (not an error)."""
-    await conn.execute(
-        _INSERT_JOB_IF_NEW[conn.dialect.name] if skip_existing else INSERT_JOB,
-        [
-            job_row(
-                job_id,
-                kind,
-                payload,
-                now_ms,
-                run_at_ms=run_at_ms,
-                max_attempts=max_attempts,
-                leased_by=leased_by,
-                lease_ms=lease_ms,
-            )
-            for job_id, payload in jobs_
-        ],
-    )
+    rows = [
+        job_row(
+            job_id,
+            kind,
+            payload,
+            now_ms,
+            run_at_ms=run_at_ms,
+            max_attempts=max_attempts,
+            leased_by=leased_by,
+            lease_ms=lease_ms,
+        )
+        for job_id, payload in jobs_
+    ]
+    if skip_existing:
+        await conn.execute(_INSERT_JOB_IF_NEW[conn.dialect.name], rows)
+    else:
+        await bulk.insert_rows(conn, jobs, rows)
 
 
 INSERT_JOB = insert_row(jobs)

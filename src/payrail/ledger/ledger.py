@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from payrail.db import bulk
 from payrail.db.tables import accounts, insert_row, transfers
 from payrail.ledger.accounts import CURRENCY_SATS, SYSTEM_ACCOUNTS, Code
 
@@ -246,9 +247,8 @@ async def record_pending(
 ) -> None:
     """Phase two: the pending transfer rows (each with its timeout) and their credits, in two
     statements however many transfers (the credited accounts summed and locked in id order)."""
-    await conn.execute(
-        _INSERT_TRANSFER,
-        [transfer_row(t, "pending", None, timeout, now_ms) for t, timeout in held],
+    await bulk.insert_rows(
+        conn, transfers, [transfer_row(t, "pending", None, timeout, now_ms) for t, timeout in held]
     )
     await _credit(conn, _credits_by_account(t for t, _ in held), pending=True)
 

@@ -38,6 +38,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from payrail import metrics
+from payrail.db import bulk
 from payrail.db.tables import payout_batches, payouts, projects
 from payrail.domain import errors
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
@@ -252,7 +253,7 @@ async def _reserve_group(
             return []
         rows = [row for _, row in reserved]
         await ledger.debit_pending_sum(conn, account, sum(r["amount"] + r["fee"] for r in rows))
-        await conn.execute(single.INSERT_PAYOUT, rows)
+        await bulk.insert_rows(conn, payouts, rows)
         if path == single.PATH_INLINE:  # settled by this process now: one job, leased
             await queue.enqueue(
                 conn,
