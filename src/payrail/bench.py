@@ -663,8 +663,8 @@ async def _measure_level(
         f"errors {_error_text(level.errors, statuses)}; cores: server {level.server_cores:.2f}, "
         f"postgres {level.postgres_cores:.2f}, loadgen {level.loadgen_cores:.2f}, "
         f"other {level.other_cores:.2f} (machine busy {level.busy_cores:.2f} of "
-        f"{os.cpu_count()}); CPU per payout: server {level.server_cpu_ms_per_payout:.1f} ms, "
-        f"postgres {level.postgres_cpu_ms_per_payout:.1f} ms; per payout: "
+        f"{os.cpu_count()}); CPU per payout: server {level.server_cpu_ms_per_payout:.2f} ms, "
+        f"postgres {level.postgres_cpu_ms_per_payout:.2f} ms; per payout: "
         f"{level.commits_per_payout} commits, {level.rows_inserted_per_payout} rows inserted, "
         f"{level.rows_updated_per_payout} updated"
     )

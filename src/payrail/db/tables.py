@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    text,
 )
 
 metadata = MetaData(
@@ -65,12 +66,21 @@ transfers = Table(
     Column("debit_account_id", String(80), nullable=False),
     Column("credit_account_id", String(80), nullable=False),
     Column("amount", BigInteger, nullable=False),
-    Column("pending_id", String(120), nullable=True, unique=True),
+    Column("pending_id", String(120), nullable=True),
     Column("kind", String(8), nullable=False),
     Column("timeout_at", BigInteger, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     CheckConstraint("amount > 0", name="positive_amount"),
     CheckConstraint("kind IN ('single','pending','post','void')", name="kind"),
+    # Unique: a pending transfer has one resolution. A pending transfer has no pending_id,
+    # and PostgreSQL leaves those out of the index (migration 0012); SQLite keeps the
+    # UNIQUE constraint it was created with.
+    Index(
+        "uq_transfers_pending_id",
+        "pending_id",
+        unique=True,
+        postgresql_where=text("pending_id IS NOT NULL"),
+    ),
 )
 
 projects = Table(
@@ -122,8 +132,20 @@ payouts = Table(
     Column("payment_hash", String(64), nullable=True),
     UniqueConstraint("project_id", "idempotency_key"),
     Index("ix_payouts_list", "project_id", "created_at", "id"),
-    Index("ix_payouts_internal", "project_id", "internal_id"),
-    Index("ix_payouts_state", "state", "expires_at"),
+    # PostgreSQL indexes only the rows these are for (migration 0012): most payouts have no
+    # internal id, and only the open ones are looked up by state.
+    Index(
+        "ix_payouts_internal",
+        "project_id",
+        "internal_id",
+        postgresql_where=text("internal_id IS NOT NULL"),
+    ),
+    Index(
+        "ix_payouts_state",
+        "state",
+        "expires_at",
+        postgresql_where=text("state IN ('reserved', 'in_flight')"),
+    ),
 )
 
 # The recipient directory (migration 0007): where a project's gamertag is paid. gamertag_key is
@@ -194,7 +216,8 @@ jobs = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     CheckConstraint("state IN ('queued','done','dead')", name="state"),
-    Index("ix_jobs_due", "state", "run_at"),
+    # Done jobs are never looked up by state (PostgreSQL, migration 0012).
+    Index("ix_jobs_due", "state", "run_at", postgresql_where=text("state <> 'done'")),
 )
 
 # Sandbox fault-injection settings, in the database so every process sees the same ones.
@@ -302,7 +325,12 @@ payout_events = Table(
     Column("at_ms", BigInteger, nullable=False),
     Index("ix_payout_events_payout", "payout_id", "at_ms"),
     # Recent outcomes for the flag guards' success rate; append-only, so cheap to keep.
-    Index("ix_payout_events_recent", "to_status", "at_ms"),
+    Index(
+        "ix_payout_events_recent",
+        "to_status",
+        "at_ms",
+        postgresql_where=text("to_status IN ('completed', 'failed')"),  # migration 0012
+    ),
 )
 
 # The same trail for orders (pay-ins); the orders branch writes it through services/audit.py.
