@@ -1,13 +1,19 @@
-"""Many whole rows into a table in one statement, on either database.
+"""Statements over many rows, on either database: whole rows inserted in one statement, and
+a column matched against a list parameter.
 
-PostgreSQL: the rows travel as one JSON parameter (jsonb_populate_recordset), so the server
-runs one INSERT instead of one per row and the driver encodes one string instead of every
-value of every row. Per 100 batch payouts (their rows, 200 pending transfers), executemany
-cost ~300 statement executions and most of the reservation's Python time. SQLite runs in
-process, where a row costs microseconds: executemany there.
+insert_rows. PostgreSQL: the rows travel as one JSON parameter (jsonb_populate_recordset),
+so the server runs one INSERT instead of one per row and the driver encodes one string
+instead of every value of every row. Per 100 batch payouts (their rows, 200 pending
+transfers), executemany cost ~300 statement executions and most of the reservation's Python
+time. SQLite runs in process, where a row costs microseconds: executemany there.
 
 Rows name every column (the row builders beside each table's writer do): a missing key is a
 KeyError on SQLite and a NULL on PostgreSQL, and the tests run both.
+
+InList (column IN a list). SQLAlchemy's expanding IN renders one placeholder per value at
+every execution, so each list length is another statement text: compiled again, prepared
+again by asyncpg, planned again by PostgreSQL. On PostgreSQL it is `= ANY(array)` instead,
+one text whatever the length; elsewhere the expanding IN.
 """
 
 from __future__ import annotations
@@ -16,8 +22,13 @@ import functools
 import json
 from typing import Any
 
-from sqlalchemy import Table, text
+from sqlalchemy import String, Table, any_, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.sqltypes import NullType
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from payrail.db.tables import insert_row
 
@@ -43,3 +54,31 @@ def _json_insert(table_name: str) -> Any:
 @functools.cache
 def _row_insert(table: Table) -> Any:
     return insert_row(table)
+
+
+class InList(ColumnElement[bool]):
+    """`column IN <the list parameter named key>`: pass the values as that parameter."""
+
+    inherit_cache = True  # its type stays unset: a Boolean gets "= 1" appended on SQLite
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("key", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, column: ColumnElement[Any], key: str) -> None:
+        self.column = column
+        self.key = key
+
+
+@compiles(InList)
+def _in_expanding(element: InList, compiler: Any, **kw: Any) -> str:
+    return compiler.process(element.column.in_(bindparam(element.key, expanding=True)), **kw)  # type: ignore[no-any-return]
+
+
+@compiles(InList, "postgresql")
+def _in_any_array(element: InList, compiler: Any, **kw: Any) -> str:
+    item = element.column.type
+    if isinstance(item, NullType):  # e.g. lower(column): an untyped function result
+        item = String()
+    values = bindparam(element.key, type_=ARRAY(item))
+    return compiler.process(element.column == any_(values), **kw)  # type: ignore[no-any-return]

@@ -223,7 +223,7 @@ async def release(conn: AsyncConnection, job_id: str, run_at_ms: int, now_ms: in
 
 _COMPLETE_MANY = (
     update(jobs)
-    .where(J.id.in_(bindparam("b_ids", expanding=True)))
+    .where(bulk.InList(J.id, "b_ids"))
     .values(state="done", lease_until=None, locked_by=None, updated_at=bindparam("b_now"))
 )
 

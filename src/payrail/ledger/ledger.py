@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail.db import bulk
+from payrail.db.bulk import InList
 from payrail.db.tables import accounts, insert_row, transfers
 from payrail.ledger.accounts import CURRENCY_SATS, SYSTEM_ACCOUNTS, Code
 
@@ -301,7 +302,7 @@ def _resolve_statement() -> Any:
         bindparam("b_kind", type_=String),
         null(),
         bindparam("b_now", type_=BigInteger),
-    ).where(T.id.in_(bindparam("b_ids", expanding=True)), T.kind == "pending")
+    ).where(InList(T.id, "b_ids"), T.kind == "pending")
     columns = [
         "id",
         "debit_account_id",

@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from payrail import metrics
 from payrail.db import bulk
+from payrail.db.bulk import InList
 from payrail.db.tables import payout_batches, payouts, projects
 from payrail.domain import errors
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
@@ -341,8 +342,8 @@ async def hand_off(rt: Runtime, job_id: str, payout_ids: list[str], delay_ms: in
         still_open: list[str] = []
         if payout_ids:
             final = [s.value for s in FINAL_STATES]
-            query = select(P.id).where(P.id.in_(payout_ids), P.state.not_in(final))
-            still_open = sorted(await conn.scalars(query))
+            found = await conn.execute(_OPEN_AMONG, {"b_ids": payout_ids, "b_final": final})
+            still_open = sorted(found.scalars())
         if still_open:
             await queue.enqueue_many(
                 conn,
@@ -376,8 +377,14 @@ async def _await_finals(rt: Runtime, ids: list[str]) -> dict[str, RowMapping]:
 
 async def _load_many(rt: Runtime, ids: list[str]) -> dict[str, RowMapping]:
     async with rt.engine.connect() as conn:
-        rows = (await conn.execute(select(payouts).where(P.id.in_(ids)))).mappings().all()
+        rows = (await conn.execute(_BY_IDS, {"b_ids": ids})).mappings().all()
     return {r["id"]: r for r in rows}
+
+
+_BY_IDS = select(payouts).where(InList(P.id, "b_ids"))
+_OPEN_AMONG = select(P.id).where(
+    InList(P.id, "b_ids"), P.state.not_in(bindparam("b_final", expanding=True))
+)
 
 
 # ---------------------------------------------------------------- the stored answers

@@ -20,6 +20,7 @@ whoever races for it: the inline path, a worker that found an expired lease, or 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, false, func, select, update
+from sqlalchemy import and_, bindparam, false, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
@@ -36,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail import metrics
 from payrail.clock import iso
+from payrail.db.bulk import InList
 from payrail.db.engine import single_statement
 from payrail.db.tables import gamertag_locks, insert_row, payouts, projects
 from payrail.domain import errors
@@ -216,7 +218,10 @@ async def lock_gamertags(
     """
     keys = sorted({recipient_guard.recipient_key(g) for g in gamertags})  # one lock per recipient
     rows = [{"project_id": project_id, "gamertag": key, "touched_at": now} for key in keys]
-    await conn.execute(_LOCK_GAMERTAG[conn.dialect.name], rows)  # one statement for all rows
+    if conn.dialect.name == "postgresql" and len(rows) > 1:  # one execution, in key order
+        await conn.execute(_LOCK_GAMERTAGS_PG, {"rows": json.dumps(rows)})
+    else:
+        await conn.execute(_LOCK_GAMERTAG[conn.dialect.name], rows)
 
 
 def _lock_gamertag_statement(dialect_insert: Any) -> Any:
@@ -230,6 +235,14 @@ _LOCK_GAMERTAG = {
     "postgresql": _lock_gamertag_statement(pg_insert),
     "sqlite": _lock_gamertag_statement(sqlite_insert),
 }
+# Many at once on PostgreSQL (a batch): the rows as one JSON parameter, inserted in key order,
+# so the locks are still taken in sorted order (executemany ran one statement per row).
+_LOCK_GAMERTAGS_PG = text(
+    "INSERT INTO gamertag_locks"
+    " SELECT * FROM jsonb_populate_recordset(NULL::gamertag_locks, CAST(:rows AS jsonb))"
+    " ORDER BY gamertag"
+    " ON CONFLICT (project_id, gamertag) DO UPDATE SET touched_at = excluded.touched_at"
+)
 
 
 async def rate_windows(
@@ -237,30 +250,41 @@ async def rate_windows(
 ) -> dict[str, list[int]]:
     """For a batch: created_at of each recipient's payouts in the window, newest first, keyed by
     recipient_guard.recipient_key (read under the recipients' locks, like the single check)."""
-    key = func.lower(P.gamertag)
-    rows = await conn.execute(
-        select(key, P.created_at)
-        .where(
-            P.project_id == project_id,
-            key.in_(sorted({recipient_guard.recipient_key(g) for g in gamertags})),
-            P.created_at > now - recipient_guard.RATE_WINDOW_MS,
-        )
-        .order_by(P.created_at.desc())
-    )
+    params = {
+        "b_project": project_id,
+        "b_keys": sorted({recipient_guard.recipient_key(g) for g in gamertags}),
+        "b_since": now - recipient_guard.RATE_WINDOW_MS,
+    }
+    rows = await conn.execute(_RATE_WINDOWS, params)
     windows: dict[str, list[int]] = {}
     for gamertag, created_at in rows:
         windows.setdefault(gamertag, []).append(created_at)
     return windows
 
 
+_RATE_KEY = func.lower(P.gamertag)
+_RATE_WINDOWS = (
+    select(_RATE_KEY, P.created_at)
+    .where(
+        P.project_id == bindparam("b_project"),
+        InList(_RATE_KEY, "b_keys"),
+        P.created_at > bindparam("b_since"),
+    )
+    .order_by(P.created_at.desc())
+)
+
+
 async def payouts_by_keys(
     conn: AsyncConnection, project_id: str, keys: Sequence[str]
 ) -> dict[str, RowMapping]:
     """For a batch: the payouts that already hold some of these idempotency keys."""
-    rows = await conn.execute(
-        select(payouts).where(P.project_id == project_id, P.idempotency_key.in_(list(keys)))
-    )
+    rows = await conn.execute(_BY_KEYS, {"b_project": project_id, "b_keys": list(keys)})
     return {row["idempotency_key"]: row for row in rows.mappings()}
+
+
+_BY_KEYS = select(payouts).where(
+    P.project_id == bindparam("b_project"), InList(P.idempotency_key, "b_keys")
+)
 
 
 async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
@@ -990,9 +1014,10 @@ async def finalize_many(
     failure_reason: str | None = None,
 ) -> list[RowMapping]:
     """`_finalize` for many in-flight payouts of ONE project, in set statements: one guarded
-    UPDATE (only those still in flight change, each audited by the trigger), one job UPDATE,
-    one resolution INSERT and two balance UPDATEs, however many payouts. Returns the rows
-    that this call made final."""
+    UPDATE (only those still in flight change, each audited by the trigger), one resolution
+    INSERT and two balance UPDATEs, however many payouts. Returns the rows that this call
+    made final. No job is completed: the batch's group job is done at its hand-off, and a
+    payout's own settle job, if one was handed to it, completes when it finds it final."""
     check_transition(State.IN_FLIGHT, target)
     values = _final_values(target, now, charge, failure_code, failure_reason)
     params = {"b_ids": list(payout_ids), "b_from": State.IN_FLIGHT.value}
@@ -1001,7 +1026,6 @@ async def finalize_many(
     if not finals:
         return []
     assert len({row["project_id"] for row in finals}) == 1, "one project per call"
-    await queue.complete_many(conn, [settle_job_id(row["id"]) for row in finals], now)
     for row in finals:
         if row["callback_url"]:
             await callbacks.on_status_change(conn, row, view(row), now)
@@ -1015,7 +1039,7 @@ async def finalize_many(
 
 _TRANSITION_MANY = (
     update(payouts)
-    .where(P.id.in_(bindparam("b_ids", expanding=True)), P.state == bindparam("b_from"))
+    .where(InList(P.id, "b_ids"), P.state == bindparam("b_from"))
     .returning(*payouts.c)
 )
 

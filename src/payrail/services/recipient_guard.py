@@ -21,10 +21,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail.config import Settings
+from payrail.db.bulk import InList
 from payrail.db.tables import payouts, projects
 from payrail.domain import errors
 from payrail.domain.payouts import State
@@ -164,6 +165,16 @@ async def block_refusal(
     return blocked_error(gamertag, until, policy.failures_max, policy.failure_window_s, now_ms)
 
 
+_KEY = func.lower(P.gamertag)
+_FAILED_AMONG = select(_KEY, P.updated_at).where(
+    P.project_id == bindparam("b_project"),
+    InList(_KEY, "b_keys"),
+    P.created_at > bindparam("b_created_after"),
+    P.state == State.FAILED.value,
+    P.updated_at > bindparam("b_updated_after"),
+)
+
+
 async def block_refusals(
     conn: AsyncConnection, settings: Settings, project_id: str, gamertags: list[str], now_ms: int
 ) -> dict[str, errors.RecipientTemporarilyBlocked]:
@@ -174,16 +185,13 @@ async def block_refusals(
         return {}
     spelled = {recipient_key(g): g for g in reversed(gamertags)}
     horizon_ms = now_ms - (policy.failure_window_s + policy.block_s) * 1000
-    key = func.lower(P.gamertag)
-    rows = await conn.execute(
-        select(key, P.updated_at).where(
-            P.project_id == project_id,
-            key.in_(sorted(spelled)),
-            P.created_at > horizon_ms - FAILURE_LOOKBACK_MS,
-            P.state == State.FAILED.value,
-            P.updated_at > horizon_ms,
-        )
-    )
+    params = {
+        "b_project": project_id,
+        "b_keys": sorted(spelled),
+        "b_created_after": horizon_ms - FAILURE_LOOKBACK_MS,
+        "b_updated_after": horizon_ms,
+    }
+    rows = await conn.execute(_FAILED_AMONG, params)
     failed: dict[str, list[int]] = {}
     for recipient, updated_at in rows:
         failed.setdefault(recipient, []).append(updated_at)

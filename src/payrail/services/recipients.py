@@ -13,12 +13,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail.clock import iso
+from payrail.db.bulk import InList
 from payrail.db.tables import recipient_changes, recipients
 from payrail.domain import errors
 from payrail.domain.recipients import FIELD_OF, RecipientChange, gamertag_key
@@ -85,9 +86,14 @@ async def find_many(rt: Runtime, project_id: str, gamertags: list[str]) -> dict[
     keys = sorted({gamertag_key(g) for g in gamertags})
     if not keys:
         return {}
-    query = select(recipients).where(R.project_id == project_id, R.gamertag_key.in_(keys))
     async with rt.engine.connect() as conn:
-        return {row["gamertag_key"]: row for row in (await conn.execute(query)).mappings()}
+        rows = await conn.execute(_BY_KEYS, {"b_project": project_id, "b_keys": keys})
+        return {row["gamertag_key"]: row for row in rows.mappings()}
+
+
+_BY_KEYS = select(recipients).where(
+    R.project_id == bindparam("b_project"), InList(R.gamertag_key, "b_keys")
+)
 
 
 async def get(rt: Runtime, project_id: str, gamertag: str) -> RowMapping:
