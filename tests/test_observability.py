@@ -117,6 +117,28 @@ async def test_payout_outcomes_latencies_and_node_calls_are_counted_by_bounded_l
                 assert sample.name.endswith(("_total", "_created")), sample.name
 
 
+async def test_a_batchs_payouts_and_node_calls_are_counted_once_each(client, settings):
+    """A batch counts its outcomes per label set at once (metrics.observe_many): the same
+    figures as that many single payouts."""
+    _, before = await scrape(client)
+    await set_faults(client, enabled=True, failureRate=0.0, timeoutRate=0.0)
+    items = [{"gamertag": f"bm{i}", "amount": 10} for i in range(4)]
+    body = {"projectId": "project_test_001", "items": items}
+    answer = await client.post("/payouts/batch", json=body, headers={"Idempotency-Key": "bm"})
+    assert answer.status_code == 200, answer.text
+    _, after = await scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("payrail_payouts_created_total", path="inline") == 4
+    final = "payrail_payouts_final_total"
+    assert delta(final, status="completed", reason="none", path="inline") == 4
+    assert delta("payrail_node_calls_total", operation="pay", outcome="success") == 4
+    assert delta("payrail_node_call_duration_seconds_count", operation="pay") == 4
+    assert delta("payrail_payout_settlement_duration_seconds_count", status="completed") == 4
+
+
 async def test_db_gauges_show_open_payouts_reserved_sats_queue_and_dead_callbacks(
     client, rt, clock, gone_receiver
 ):
@@ -299,3 +321,41 @@ async def test_scenario_logs_are_json_with_ids_and_contain_no_secret(client, rt,
     assert any(e["event"] == "callback_attempt" and e["payout_id"] == payout_id for e in lines)
     assert all("request_id" in e for e in lines if e["event"] == "http_request")
     assert logged == {"apikey": "[redacted]", "webhook_secret": "[redacted]"}
+
+
+@pytest.mark.parametrize("seed", [7, 2026])
+def test_observe_many_leaves_the_samples_observe_leaves(seed: int) -> None:
+    """metrics.observe_many (a batch's finals and node calls) against one observe() each."""
+    import random
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from payrail import metrics
+
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    buckets = metrics.SETTLEMENT_BUCKETS_S
+    values = [rng.choice(buckets) for _ in range(50)]  # on the bounds: `<=` matters
+    values += [rng.uniform(0, 100_000) for _ in range(200)] + [0.0]
+    one, many = CollectorRegistry(), CollectorRegistry()
+    by_one = Histogram("h", "h", ["s"], buckets=buckets, registry=one)
+    by_many = Histogram("h", "h", ["s"], buckets=buckets, registry=many)
+    for v in values:
+        by_one.labels(s="x").observe(v)
+    metrics.observe_many(by_many.labels(s="x"), values[:100])
+    metrics.observe_many(by_many.labels(s="x"), values[100:])
+    metrics.observe_many(by_many.labels(s="x"), [])
+
+    def samples(registry: CollectorRegistry) -> dict:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    got, want = samples(many), samples(one)
+    sum_key = ("h_sum", (("s", "x"),))
+    assert got.pop(sum_key) == pytest.approx(want.pop(sum_key), rel=1e-12)  # summed in order
+    assert got == want  # every bucket and the count, exactly
+    assert want[("h_count", (("s", "x"),))] == len(values)

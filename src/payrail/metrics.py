@@ -13,6 +13,10 @@ writes its samples there and a scrape of any one process sums them all.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
@@ -172,6 +176,27 @@ DISCREPANCY_KINDS = (
     "sent-while-reserved",
     "completed-not-charged",
 )
+
+
+def observe_many(child: Any, values: Iterable[float]) -> None:
+    """Histogram.observe of each value, as one write per bucket touched and one to the sum.
+
+    child: a labelled histogram (`HIST.labels(...)`). Observed one by one, a batch's 1,000
+    payouts cost 2,000 writes per histogram (each an mmap update with a pid check when
+    several processes share the metrics); this is a handful. Same samples as observe():
+    a value goes to the first bucket whose upper bound is >= it (tests/test_observability.py).
+    """
+    counts: Tally[int] = Tally()
+    total = 0.0
+    bounds = child._upper_bounds
+    for value in values:
+        total += value
+        counts[bisect_left(bounds, value)] += 1
+    if not counts:
+        return
+    child._sum.inc(total)
+    for index, count in counts.items():
+        child._buckets[index].inc(count)
 
 
 def reason_label(failure_reason: str | None, status: str) -> str:

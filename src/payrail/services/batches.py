@@ -306,15 +306,9 @@ async def _settle_group(rt: Runtime, rows: list[dict[str, Any]]) -> None:
     """The node calls of a group concurrently (bounded), then every definite answer recorded
     in one transaction, then the rest handed off. Their send intents are committed and their
     group job leased by us."""
-    limit = asyncio.Semaphore(SETTLE_CONCURRENCY_MAX)
-
-    async def pay(row: dict[str, Any]) -> tuple[str, Any]:
-        async with limit:
-            send = single.Send.of(row)
-            return row["id"], await single.node_pay(rt, row["id"], send)
-
     rt.crashpoint("after_mark_in_flight")
-    results = await asyncio.gather(*(pay(row) for row in rows))
+    sends = [(row["id"], single.Send.of(row)) for row in rows]
+    results = await single.node_pay_many(rt, sends, SETTLE_CONCURRENCY_MAX)
     rt.crashpoint("after_node_call")
     ids = [row["id"] for row in rows]
     try:

@@ -23,6 +23,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -712,6 +713,15 @@ async def _expire_unsent(rt: Runtime, payout_id: str) -> None:
 
 async def _node_call(rt: Runtime, operation: str, call: Any) -> PaymentResult | None:
     """Bound the node call; None means the outcome is unknown (never a failure)."""
+    result, seconds = await _bounded_node_call(rt, operation, call)
+    _count_node_calls(operation, [(result, seconds)])
+    return result
+
+
+async def _bounded_node_call(
+    rt: Runtime, operation: str, call: Any
+) -> tuple[PaymentResult | None, float]:
+    """The node call within node_timeout_ms, and how long it took; not counted yet."""
     started = time.perf_counter()
     try:
         result: PaymentResult | None = await asyncio.wait_for(
@@ -720,9 +730,16 @@ async def _node_call(rt: Runtime, operation: str, call: Any) -> PaymentResult | 
     except (TimeoutError, UnknownOutcome, OSError) as exc:
         log.info("node_outcome_unknown", operation=operation, error=type(exc).__name__)
         result = None
-    metrics.NODE_CALL_SECONDS.labels(operation=operation).observe(time.perf_counter() - started)
-    metrics.NODE_CALLS.labels(operation=operation, outcome=_node_outcome(result)).inc()
-    return result
+    return result, time.perf_counter() - started
+
+
+def _count_node_calls(operation: str, calls: Sequence[tuple[PaymentResult | None, float]]) -> None:
+    """The node-call metrics of these calls: one write per label set, not per call."""
+    metrics.observe_many(
+        metrics.NODE_CALL_SECONDS.labels(operation=operation), [s for _, s in calls]
+    )
+    for outcome, count in Counter(_node_outcome(result) for result, _ in calls).items():
+        metrics.NODE_CALLS.labels(operation=operation, outcome=outcome).inc(count)
 
 
 def _node_outcome(result: PaymentResult | None) -> str:
@@ -737,17 +754,23 @@ def _node_outcome(result: PaymentResult | None) -> str:
 
 def _observe_final(final: RowMapping | None, now: int) -> None:
     """Count a final transition once it has committed (the winner of the guarded UPDATE)."""
-    if final is None:
-        return
-    status = PUBLIC_STATUS[State(final["state"])].value
-    metrics.PAYOUTS_FINAL.labels(
-        status=status,
-        reason=metrics.reason_label(final["failure_reason"], status),
-        path=final["settle_path"] or "inline",
-    ).inc()
-    metrics.SETTLEMENT_SECONDS.labels(status=status).observe(
-        max(0, now - final["created_at"]) / 1000
-    )
+    if final is not None:
+        _observe_finals([final], now)
+
+
+def _observe_finals(finals: Sequence[Any], now: int) -> None:
+    """_observe_final of many: one metrics write per label set, not per payout."""
+    counted: Counter[tuple[str, str, str]] = Counter()
+    seconds: dict[str, list[float]] = {}
+    for final in finals:
+        status = PUBLIC_STATUS[State(final["state"])].value
+        reason = metrics.reason_label(final["failure_reason"], status)
+        counted[(status, reason, final["settle_path"] or "inline")] += 1
+        seconds.setdefault(status, []).append(max(0, now - final["created_at"]) / 1000)
+    for (status, reason, path), count in counted.items():
+        metrics.PAYOUTS_FINAL.labels(status=status, reason=reason, path=path).inc(count)
+    for status, values in seconds.items():
+        metrics.observe_many(metrics.SETTLEMENT_SECONDS.labels(status=status), values)
 
 
 async def _apply_outcome(
@@ -846,14 +869,30 @@ async def apply_outcomes(
                 failure_reason=None if code is None else f"node: {reason or 'failed'}",
             ):
                 finals[row["id"]] = row
-    for row in finals.values():
-        _observe_final(row, now)
+    _observe_finals(list(finals.values()), now)
     return finals
 
 
 async def node_pay(rt: Runtime, payout_id: str, send: Send) -> PaymentResult | None:
     """One bounded pay call for a payout whose send intent is committed."""
     return await _node_call(rt, "pay", rt.node.pay(payout_id, send.destination, send.amount_sats))
+
+
+async def node_pay_many(
+    rt: Runtime, sends: Sequence[tuple[str, Send]], concurrency: int
+) -> list[tuple[str, PaymentResult | None]]:
+    """node_pay for many payouts (a batch's group), at most `concurrency` calls at once;
+    counted in the metrics together once all have answered."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def pay(payout_id: str, send: Send) -> tuple[PaymentResult | None, float]:
+        async with limit:
+            call = rt.node.pay(payout_id, send.destination, send.amount_sats)
+            return await _bounded_node_call(rt, "pay", call)
+
+    calls = await asyncio.gather(*(pay(payout_id, send) for payout_id, send in sends))
+    _count_node_calls("pay", calls)
+    return [(payout_id, result) for (payout_id, _), (result, _) in zip(sends, calls, strict=True)]
 
 
 async def _transition(
