@@ -44,7 +44,7 @@ async def test_a_charge_posted_twice_is_a_double_payment_even_without_the_unique
     payout_id = response.json()["data"]["id"]
     amount_id = f"{payout_id}:amount"
     async with rt.engine.begin() as conn:
-        await conn.execute(text("ALTER TABLE transfers DROP CONSTRAINT uq_transfers_pending_id"))
+        await conn.execute(text("DROP INDEX uq_transfers_pending_id"))  # migration 0012's
     try:
         async with rt.engine.begin() as conn:
             await conn.execute(
@@ -66,8 +66,8 @@ async def test_a_charge_posted_twice_is_a_double_payment_even_without_the_unique
             await conn.execute(text("DELETE FROM transfers WHERE id LIKE '%-again'"))
             await conn.execute(
                 text(
-                    "ALTER TABLE transfers ADD CONSTRAINT uq_transfers_pending_id "
-                    "UNIQUE (pending_id)"
+                    "CREATE UNIQUE INDEX uq_transfers_pending_id ON transfers (pending_id)"
+                    " WHERE pending_id IS NOT NULL"
                 )
             )
 
