@@ -394,3 +394,20 @@ async def test_two_settles_racing_on_one_in_flight_payout_pay_and_post_once(rt, 
         payouts.settle_payout(rt2, payout_id, job_leased=True),
     )
     await assert_final(rt, payout_id, start, paid=True)
+
+
+async def test_a_node_call_past_our_timeout_is_unknown_then_asked_about_and_paid_once(rt, clock):
+    """Our own bound on the node call (node_timeout_ms) ends the wait, not the payment: the
+    payout stays pending with its funds held, and the worker asks the node later."""
+    start = await start_balance(rt)
+    rt.settings = dataclasses.replace(rt.settings, node_timeout_ms=50, settle_wait_ms=200)
+    await rt.faults.put(FailureInjection(enabled=True, latencyMs=400))
+    created = await payouts.create_payout(rt, request("slow-node"))
+    payout_id = created.payout["id"]
+    await assert_pending_and_held(rt, payout_id, start)
+    await wait_for_node_row(rt, payout_id)  # the node has it: our wait ended, its payment not
+    await rt.faults.put(FailureInjection(enabled=False))
+    await asyncio.sleep(0.5)  # the slow call's answer has come back to no one
+    clock.advance(60_000)  # past the retry's backoff
+    assert await run_until_idle(rt) == 1
+    await assert_final(rt, payout_id, start, paid=True)

@@ -723,10 +723,10 @@ async def _bounded_node_call(
 ) -> tuple[PaymentResult | None, float]:
     """The node call within node_timeout_ms, and how long it took; not counted yet."""
     started = time.perf_counter()
+    result: PaymentResult | None
     try:
-        result: PaymentResult | None = await asyncio.wait_for(
-            call, rt.settings.node_timeout_ms / 1000
-        )
+        async with asyncio.timeout(rt.settings.node_timeout_ms / 1000):  # no task of its own
+            result = await call
     except (TimeoutError, UnknownOutcome, OSError) as exc:
         log.info("node_outcome_unknown", operation=operation, error=type(exc).__name__)
         result = None
