@@ -41,6 +41,15 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def between(before: dict, after: dict):
+    """How much a sample moved from one scrape to the next: delta(name, **labels)."""
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    return delta
+
+
 async def set_faults(client, **knobs):
     response = await client.post("/test/failure-injection", json=knobs)
     assert response.status_code == 200, response.text
@@ -90,10 +99,7 @@ async def test_payout_outcomes_latencies_and_node_calls_are_counted_by_bounded_l
     refused = await client.post("/payouts", json=payout_body(gamertag="player_nr"))
     assert refused.status_code == 502
     text, after = await scrape(client)
-
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
-
+    delta = between(before, after)
     assert delta("payrail_payouts_created_total", path="inline") == 3
     final = "payrail_payouts_final_total"
     assert delta(final, status="completed", reason="none", path="inline") == 1
@@ -126,11 +132,7 @@ async def test_a_batchs_payouts_and_node_calls_are_counted_once_each(client, set
     body = {"projectId": "project_test_001", "items": items}
     answer = await client.post("/payouts/batch", json=body, headers={"Idempotency-Key": "bm"})
     assert answer.status_code == 200, answer.text
-    _, after = await scrape(client)
-
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
-
+    delta = between(before, (await scrape(client))[1])
     assert delta("payrail_payouts_created_total", path="inline") == 4
     final = "payrail_payouts_final_total"
     assert delta(final, status="completed", reason="none", path="inline") == 4
