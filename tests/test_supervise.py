@@ -1,9 +1,11 @@
 """A real `payrail serve --workers 2`: its children die with their parent (even by SIGKILL),
-so a restart binds the port at once; SIGTERM lets an in-flight payout finish."""
+so a restart binds the port at once; SIGTERM lets an in-flight payout finish; a batch killed
+by SIGKILL mid-settlement is recovered after the restart and charged once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -35,7 +37,7 @@ def served(pg_url: str, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop(SUPERVISOR_PID_ENV, None)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve makes its own under cwd (tmp_path)
@@ -43,14 +45,15 @@ def _env(tmp_path: Path) -> dict[str, str]:
         PAYRAIL_DATABASE_URL=(tmp_path / "database_url").read_text(),
         PAYRAIL_PORT=str(PORT),
         PAYRAIL_MODE="sandbox",
+        **extra,
     )
     return env
 
 
-def _start(tmp_path: Path) -> subprocess.Popen[bytes]:
+def _start(tmp_path: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "payrail.cli", "serve", "--workers", "2"],
-        env=_env(tmp_path),
+        env=_env(tmp_path, **extra_env),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "serve.log").open("ab"),
@@ -184,6 +187,82 @@ def _wait_in_flight() -> None:
             return
         time.sleep(0.05)
     pytest.fail("the payout never appeared")
+
+
+# Short leases and node timeouts, so the group job of a killed batch is claimable soon.
+QUICK_LEASES = {
+    "PAYRAIL_LEASE_MS": "2000",
+    "PAYRAIL_NODE_TIMEOUT_MS": "1000",
+    "PAYRAIL_CALLBACK_TIMEOUT_MS": "1000",
+}
+BATCH_ITEMS = 30
+
+
+def _api(method: str, path: str, key: str | None = None, **kwargs) -> httpx.Response:
+    headers = KEY | ({"Idempotency-Key": key} if key else {})
+    return httpx.request(method, f"{BASE}/api/v1{path}", headers=headers, timeout=30, **kwargs)
+
+
+def _listed() -> list[dict]:
+    return _api("GET", "/payouts?limit=100").json()["data"]["payouts"]
+
+
+def test_a_batch_killed_by_sigkill_mid_settlement_is_paid_once_after_restart(
+    served: Path,
+) -> None:
+    """kill -9 of every server process while a batch's node calls are under way: after a
+    restart the group job's lease runs out, the worker hands each payout its own settle job,
+    each asks the node, and every item is charged exactly once (reconcile clean)."""
+    tmp_path = served
+    first = _start(tmp_path, **QUICK_LEASES)
+    try:
+        _servers(first)
+        before = _api("GET", "/projects/project_test_001/balance").json()["data"]["balance"]
+        _api("POST", "/test/failure-injection", json={"enabled": True, "latencyMs": 3000})
+        items = [{"gamertag": f"k9-{i}", "amount": 100 + i} for i in range(BATCH_ITEMS)]
+        body = {"projectId": "project_test_001", "items": items}
+
+        def send() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the server dies under it
+                _api("POST", "/payouts/batch", "k9", json=body)
+
+        threading.Thread(target=send, daemon=True).start()
+        deadline = time.monotonic() + STARTUP_S
+        while len(_listed()) < BATCH_ITEMS:  # every item reserved; node calls take 3 s
+            assert time.monotonic() < deadline, "the batch's payouts never appeared"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(EXIT_S)
+    finally:
+        _stop(first)
+    second = _start(tmp_path, **QUICK_LEASES)
+    try:
+        _api("POST", "/test/failure-injection", json={"enabled": False})
+        deadline = time.monotonic() + STARTUP_S
+        while any(p["status"] == "pending" for p in _listed()):
+            assert time.monotonic() < deadline, f"still pending: {_listed()}"
+            time.sleep(0.2)
+        listed = _listed()
+        assert sorted(p["status"] for p in listed) == ["completed"] * BATCH_ITEMS
+        after = _api("GET", "/projects/project_test_001/balance").json()["data"]
+        assert after["reserved"] == 0
+        assert before - after["balance"] == sum(p["amount"] + p["fee"] for p in listed)
+        # The batch never answered, so nothing was stored: sent again, each item is a replay.
+        again = _api("POST", "/payouts/batch", "k9", json=body)
+        assert [a["httpStatus"] for a in again.json()["data"]["items"]] == [200] * BATCH_ITEMS
+        final = _api("GET", "/projects/project_test_001/balance").json()["data"]["balance"]
+        assert final == after["balance"]
+    finally:
+        _stop(second)
+    reconciled = subprocess.run(
+        [sys.executable, "-m", "payrail.cli", "reconcile"],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
 
 
 def test_guard_does_nothing_without_a_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
