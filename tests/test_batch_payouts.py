@@ -249,7 +249,7 @@ def test_item_keys_are_derived_from_the_batch_key_unless_given():
 
 @pytest.mark.parametrize("crashpoint", ["after_mark_in_flight", "after_node_call"])
 async def test_a_batch_that_dies_mid_settlement_is_recovered_per_payout_and_paid_once(
-    client, rt, clock, crashpoint
+    client, rt, clock, crashpoint, monkeypatch
 ):
     """The batch's reservations committed; the process dies before or after the node calls.
     The group job's lease runs out, the worker hands each payout its own settle job, and each
@@ -265,14 +265,21 @@ async def test_a_batch_that_dies_mid_settlement_is_recovered_per_payout_and_paid
         )
         for i in range(5)
     ]
+    monkeypatch.setattr(batches, "SETTLE_CONCURRENCY_MAX", 2)  # 5 items: 3 waves of calls
     rt.crashpoints.add(crashpoint)
     with pytest.raises(SimulatedCrash):
         await batches.create_batch(rt, PROJECT, "crash-batch", items)
     await rt.drain()
     rt.crashpoints.clear()
     assert await balance_of(client) == start - 5 * 306  # reserved, not yet settled
+    from payrail.db.tables import jobs
+
+    async with rt.engine.connect() as conn:
+        held = (await conn.execute(select(jobs.c.lease_until - jobs.c.created_at))).scalars()
+        # the group's one job, leased through its 3 waves of node calls
+        assert list(held) == [rt.settings.lease_ms + 2 * rt.settings.node_timeout_ms]
     rt.worker_id = "restarted-worker"
-    clock.advance(rt.settings.lease_ms + 1)
+    clock.advance(rt.settings.lease_ms + 2 * rt.settings.node_timeout_ms + 1)
     # The group's one job (its lease ran out: it hands each payout its own), then the five.
     assert await run_until_idle(rt) == 6
     async with rt.engine.connect() as conn:
@@ -370,6 +377,20 @@ async def test_a_settled_group_leaves_one_job_done_and_no_job_per_payout(client,
         (batches.SETTLE_GROUP_JOB, "done"),
         (batches.SETTLE_GROUP_JOB, "done"),
     ]
+
+
+def test_a_group_job_lease_covers_each_wave_of_node_calls(rt):
+    """A group of more payouts than SETTLE_CONCURRENCY_MAX calls its node in waves, each call
+    bounded by node_timeout_ms: the lease outlasts them all, or a worker would take the group
+    over while its calls are still running."""
+    s, per_wave = rt.settings, batches.SETTLE_CONCURRENCY_MAX
+    assert batches.group_lease_ms(rt, 1) == s.lease_ms
+    assert batches.group_lease_ms(rt, per_wave) == s.lease_ms
+    assert batches.group_lease_ms(rt, per_wave + 1) == s.lease_ms + s.node_timeout_ms
+    waves = -(-batches.RESERVE_GROUP_MAX // per_wave)
+    assert batches.group_lease_ms(rt, batches.RESERVE_GROUP_MAX) == (
+        s.lease_ms + (waves - 1) * s.node_timeout_ms
+    )
 
 
 async def test_unknown_answers_in_a_batch_are_handed_to_their_own_jobs_and_paid_once(

@@ -269,7 +269,7 @@ async def _reserve_group(
                 job_id=group_job_id(rows[0]["id"]),
                 max_attempts=GROUP_JOB_ATTEMPTS_MAX,
                 leased_by=rt.worker_id,
-                lease_ms=rt.settings.lease_ms,
+                lease_ms=group_lease_ms(rt, len(rows)),
             )
         else:  # the worker settles each
             await queue.enqueue_many(
@@ -326,6 +326,14 @@ async def _settle_group(rt: Runtime, rows: list[dict[str, Any]]) -> None:
     # payout's is.
     delay_ms = queue.backoff_ms(1)
     await hand_off(rt, group_job_id(ids[0]), [i for i in ids if i not in finals], delay_ms)
+
+
+def group_lease_ms(rt: Runtime, payouts_in_group: int) -> int:
+    """The group job's lease: a payout's, plus one node timeout for each further wave of
+    SETTLE_CONCURRENCY_MAX calls, so a slow node does not let it run out while the group's
+    own calls are still bounded and under way (each call ends within node_timeout_ms)."""
+    waves = -(-payouts_in_group // SETTLE_CONCURRENCY_MAX)
+    return rt.settings.lease_ms + rt.settings.node_timeout_ms * max(0, waves - 1)
 
 
 def group_job_id(first_payout_id: str) -> str:
