@@ -221,17 +221,6 @@ async def release(conn: AsyncConnection, job_id: str, run_at_ms: int, now_ms: in
     )
 
 
-_COMPLETE_MANY = (
-    update(jobs)
-    .where(bulk.InList(J.id, "b_ids"))
-    .values(state="done", lease_until=None, locked_by=None, updated_at=bindparam("b_now"))
-)
-
-
-async def complete_many(conn: AsyncConnection, job_ids: list[str], now_ms: int) -> None:
-    await conn.execute(_COMPLETE_MANY, {"b_ids": job_ids, "b_now": now_ms})
-
-
 async def reschedule(
     conn: AsyncConnection, job_id: str, run_at_ms: int, now_ms: int, error: str | None = None
 ) -> str:
