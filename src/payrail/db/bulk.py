@@ -43,12 +43,15 @@ async def insert_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, 
         await conn.execute(_row_insert(table), rows)
 
 
+def json_rows(table_name: str) -> str:
+    """PostgreSQL: a SELECT of the table's rows passed as one JSON parameter, `:rows` (a list of
+    dicts, one key per column), for an INSERT … SELECT with its own ORDER BY or ON CONFLICT."""
+    return f"SELECT * FROM jsonb_populate_recordset(NULL::{table_name}, CAST(:rows AS jsonb))"
+
+
 @functools.cache
 def _json_insert(table_name: str) -> Any:
-    return text(
-        f"INSERT INTO {table_name}"
-        f" SELECT * FROM jsonb_populate_recordset(NULL::{table_name}, CAST(:rows AS jsonb))"
-    )
+    return text(f"INSERT INTO {table_name} {json_rows(table_name)}")
 
 
 @functools.cache

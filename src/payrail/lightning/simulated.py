@@ -23,6 +23,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payrail.clock import Clock
+from payrail.db import bulk
 from payrail.db.engine import single_statement
 from payrail.db.sqlite import SQLiteEngine
 from payrail.db.tables import sim_node_payments
@@ -40,23 +41,13 @@ from payrail.sandbox import FaultStore
 P = sim_node_payments.c
 RECORD_GROUP_MAX = 500  # rows per shared INSERT (a bound on one statement's size)
 STATUSES_READ_MAX = 500  # payments per query of statuses()
-_COLUMNS = [c.name for c in sim_node_payments.c]
-_JSON_FIELDS = ", ".join(f"json_extract(value, '$.{c}')" for c in _COLUMNS)
-# One statement for a whole group, its rows one JSON parameter: plain text, so SQLAlchemy
-# compiles it once (its dialect INSERT … ON CONFLICT has no cache key and was compiled again
-# for every group).
-_RECORD = {
-    "postgresql": text(
-        "INSERT INTO sim_node_payments"
-        " SELECT * FROM jsonb_populate_recordset(NULL::sim_node_payments, CAST(:rows AS jsonb))"
-        " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id"
-    ),
-    "sqlite": text(
-        f"INSERT INTO sim_node_payments ({', '.join(_COLUMNS)}) SELECT {_JSON_FIELDS}"
-        " FROM json_each(:rows) WHERE true"
-        " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id"
-    ),
-}
+# PostgreSQL: one statement for a whole group, its rows one JSON parameter: plain text, so
+# SQLAlchemy compiles it once (its dialect INSERT … ON CONFLICT has no cache key and was
+# compiled again for every group).
+_RECORD_PG = text(
+    f"INSERT INTO sim_node_payments {bulk.json_rows('sim_node_payments')}"
+    " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id"
+)
 # On SQLite the group is one raw unit on the writer (db/sqlite.py, run_write): a statement per
 # row costs microseconds there, less than SQLAlchemy building one multi-row INSERT.
 _RECORD_COLUMNS = tuple(c.name for c in sim_node_payments.c)
@@ -157,9 +148,8 @@ class SimulatedNode:
         unique = list({row["payment_id"]: row for row in reversed(rows)}.values())
         if isinstance(self._engine, SQLiteEngine):
             return await self._engine.run_write(functools.partial(_insert_sqlite, unique))
-        statement = _RECORD[self._engine.dialect.name]
         async with single_statement(self._engine) as conn:
-            result = await conn.execute(statement, {"rows": json.dumps(unique)})
+            result = await conn.execute(_RECORD_PG, {"rows": json.dumps(unique)})
             return set(result.scalars())
 
     async def status(self, payment_id: str, destination: Destination) -> PaymentResult:

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail import metrics
 from payrail.clock import iso
+from payrail.db import bulk
 from payrail.db.bulk import InList
 from payrail.db.engine import single_statement
 from payrail.db.tables import gamertag_locks, insert_row, payouts, projects
@@ -239,9 +240,7 @@ _LOCK_GAMERTAG = {
 # Many at once on PostgreSQL (a batch): the rows as one JSON parameter, inserted in key order,
 # so the locks are still taken in sorted order (executemany ran one statement per row).
 _LOCK_GAMERTAGS_PG = text(
-    "INSERT INTO gamertag_locks"
-    " SELECT * FROM jsonb_populate_recordset(NULL::gamertag_locks, CAST(:rows AS jsonb))"
-    " ORDER BY gamertag"
+    f"INSERT INTO gamertag_locks {bulk.json_rows('gamertag_locks')} ORDER BY gamertag"
     " ON CONFLICT (project_id, gamertag) DO UPDATE SET touched_at = excluded.touched_at"
 )
 
