@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -348,8 +348,7 @@ async def hand_off(rt: Runtime, job_id: str, payout_ids: list[str], delay_ms: in
     async with rt.engine.begin() as conn:
         still_open: list[str] = []
         if payout_ids:
-            final = [s.value for s in FINAL_STATES]
-            found = await conn.execute(_OPEN_AMONG, {"b_ids": payout_ids, "b_final": final})
+            found = await conn.execute(_OPEN_AMONG, {"b_ids": payout_ids})
             still_open = sorted(found.scalars())
         if still_open:
             await queue.enqueue_many(
@@ -390,7 +389,7 @@ async def _load_many(rt: Runtime, ids: list[str]) -> dict[str, RowMapping]:
 
 _BY_IDS = select(payouts).where(InList(P.id, "b_ids"))
 _OPEN_AMONG = select(P.id).where(
-    InList(P.id, "b_ids"), P.state.not_in(bindparam("b_final", expanding=True))
+    InList(P.id, "b_ids"), P.state.not_in(sorted(s.value for s in FINAL_STATES))
 )
 
 
