@@ -57,7 +57,7 @@ deploy-tools:
 # The reference deployment on real parts, with faults (docs/deployment.md): its own
 # PostgreSQL, PgBouncer, HAProxy, two nodes and a worker on ports 18400-18499. ≤ 5 minutes.
 deploy-test: $(STAMP) deploy-tools
-	$(BIN)/python -m payrail.deploytest.run
+	$(BIN)/python -m payrail_tools.deploytest.run
 
 # The whole suite: lint, unit/integration tests on SQLite and PostgreSQL (alert rules with
 # promtool included), then the chaos runs against a real server on PostgreSQL (including the
@@ -66,7 +66,7 @@ test: $(STAMP) tools browser lnbits
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 	scripts/chaos_ci.sh
-	$(BIN)/python -m payrail.deploytest.run
+	$(BIN)/python -m payrail_tools.deploytest.run
 
 alerts: tools
 	promtool check rules ops/prometheus/alerts.yml

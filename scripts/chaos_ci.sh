@@ -19,12 +19,12 @@ started=$(date +%s)
 fail() { echo "chaos CI FAILED: $*" >&2; exit 1; }
 
 loadtest() {
-  "$PYTHON" -m payrail.cli loadtest --start-server --database-url "$PG_URL" \
+  "$PYTHON" -m payrail.entrypoints.cli.app loadtest --start-server --database-url "$PG_URL" \
     --duration-scale "$SCALE" "$@"
 }
 
 echo "== creating $PG_URL"
-"$PYTHON" -m payrail.loadtest.pgadmin "$PG_URL" || fail "PostgreSQL is not reachable"
+"$PYTHON" -m payrail_tools.loadtest.pgadmin "$PG_URL" || fail "PostgreSQL is not reachable"
 
 for scenario in timeout_recovery duplicate_detection spike_timeouts; do
   echo "== $scenario (duration scale $SCALE)"

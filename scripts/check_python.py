@@ -1,7 +1,7 @@
 """Refuse, with a clear message, a Python that pyproject.toml's requires-python excludes.
 
 Run by the Makefile before it creates .venv; payrail checks the same at start-up
-(payrail/_python.py). Standard library only, and no syntax newer than Python 3.6.
+(payrail/support/python_version.py). Standard library only, and no syntax newer than Python 3.6.
 """
 
 import re

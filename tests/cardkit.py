@@ -17,8 +17,7 @@ import httpx
 from conftest import ADMIN_KEY, SANDBOX_KEY
 from sqlalchemy import func, select
 
-from payrail.api.app import create_app
-from payrail.clock import ShiftableClock
+from payrail.bootstrap import Runtime, make_provider
 from payrail.config import Settings
 from payrail.db.tables import (
     jobs,
@@ -30,11 +29,12 @@ from payrail.db.tables import (
     transfers,
 )
 from payrail.domain.orders import AWAITING_PROVIDER
-from payrail.jobs import worker
+from payrail.entrypoints import worker
+from payrail.entrypoints.http.app import create_app
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.psp.simulator import StripeSimulator
-from payrail.services.runtime import Runtime, make_provider
+from payrail.support.clock import ShiftableClock
 from payrail.webhooks import sign
 
 SETTLE_ROUNDS_MAX = 60

@@ -18,13 +18,13 @@ import asyncpg
 import httpx
 import pytest
 
-from payrail.api.app import create_app
-from payrail.clock import ShiftableClock
+from payrail.bootstrap import Runtime, build_runtime
 from payrail.config import Settings
 from payrail.db.migrate import upgrade
 from payrail.db.tables import metadata
+from payrail.entrypoints.http.app import create_app
 from payrail.services import projects
-from payrail.services.runtime import Runtime, build_runtime
+from payrail.support.clock import ShiftableClock
 
 PG_ADMIN_URL = os.environ.get("PAYRAIL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SANDBOX_KEY = "test_api_key_12345"

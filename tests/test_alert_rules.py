@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from payrail import metrics
 from payrail.services.ops_metrics import DB_GAUGES
+from payrail.support import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"

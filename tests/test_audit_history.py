@@ -7,7 +7,7 @@ from sqlalchemy import select, text
 
 from payrail.db.tables import payout_events
 from payrail.domain.payouts import parse_payout_request
-from payrail.jobs import worker
+from payrail.entrypoints import worker
 from payrail.services import payouts
 
 

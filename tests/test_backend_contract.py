@@ -20,7 +20,6 @@ from lightning_kit import free_port, make_invoice
 from sqlalchemy import func, select
 from test_lnd_adapter import URL, FakeLnd, _backend
 
-from payrail.clock import SystemClock
 from payrail.db.engine import make_engine
 from payrail.db.tables import sim_node_payments
 from payrail.lightning.backend import (
@@ -34,7 +33,8 @@ from payrail.lightning.backend import (
 from payrail.lightning.lnbits import LnbitsBackend
 from payrail.lightning.lnd import LndRestBackend
 from payrail.lightning.simulated import SimulatedNode
-from payrail.sandbox import FaultStore
+from payrail.services.faults import FaultStore
+from payrail.support.clock import SystemClock
 
 AMOUNT_SATS = 1_234
 

@@ -254,9 +254,9 @@ async def test_a_batch_that_dies_mid_settlement_is_recovered_per_payout_and_paid
     """The batch's reservations committed; the process dies before or after the node calls.
     The group job's lease runs out, the worker hands each payout its own settle job, and each
     asks the node first: paid once, charged once."""
+    from payrail.bootstrap import SimulatedCrash
     from payrail.domain.payouts import parse_payout_request
-    from payrail.jobs.worker import run_until_idle
-    from payrail.services.runtime import SimulatedCrash
+    from payrail.entrypoints.worker import run_until_idle
 
     start = await balance_of(client)
     items = [
@@ -296,7 +296,7 @@ async def test_a_batch_that_dies_mid_settlement_is_recovered_per_payout_and_paid
 
 
 async def test_a_batch_item_with_a_callback_url_gets_its_created_and_completed_events(client, rt):
-    from payrail.jobs import worker
+    from payrail.entrypoints import worker
 
     url = "https://studio.example/batch-hook"
     items = [
@@ -398,7 +398,7 @@ async def test_unknown_answers_in_a_batch_are_handed_to_their_own_jobs_and_paid_
 ):
     """The node's answer is unknown for every item: each payout stays in flight, gets its own
     settle job, and the worker asks the node later: charged once, the rest of the group done."""
-    from payrail.jobs.worker import run_until_idle
+    from payrail.entrypoints.worker import run_until_idle
 
     await client.post(
         "/test/failure-injection",

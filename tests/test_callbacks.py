@@ -22,14 +22,14 @@ import pytest
 from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, balance_of, payout_body
 from sqlalchemy import select
 
-from payrail.api.app import create_app
+from payrail.bootstrap import SimulatedCrash, build_runtime
 from payrail.config import DEFAULT_SANDBOX_WEBHOOK_SECRET, Settings
 from payrail.db.tables import callback_attempts, callbacks, jobs
 from payrail.domain.recipients import parse_recipient
-from payrail.jobs import worker
+from payrail.entrypoints import worker
+from payrail.entrypoints.http.app import create_app
 from payrail.services import callback_urls, recipients
 from payrail.services import callbacks as cb
-from payrail.services.runtime import SimulatedCrash, build_runtime
 from payrail.webhooks import WebhookVerificationError, verify
 
 Action = int | str  # an HTTP status to answer, or "hang"
@@ -387,7 +387,7 @@ async def test_cli_lists_dead_callbacks_and_replays_one(settings, client, rt, re
     }
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "payrail.cli", "callbacks", *args]
+        command = [sys.executable, "-m", "payrail.entrypoints.cli.app", "callbacks", *args]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
     listed = run("list", "--status", "dead", "--project", PROJECT, "--json")

@@ -12,11 +12,11 @@ from conftest import ADMIN_KEY, SANDBOX_KEY, payout_body
 from typer.testing import CliRunner
 
 from payrail import __version__
-from payrail.api.app import create_app
-from payrail.cli import app
 from payrail.config import Settings
+from payrail.entrypoints.cli.app import app
+from payrail.entrypoints.http.app import create_app
 from payrail.services import projects
-from payrail.wording import plural
+from payrail.support.wording import plural
 
 
 def _cli(database_url: str, *args: str) -> tuple[int, str, str]:

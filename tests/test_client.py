@@ -13,7 +13,6 @@ import pytest
 from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, balance_of
 from starlette.testclient import TestClient
 
-from payrail.api.app import create_app
 from payrail.client import (
     ApiError,
     AsyncClient,
@@ -24,6 +23,7 @@ from payrail.client import (
     verify_webhook,
 )
 from payrail.config import Settings
+from payrail.entrypoints.http.app import create_app
 from payrail.webhooks import sign
 
 BASE = "http://test"

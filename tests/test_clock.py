@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from payrail.clock import iso
+from payrail.support.clock import iso
 
 
 @given(st.integers(min_value=0, max_value=253_402_300_799_999))

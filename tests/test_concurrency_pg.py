@@ -19,15 +19,15 @@ import pytest
 from conftest import ADMIN_KEY, PROJECT, balance_of, payout_body
 from sqlalchemy import func, select
 
+from payrail.bootstrap import Runtime
 from payrail.config import Settings
 from payrail.db.tables import payouts as payouts_table
 from payrail.domain.money import fee_sats
 from payrail.domain.payouts import FINAL_STATES
-from payrail.jobs import worker
+from payrail.entrypoints import worker
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.services.reconcile import reconcile
-from payrail.services.runtime import Runtime
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 

@@ -17,11 +17,12 @@ from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, payout_body
 from sqlalchemy import select, update
 from test_callbacks import Receiver, rows_of
 
-from payrail.api import dashboard
-from payrail.api.app import create_app
 from payrail.db.tables import callbacks, dashboard_sessions, flag_changes, jobs, projects
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
-from payrail.jobs import queue, worker
+from payrail.entrypoints import worker
+from payrail.entrypoints.http import dashboard
+from payrail.entrypoints.http.app import create_app
+from payrail.jobs import queue
 from payrail.services import flags
 from payrail.services.dashboard import pages, sessions
 

@@ -8,10 +8,10 @@ import httpx
 import pytest
 from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, payout_body
 
-from payrail.api.app import create_app
+from payrail.bootstrap import build_runtime
 from payrail.config import Settings
 from payrail.db.availability import is_database_unavailable
-from payrail.services.runtime import build_runtime
+from payrail.entrypoints.http.app import create_app
 
 NOTHING_LISTENS = "postgresql://postgres@127.0.0.1:18499/payrail_gone_14"  # our range, unused
 

@@ -17,11 +17,11 @@ from conftest import ADMIN_KEY, balance_of, payout_body
 from lightning_kit import AddressServer, Behaviour, make_invoice
 from sqlalchemy import func, select
 
-from payrail.api.app import create_app
+from payrail.bootstrap import SimulatedCrash, build_runtime
 from payrail.db.tables import payouts, sim_node_payments
 from payrail.domain.recipients import encode_lnurl
-from payrail.jobs import worker
-from payrail.services.runtime import SimulatedCrash, build_runtime
+from payrail.entrypoints import worker
+from payrail.entrypoints.http.app import create_app
 
 PUBKEY = "02" + "ab" * 32
 

@@ -17,12 +17,13 @@ from conftest import ADMIN_KEY, payout_body
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from payrail.cli import app as cli_app
+from payrail.bootstrap import is_lock_timeout
 from payrail.db.tables import payouts
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH, Flag, bucket
-from payrail.jobs import queue, worker
+from payrail.entrypoints import worker
+from payrail.entrypoints.cli.app import app as cli_app
+from payrail.jobs import queue
 from payrail.services import flags
-from payrail.services.runtime import is_lock_timeout
 
 FLAG = SETTLEMENT_QUEUE_PATH
 ADMIN = {"apikey": ADMIN_KEY}

@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from payrail.api.errors import read_json
 from payrail.db.tables import payouts, transfers
 from payrail.domain import errors
 from payrail.domain.text import check_json, text_refusal
+from payrail.entrypoints.http.errors import read_json
 from payrail.webhooks import sign
 
 ADMIN = {"apikey": ADMIN_KEY}

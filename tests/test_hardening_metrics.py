@@ -7,8 +7,8 @@ import dataclasses
 import httpx
 import pytest
 
-from payrail.api.app import create_app
 from payrail.config import Settings
+from payrail.entrypoints.http.app import create_app
 
 TOKEN = "metrics-token-for-tests-13"
 

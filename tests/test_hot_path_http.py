@@ -20,7 +20,7 @@ import pytest
 from conftest import ADMIN_KEY
 from sqlalchemy import func, select
 
-from payrail.api.app import create_app
+from payrail.bootstrap import Runtime, build_runtime
 from payrail.config import Settings
 from payrail.db.tables import (
     accounts,
@@ -32,9 +32,9 @@ from payrail.db.tables import (
     transfers,
 )
 from payrail.domain.money import fee_sats
+from payrail.entrypoints.http.app import create_app
 from payrail.services import projects
 from payrail.services.reconcile import reconcile
-from payrail.services.runtime import Runtime, build_runtime
 
 ADMIN = {"apikey": ADMIN_KEY}
 FUNDS = 50_000

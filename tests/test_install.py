@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from payrail import _python
+from payrail.support import python_version as _python
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCKS = ["build.lock", "runtime.lock", "dev.lock", "lnbits.lock"]
@@ -58,7 +58,7 @@ def test_the_dev_lock_holds_what_the_commands_import():
 
 
 def test_loadtest_without_its_extra_answers_the_install_command(monkeypatch):
-    from payrail.loadtest import command
+    from payrail_tools.loadtest import command
 
     real_import = __import__
 

@@ -17,14 +17,15 @@ from lightning_kit import AddressServer, Behaviour
 from lnbits_kit import Lnbits, Wallet
 from sqlalchemy import func, select
 
-from payrail.api.app import create_app
-from payrail.clock import ShiftableClock
+from payrail.bootstrap import Runtime, SimulatedCrash, build_runtime
 from payrail.config import Settings
 from payrail.db.tables import payouts
-from payrail.jobs import queue, worker
+from payrail.entrypoints import worker
+from payrail.entrypoints.http.app import create_app
+from payrail.jobs import queue
 from payrail.lightning.lnbits import LnbitsBackend
 from payrail.services import projects
-from payrail.services.runtime import Runtime, SimulatedCrash, build_runtime
+from payrail.support.clock import ShiftableClock
 
 PROJECT = "studio_11"
 PROJECT_FUNDING_SATS = 50_000

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from payrail.loadtest import command, report, svg, thresholds
-from payrail.loadtest.guard import TargetRefused, database_target, loopback_base_url
-from payrail.loadtest.ledger import ClientLedger
-from payrail.loadtest.stats import Recorder, Sample, classify, payout_ok, percentile
+from payrail.support import svg
+from payrail_tools.loadtest import command, report, thresholds
+from payrail_tools.loadtest.guard import TargetRefused, database_target, loopback_base_url
+from payrail_tools.loadtest.ledger import ClientLedger
+from payrail_tools.loadtest.stats import Recorder, Sample, classify, payout_ok, percentile
 
 # ---------------------------------------------------------------- thresholds
 
@@ -401,7 +402,7 @@ def test_duplicate_detection_end_to_end_against_a_real_server_passes(tmp_path: P
         [
             sys.executable,
             "-m",
-            "payrail.cli",
+            "payrail.entrypoints.cli.app",
             "loadtest",
             "--scenario",
             "duplicate_detection",

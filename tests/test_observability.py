@@ -16,8 +16,8 @@ import pytest
 from conftest import ADMIN_KEY, SANDBOX_KEY, balance_of, payout_body
 from prometheus_client.parser import text_string_to_metric_families
 
-from payrail import logging as payrail_logging
-from payrail.jobs import worker
+from payrail.entrypoints import worker
+from payrail.support import logging as payrail_logging
 
 ADMIN = {"apikey": ADMIN_KEY}
 
@@ -177,7 +177,7 @@ def test_multiprocess_mode_sums_counters_of_every_server_process(tmp_path):
     """PROMETHEUS_MULTIPROC_DIR: two processes count, a third one's scrape sees both."""
     env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     bump = (
-        "from payrail import metrics\n"
+        "from payrail.support import metrics\n"
         "metrics.PAYOUTS_CREATED.labels(path='inline').inc(3)\n"
         "metrics.NODE_CALLS.labels(operation='pay', outcome='timeout').inc()\n"
     )
@@ -185,7 +185,7 @@ def test_multiprocess_mode_sums_counters_of_every_server_process(tmp_path):
         subprocess.run([sys.executable, "-c", bump], env=env, check=True)
     read = (
         "from prometheus_client import generate_latest\n"
-        "from payrail import metrics\n"
+        "from payrail.support import metrics\n"
         "print(generate_latest(metrics.process_registry()).decode())\n"
     )
     out = subprocess.run(
@@ -332,7 +332,7 @@ def test_observe_many_leaves_the_samples_observe_leaves(seed: int) -> None:
 
     from prometheus_client import CollectorRegistry, Histogram
 
-    from payrail import metrics
+    from payrail.support import metrics
 
     print(f"seed {seed}")
     rng = random.Random(seed)

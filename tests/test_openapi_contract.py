@@ -2,7 +2,8 @@
 
 Two properties:
 - every operation documents a success answer with a schema and every error it answers
-  (a route added without `**doc(...)` fails here, by name: see payrail/api/models/__init__.py);
+  (a route added without `**doc(...)` fails here, by name: see
+  payrail/entrypoints/http/models/__init__.py);
 - schemathesis drives every route against the ASGI app (no network), on SQLite and PostgreSQL,
   and every answer conforms: documented status, body matching its schema, the error code in
   `data.error` listed for that status, and never a 5xx except the documented 502/503/504.
@@ -32,9 +33,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi as st_asgi
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from payrail.api.app import create_app
-from payrail.api.models import ERROR_CODES_KEY
 from payrail.config import Settings
+from payrail.entrypoints.http.app import create_app
+from payrail.entrypoints.http.models import ERROR_CODES_KEY
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 EXAMPLES_PER_OPERATION = int(os.environ.get("PAYRAIL_CONTRACT_EXAMPLES", "15"))
@@ -76,7 +77,7 @@ def test_every_route_documents_its_answers_and_errors(settings: Settings) -> Non
     undocumented = undocumented_routes(_document(settings))
     assert not undocumented, (
         "Routes without documented answers (decorate them with **doc(...), see "
-        f"payrail/api/models/__init__.py): {undocumented}"
+        f"payrail/entrypoints/http/models/__init__.py): {undocumented}"
     )
 
 

@@ -19,18 +19,19 @@ from conftest import PROJECT
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from payrail import cli, metrics
-from payrail import logging as payrail_logging
-from payrail.clock import ShiftableClock
+from payrail.bootstrap import Runtime, SimulatedCrash
 from payrail.config import Settings
 from payrail.db.tables import jobs, order_events, orders, provider_events, sim_stripe_deliveries
 from payrail.domain.orders import OrderRequest, OrderStatus, PayRequest
-from payrail.jobs import worker
+from payrail.entrypoints import worker
+from payrail.entrypoints.cli import app as cli
 from payrail.ledger import ledger
 from payrail.services import order_events as events_service
 from payrail.services import orders as order_service
 from payrail.services.reconcile import reconcile
-from payrail.services.runtime import Runtime, SimulatedCrash
+from payrail.support import logging as payrail_logging
+from payrail.support import metrics
+from payrail.support.clock import ShiftableClock
 
 RETRY_BASE_MS = 2_000
 ATTEMPTS_MAX = 3

@@ -20,15 +20,15 @@ import pytest
 from cardkit import Cards, open_cards
 from conftest import PROJECT
 
-from payrail import logging as payrail_logging
-from payrail.clock import ShiftableClock
+from payrail.bootstrap import Runtime
 from payrail.config import Settings
 from payrail.db.tables import order_payments, orders, sim_stripe_intents
 from payrail.domain.orders import OrderRequest
-from payrail.jobs import worker
+from payrail.entrypoints import worker
 from payrail.services import orders as order_service
 from payrail.services.reconcile import reconcile
-from payrail.services.runtime import Runtime
+from payrail.support import logging as payrail_logging
+from payrail.support.clock import ShiftableClock
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 

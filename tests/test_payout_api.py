@@ -347,7 +347,7 @@ async def test_production_mode_hides_every_sandbox_endpoint(settings, rt):
 
     import httpx
 
-    from payrail.api.app import create_app
+    from payrail.entrypoints.http.app import create_app
 
     production = replace(settings, mode="production")
     app = create_app(production, runtime=rt, migrate_db=False)

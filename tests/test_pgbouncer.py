@@ -12,13 +12,13 @@ import httpx
 import pytest
 from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, balance_of, payout_body
 
-from payrail.api.app import create_app
+from payrail.bootstrap import build_runtime
 from payrail.config import Settings
 from payrail.db.engine import make_engine
 from payrail.db.migrate import upgrade
-from payrail.deploytest.parts import PgBouncer, Postgres, service_dir, tool
+from payrail.entrypoints.http.app import create_app
 from payrail.services import projects
-from payrail.services.runtime import build_runtime
+from payrail_tools.deploytest.parts import PgBouncer, Postgres, service_dir, tool
 
 PGBOUNCER_PORT = 18_481
 POSTGRES_PORT = 18_482

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from conftest import ADMIN_KEY, PROJECT
 
-from payrail.api.app import create_app
-from payrail.services.runtime import build_runtime
+from payrail.bootstrap import build_runtime
+from payrail.entrypoints.http.app import create_app
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from conftest import ADMIN_KEY, PROJECT, payout_body
 from sqlalchemy import insert, text
 from typer.testing import CliRunner
 
-from payrail import cli
 from payrail.db.tables import transfers
+from payrail.entrypoints.cli import app as cli
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.services.reconcile import reconcile

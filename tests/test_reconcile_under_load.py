@@ -23,7 +23,7 @@ from sqlalchemy.util import await_only
 from payrail.db.tables import payouts
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
 from payrail.domain.payouts import parse_payout_request
-from payrail.jobs import worker
+from payrail.entrypoints import worker
 from payrail.services import payouts as payouts_service
 from payrail.services.payouts import get_payout
 from payrail.services.reconcile import reconcile

@@ -14,15 +14,15 @@ import pytest
 from conftest import PROJECT
 from sqlalchemy import select
 
+from payrail.bootstrap import Runtime, SimulatedCrash, build_runtime
 from payrail.db.tables import jobs, sim_node_payments, transfers
 from payrail.domain.payouts import PUBLIC_STATUS, State, Status, parse_payout_request
+from payrail.entrypoints.worker import run_once, run_until_idle
 from payrail.jobs import queue
-from payrail.jobs.worker import run_once, run_until_idle
 from payrail.lightning.backend import NodeStatus
-from payrail.sandbox import FailureInjection
 from payrail.services import payouts, projects
+from payrail.services.faults import FailureInjection
 from payrail.services.reconcile import reconcile
-from payrail.services.runtime import Runtime, SimulatedCrash, build_runtime
 
 AMOUNT_SATS = 1_000
 TOTAL_COST_SATS = 1_020  # amount + ceil(2%) fee

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from payrail.api import main
+from payrail.entrypoints.http import main
 
 
 def test_server_process_freezes_startup_heap_and_collects_less_often(monkeypatch, tmp_path):

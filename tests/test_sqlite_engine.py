@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import event, exc, func, insert, select, text
 from typer.testing import CliRunner
 
-from payrail.cli import app as cli_app
+from payrail.bootstrap import SimulatedCrash
 from payrail.db.engine import make_engine
 from payrail.db.sqlite import SQLITE_GROUP_COMMIT_MAX, SQLiteEngine
 from payrail.db.tables import jobs
+from payrail.entrypoints.cli.app import app as cli_app
 from payrail.jobs import queue
-from payrail.services.runtime import SimulatedCrash
 
 
 @pytest.fixture

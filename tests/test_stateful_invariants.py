@@ -34,18 +34,18 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from payrail.clock import ShiftableClock
+from payrail.bootstrap import SimulatedCrash, build_runtime
 from payrail.config import SANDBOX_PROJECT_FUNDING_SATS, SANDBOX_PROJECT_ID, Settings
 from payrail.db.engine import make_engine
 from payrail.db.tables import jobs, metadata
 from payrail.domain import errors
 from payrail.domain.payouts import NODE_CONFIRMED_UNSENT, TRANSITIONS, PayoutRequest, State
+from payrail.entrypoints.worker import run_until_idle
 from payrail.jobs import queue
-from payrail.jobs.worker import run_until_idle
-from payrail.sandbox import FailureInjection
 from payrail.services import payouts, projects
+from payrail.services.faults import FailureInjection
 from payrail.services.reconcile import reconcile
-from payrail.services.runtime import SimulatedCrash, build_runtime
+from payrail.support.clock import ShiftableClock
 
 T = TypeVar("T")
 

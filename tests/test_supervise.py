@@ -19,7 +19,7 @@ import psutil
 import pytest
 from conftest import _truncate
 
-from payrail.supervise import SUPERVISOR_PID_ENV, guard_child
+from payrail.entrypoints.supervise import SUPERVISOR_PID_ENV, guard_child
 
 PORT = 18_471  # inside this test's reserved range
 BASE = f"http://127.0.0.1:{PORT}"
@@ -52,7 +52,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def _start(tmp_path: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "payrail.cli", "serve", "--workers", "2"],
+        [sys.executable, "-m", "payrail.entrypoints.cli.app", "serve", "--workers", "2"],
         env=_env(tmp_path, **extra_env),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
@@ -255,7 +255,7 @@ def test_a_batch_killed_by_sigkill_mid_settlement_is_paid_once_after_restart(
     finally:
         _stop(second)
     reconciled = subprocess.run(
-        [sys.executable, "-m", "payrail.cli", "reconcile"],
+        [sys.executable, "-m", "payrail.entrypoints.cli.app", "reconcile"],
         env=_env(tmp_path),
         cwd=tmp_path,
         capture_output=True,

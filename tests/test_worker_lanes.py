@@ -16,7 +16,7 @@ from conftest import ADMIN_KEY, payout_body
 
 from payrail.config import Settings
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
-from payrail.jobs import worker
+from payrail.entrypoints import worker
 from payrail.services.payouts import get_payout
 
 ADMIN = {"apikey": ADMIN_KEY}

@@ -33,8 +33,8 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from payrail.clock import wait_or_stop
 from payrail.db.engine import is_sqlite
+from payrail.support.clock import wait_or_stop
 
 log = structlog.get_logger("payrail.db.maintenance")
 

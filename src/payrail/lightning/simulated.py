@@ -22,12 +22,10 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from payrail.clock import Clock
 from payrail.db import bulk
 from payrail.db.engine import single_statement
 from payrail.db.sqlite import SQLiteEngine
 from payrail.db.tables import sim_node_payments
-from payrail.grouping import Grouped
 from payrail.lightning.backend import (
     Destination,
     DestinationKind,
@@ -36,7 +34,9 @@ from payrail.lightning.backend import (
     PaymentResult,
     UnknownOutcome,
 )
-from payrail.sandbox import FaultStore
+from payrail.services.faults import FaultStore
+from payrail.support.clock import Clock
+from payrail.support.grouping import Grouped
 
 P = sim_node_payments.c
 RECORD_GROUP_MAX = 500  # rows per shared INSERT (a bound on one statement's size)

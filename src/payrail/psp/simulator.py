@@ -37,10 +37,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payrail import webhooks
-from payrail.clock import Clock, wait_or_stop
 from payrail.db.tables import sim_stripe_deliveries, sim_stripe_intents, sim_stripe_requests
 from payrail.domain.orders import CURRENCIES
-from payrail.sandbox import FailureInjection, FaultStore
+from payrail.services.faults import FailureInjection, FaultStore
+from payrail.support.clock import Clock, wait_or_stop
 
 log = structlog.get_logger("payrail.stripe_sim")
 PI = sim_stripe_intents.c

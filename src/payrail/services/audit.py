@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payrail.clock import iso
 from payrail.db.tables import order_events, payout_events
+from payrail.support.clock import iso
 
 CAUSE_MAX_CHARS = 120
 HISTORY_MAX = 200  # a payout has a handful of transitions; the bound is a guard, not a page

@@ -42,7 +42,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from payrail import metrics
+from payrail.bootstrap import Runtime, SimulatedCrash
 from payrail.db import bulk
 from payrail.db.bulk import InList
 from payrail.db.tables import payout_batches, payouts, projects
@@ -55,7 +55,7 @@ from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.services import destinations, flags, recipient_guard, recipients
 from payrail.services import payouts as single
-from payrail.services.runtime import Runtime, SimulatedCrash
+from payrail.support import metrics
 
 log = structlog.get_logger("payrail.batches")
 P = payouts.c

@@ -37,13 +37,14 @@ from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payrail import __version__, metrics, webhooks
-from payrail.clock import iso
+from payrail import __version__, webhooks
+from payrail.bootstrap import Runtime
 from payrail.db.tables import callback_attempts, callbacks
 from payrail.domain import errors
 from payrail.jobs import queue
 from payrail.services import callback_urls, pagination, webhook_secrets
-from payrail.services.runtime import Runtime
+from payrail.support import metrics
+from payrail.support.clock import iso
 
 log = structlog.get_logger("payrail.callbacks")
 C = callbacks.c

@@ -27,13 +27,13 @@ import httpx
 from sqlalchemy.engine import RowMapping
 
 from payrail import __version__
+from payrail.bootstrap import Runtime
 from payrail.domain import errors, invoices
 from payrail.domain.payouts import PayoutRequest
 from payrail.domain.recipients import RecipientKind, decode_lnurl, lightning_address_url, rate_key
 from payrail.lightning.backend import Destination, DestinationKind
 from payrail.services import callback_urls, recipients
 from payrail.services.callbacks import _pinned, _tls
-from payrail.services.runtime import Runtime
 
 LNURL_BODY_MAX_BYTES = 64 * 1024  # a payRequest or an invoice answer is a few KB
 METADATA_MAX_CHARS = 16 * 1024

@@ -20,13 +20,13 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payrail import metrics
-from payrail.clock import iso, wait_or_stop
+from payrail.bootstrap import Runtime
 from payrail.db.tables import feature_flags, flag_changes, jobs, payout_events, payouts
 from payrail.domain import errors
 from payrail.domain.flags import KNOWN_FLAGS, Flag, Guards, check_name, parse_guards, parse_update
 from payrail.domain.payouts import State
-from payrail.services.runtime import Runtime
+from payrail.support import metrics
+from payrail.support.clock import iso, wait_or_stop
 
 log = structlog.get_logger("payrail.flags")
 F = feature_flags.c

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payrail import metrics
+from payrail.bootstrap import Runtime
 from payrail.db.tables import (
     callbacks,
     feature_flags,
@@ -32,9 +32,9 @@ from payrail.db.tables import (
 )
 from payrail.domain.orders import OrderStatus
 from payrail.domain.payouts import State
-from payrail.services.runtime import Runtime
+from payrail.support import metrics
 
-log = structlog.get_logger("payrail.metrics")
+log = structlog.get_logger("payrail.support.metrics")
 
 SCRAPE_DB_TIMEOUT_S = 3.0
 WORKER_ALIVE_MS = 30_000  # a worker whose last heartbeat is older than this is presumed dead

@@ -25,7 +25,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from payrail import metrics
+from payrail.bootstrap import Runtime
 from payrail.db.tables import order_payments, orders, provider_events
 from payrail.domain import errors
 from payrail.domain.orders import (
@@ -49,7 +49,7 @@ from payrail.psp.provider import (
 )
 from payrail.services import orders as order_service
 from payrail.services.orders import OrderTx, order_tx
-from payrail.services.runtime import Runtime
+from payrail.support import metrics
 
 log = structlog.get_logger("payrail.order_events")
 O = orders.c  # noqa: E741

@@ -29,8 +29,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payrail import metrics
-from payrail.clock import iso
+from payrail.bootstrap import Runtime
 from payrail.db.tables import order_pay_requests, orders, projects
 from payrail.domain import errors
 from payrail.domain.orders import (
@@ -44,7 +43,8 @@ from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.psp.provider import Intent, ProviderRefused, ProviderUnreachable
 from payrail.services import audit, pagination
-from payrail.services.runtime import Runtime
+from payrail.support import metrics
+from payrail.support.clock import iso
 
 log = structlog.get_logger("payrail.orders")
 O = orders.c  # noqa: E741

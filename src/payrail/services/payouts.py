@@ -36,8 +36,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payrail import metrics
-from payrail.clock import iso
+from payrail.bootstrap import Runtime, SimulatedCrash
 from payrail.db import bulk
 from payrail.db.bulk import InList
 from payrail.db.engine import single_statement
@@ -74,7 +73,8 @@ from payrail.services import (
     pagination,
     recipient_guard,
 )
-from payrail.services.runtime import Runtime, SimulatedCrash
+from payrail.support import metrics
+from payrail.support.clock import iso
 
 log = structlog.get_logger("payrail.payouts")
 P = payouts.c

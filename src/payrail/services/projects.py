@@ -12,15 +12,15 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from payrail.clock import iso
+from payrail.bootstrap import Runtime
 from payrail.config import SANDBOX_PROJECT_FUNDING_SATS, SANDBOX_PROJECT_ID
 from payrail.db import tables
 from payrail.domain import errors
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
-from payrail.sandbox import FailureInjection
 from payrail.services import webhook_secrets
-from payrail.services.runtime import Runtime
+from payrail.services.faults import FailureInjection
+from payrail.support.clock import iso
 
 PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{3,64}$")
 PROJECT_NAME_MAX_CHARS = 200

@@ -13,10 +13,10 @@ from typing import Any
 import structlog
 from sqlalchemy import func, select, text
 
+from payrail.bootstrap import Runtime
 from payrail.db import migrate
 from payrail.db.tables import worker_heartbeats
 from payrail.services.ops_metrics import WORKER_ALIVE_MS
-from payrail.services.runtime import Runtime
 
 log = structlog.get_logger("payrail.ready")
 READY_DB_TIMEOUT_S = 2.0

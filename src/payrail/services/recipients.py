@@ -18,13 +18,13 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payrail.clock import iso
+from payrail.bootstrap import Runtime
 from payrail.db.bulk import InList
 from payrail.db.tables import recipient_changes, recipients
 from payrail.domain import errors
 from payrail.domain.recipients import FIELD_OF, RecipientChange, gamertag_key
 from payrail.services import pagination, projects
-from payrail.services.runtime import Runtime
+from payrail.support.clock import iso
 
 R = recipients.c
 LIST_LIMIT_DEFAULT = 20

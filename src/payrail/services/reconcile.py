@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from payrail.clock import wait_or_stop
+from payrail.bootstrap import Runtime
 from payrail.db.engine import is_sqlite
 from payrail.db.tables import accounts, order_events, order_payments, orders, payouts, transfers
 from payrail.domain.orders import AWAITING_PROVIDER, CHARGED, OrderStatus
@@ -34,7 +34,7 @@ from payrail.ledger import ledger
 from payrail.lightning.backend import NodeStatus
 from payrail.services import destinations
 from payrail.services.payouts import transfer_ids
-from payrail.services.runtime import Runtime
+from payrail.support.clock import wait_or_stop
 
 log = structlog.get_logger("payrail.reconcile")
 NODE_QUERIES_CONCURRENT_MAX = 16
@@ -420,7 +420,7 @@ def report_dict(report: Report) -> dict[str, Any]:
 
 def export_metrics(report: Report, now_s: float) -> None:
     """Publish the result so an alert can fire on any mismatch."""
-    from payrail import metrics
+    from payrail.support import metrics
 
     counts = report.kinds()
     for kind in set(metrics.DISCREPANCY_KINDS) | set(counts):

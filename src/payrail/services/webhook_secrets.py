@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from payrail.bootstrap import Runtime
 from payrail.db.tables import projects, webhook_secrets
 from payrail.domain import errors
-from payrail.services.runtime import Runtime
 
 W = webhook_secrets.c
 SECRET_PREFIX = "whsec_"

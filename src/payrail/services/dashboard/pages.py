@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Table, case, func, select
 from sqlalchemy.engine import RowMapping
 
-from payrail.clock import iso
+from payrail.bootstrap import Runtime
 from payrail.db.tables import orders, payouts, projects
 from payrail.domain import errors
 from payrail.domain.flags import KNOWN_FLAGS
@@ -23,12 +23,12 @@ from payrail.domain.orders import OrderStatus
 from payrail.domain.payouts import FailureCode, State, Status, states_for
 from payrail.domain.recipients import GAMERTAG_RE
 from payrail.jobs import queue
-from payrail.loadtest import svg
 from payrail.services import callbacks, flags, pagination
 from payrail.services import orders as order_service
 from payrail.services import payouts as payout_service
 from payrail.services import projects as project_service
-from payrail.services.runtime import Runtime
+from payrail.support import svg
+from payrail.support.clock import iso
 
 P = payouts.c
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from payrail.clock import iso
+from payrail.bootstrap import Runtime
 from payrail.db.tables import reconcile_runs
 from payrail.services import reconcile
-from payrail.services.runtime import Runtime
+from payrail.support.clock import iso
 
 R = reconcile_runs.c
 DISCREPANCIES_KEPT_MAX = 500

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select, update
 
+from payrail.bootstrap import Runtime
 from payrail.db.tables import dashboard_sessions, projects
 from payrail.domain import errors
 from payrail.services import projects as project_service
 from payrail.services.projects import hash_key  # random tokens, like keys: sha256 suffices
-from payrail.services.runtime import Runtime
 
 S = dashboard_sessions.c
 

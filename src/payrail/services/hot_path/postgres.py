@@ -19,7 +19,6 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from payrail.grouping import Grouped
 from payrail.ledger import ledger
 from payrail.services.hot_path import (
     DuplicateKey,
@@ -28,6 +27,7 @@ from payrail.services.hot_path import (
     Refused,
     Reservation,
 )
+from payrail.support.grouping import Grouped
 
 POOL_MIN = 1
 POOL_MAX = 10  # per process; SQLAlchemy's pool serves everything else

@@ -1,0 +1,36 @@
+"""What every router needs: the settings, the runtime, the key cache and the two guards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from payrail.bootstrap import Runtime
+from payrail.config import Settings
+from payrail.domain import errors
+from payrail.entrypoints.http.auth import KeyCache, Principal, authenticate
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    rt: Runtime
+    keys: KeyCache = field(default_factory=KeyCache)
+
+    async def principal(self, request: Request) -> Principal:
+        """The caller, from its `apikey` header (401 without a valid one)."""
+        return await authenticate(self.rt, self.keys, request)
+
+    def sandbox_only(self) -> None:
+        """Test endpoints answer 404 outside the sandbox, as if they did not exist."""
+        if not self.settings.sandbox:
+            raise errors.NotFound("Test endpoints exist only in sandbox mode.")
+
+    @staticmethod
+    def scope(who: Principal, named: str | None) -> str | None:
+        """The project a request acts on: the key's own; the admin key may name one or none."""
+        project_id = named or who.project_id
+        if project_id is not None:
+            who.require(project_id)
+        return project_id

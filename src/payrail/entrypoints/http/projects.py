@@ -1,0 +1,151 @@
+"""HTTP routes of projects: create (admin), balance, fund, webhook-secret rotation (admin),
+the recipient guard's per-project settings (admin)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from payrail.entrypoints.http.context import ApiContext
+from payrail.entrypoints.http.errors import envelope, read_json
+from payrail.entrypoints.http.models import doc, header_param
+from payrail.entrypoints.http.models.projects import (
+    Balance,
+    CreatedProject,
+    Funding,
+    FundRequest,
+    NewProject,
+    RotatedSecret,
+    Rotation,
+)
+from payrail.entrypoints.http.models.recipients import GuardOverrides, RecipientGuard
+from payrail.services import projects, recipient_guard, webhook_secrets
+from payrail.support.clock import iso
+
+
+def install(api: APIRouter, ctx: ApiContext) -> None:
+    rt, settings = ctx.rt, ctx.settings
+
+    @api.post(
+        "/projects",
+        **doc(
+            ok={201: (CreatedProject, "Created; the API key and webhook secret are shown once")},
+            errors={403: ("FORBIDDEN",), 409: ("PROJECT_EXISTS",)},
+            body=NewProject,
+            body_required=False,
+            body_example={"id": "studio_42", "name": "Studio 42"},
+            summary="Admin: create a project",
+        ),
+    )
+    async def create_project(request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        project_id, name = projects.parse_new_project(await read_json(request))
+        new = await projects.create_project(rt, project_id, name)
+        data = {
+            "project": projects.project_view(new.row),
+            "apiKey": new.api_key,
+            "webhookSecret": new.webhook_secret,
+        }
+        return envelope(
+            True,
+            "Project created. Store the API key and webhook secret now: they are shown once.",
+            data,
+            201,
+        )
+
+    @api.post(
+        "/projects/{project_id}/webhook-secret/rotate",
+        **doc(
+            ok={200: (RotatedSecret, "The new secret; the old one signs too until it expires")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            body=Rotation,
+            body_required=False,
+            summary="Admin: rotate a project's callback signing secret",
+        ),
+    )
+    async def rotate_webhook_secret(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        grace_s = webhook_secrets.parse_rotation(
+            await read_json(request), settings.webhook_secret_grace_s
+        )
+        rotation = await webhook_secrets.rotate_project_secret(rt, project_id, grace_s)
+        data = {
+            "projectId": rotation.project_id,
+            "webhookSecret": rotation.secret,
+            "previousSecretExpiresAt": iso(rotation.previous_expires_at_ms),
+        }
+        return envelope(True, "Webhook secret rotated. Store it now: it is shown once.", data, 200)
+
+    @api.get(
+        "/projects/{project_id}/balance",
+        **doc(
+            ok={200: (Balance, "Available and reserved sats")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+        ),
+    )
+    async def balance(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require(project_id)
+        return envelope(True, "Balance", await projects.balance(rt, project_id), 200)
+
+    @api.post(
+        "/projects/{project_id}/fund",
+        **doc(
+            ok={200: (Funding, "Funded, or already funded with this Idempotency-Key")},
+            errors={
+                400: ("INVALID_AMOUNT",),
+                403: ("FORBIDDEN",),
+                404: ("PROJECT_NOT_FOUND",),
+                422: ("IDEMPOTENCY_KEY_REUSED",),
+            },
+            body=FundRequest,
+            body_example={"amount": 50000},
+            headers=[header_param("Idempotency-Key", "A retry with the same key adds nothing.")],
+            summary="Fund a project (admin; any key in sandbox)",
+        ),
+    )
+    async def fund(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        if not settings.sandbox:
+            who.require_admin()
+        who.require(project_id)
+        amount = projects.parse_fund_amount(await read_json(request))
+        data = await projects.fund(rt, project_id, amount, request.headers.get("idempotency-key"))
+        message = "Funding already processed" if data["replayed"] else "Project funded"
+        return envelope(True, message, data, 200)
+
+    @api.get(
+        "/projects/{project_id}/recipient-guard",
+        **doc(
+            ok={200: (RecipientGuard, "The effective policy, overrides and defaults")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            summary="Admin: the failed-payout block policy of a project",
+        ),
+    )
+    async def get_recipient_guard(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        async with rt.engine.connect() as conn:
+            data = await recipient_guard.view(conn, settings, project_id)
+        return envelope(True, "Recipient guard", data, 200)
+
+    @api.put(
+        "/projects/{project_id}/recipient-guard",
+        **doc(
+            ok={200: (RecipientGuard, "Updated")},
+            errors={400: ("VALIDATION_ERROR",), 403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            body=GuardOverrides,
+            body_example={"failuresMax": 5, "blockS": 1800},
+            summary="Admin: override the failed-payout block for a project",
+        ),
+    )
+    async def put_recipient_guard(project_id: str, request: Request) -> JSONResponse:
+        """Override failuresMax (0: no block), failureWindowS, blockS; null: the default."""
+        who = await ctx.principal(request)
+        who.require_admin()
+        changes = recipient_guard.parse_overrides(await read_json(request))
+        async with rt.engine.begin() as conn:
+            data = await recipient_guard.set_overrides(conn, settings, project_id, changes)
+        return envelope(True, "Recipient guard updated", data, 200)
