@@ -503,6 +503,50 @@ sim_stripe_deliveries = Table(
     Index("ix_sim_stripe_deliveries_due", "state", "deliver_at"),
 )
 
+# ---------------------------------------------------------------- flat cost (migration 0013)
+
+# What the last incremental reconciliation verified (services/reconcile.py): every row changed
+# up to watermark_ms, and the ledger's sums per project and revenue account at that watermark
+# (JSON {account: sum}); a run reads only the rows changed since. open_findings (JSON) are the
+# ids still wrong at the last run, checked again at every run until they are right.
+reconcile_checkpoints = Table(
+    "reconcile_checkpoints",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("watermark_ms", BigInteger, nullable=False),
+    Column("balances", Text, nullable=False),
+    Column("open_findings", Text, nullable=False),
+    Column("verified_at", BigInteger, nullable=False),
+    Column("rows_checked", BigInteger, nullable=False),
+)
+
+# One row per background sweep (services/sweeps.py): the process holding the lease runs it.
+background_leases = Table(
+    "background_leases",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("holder", String(120), nullable=False),
+    Column("lease_until", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Every reconcile, list and pruning read on an index (migration 0013 says which read each is).
+Index("ix_transfers_created", transfers.c.created_at)
+Index("ix_transfers_debit", transfers.c.debit_account_id)
+Index("ix_payouts_updated", payouts.c.updated_at, payouts.c.id)
+Index("ix_payouts_created", payouts.c.created_at, payouts.c.id)
+Index("ix_payouts_state_created", payouts.c.state, payouts.c.created_at, payouts.c.id)
+Index("ix_payouts_gamertag", func.lower(payouts.c.gamertag), payouts.c.created_at, payouts.c.id)
+Index("ix_orders_updated", orders.c.updated_at, orders.c.id)
+Index("ix_payout_batches_created", payout_batches.c.created_at)
+# Done jobs only (the pruning query repeats the condition, so SQLite's planner uses it too).
+Index(
+    "ix_jobs_done",
+    jobs.c.updated_at,
+    postgresql_where=text("state = 'done'"),
+    sqlite_where=text("state = 'done'"),
+)
+
 # ---------------------------------------------------------------- dashboard (migration 0010)
 
 # Signed-in dashboard browsers. The cookie holds a random token; only its SHA-256 is stored,
