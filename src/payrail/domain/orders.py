@@ -22,8 +22,9 @@ CUSTOMER_ID_MAX_CHARS = 255
 METADATA_KEYS_MAX = 20
 METADATA_KEY_MAX_CHARS = 40
 METADATA_VALUE_MAX_CHARS = 500
-PAYMENT_METHOD_RE = re.compile(r"^[A-Za-z0-9_]{3,255}$")
-ID_RE = re.compile(r"^[A-Za-z0-9_\-.:]{1,255}$")
+# .fullmatch everywhere: with ^…$ and .match, $ also matches before a final "\n".
+PAYMENT_METHOD_RE = re.compile(r"[A-Za-z0-9_]{3,255}")
+ID_RE = re.compile(r"[A-Za-z0-9_\-.:]{1,255}")
 PAY_KEY_MAX_CHARS = 200  # the provider key adds the order id; Stripe allows 255 in all
 
 # ISO 4217 codes Stripe settles card payments in (lowercase, as Stripe writes them).
@@ -186,7 +187,7 @@ def parse_order_request(body: Any, project_id: str) -> OrderRequest:
     currency = parse_currency(body["currency"])
     customer_id = body.get("customerId")
     if customer_id is not None and (
-        not isinstance(customer_id, str) or not ID_RE.match(customer_id)
+        not isinstance(customer_id, str) or not ID_RE.fullmatch(customer_id)
     ):
         raise errors.ValidationError(
             f"customerId must be 1-{CUSTOMER_ID_MAX_CHARS} letters, digits or '_-.:'.",
@@ -198,7 +199,7 @@ def parse_order_request(body: Any, project_id: str) -> OrderRequest:
 def parse_pay_request(body: Any, idempotency_key: str | None) -> PayRequest:
     body = _object(body)
     method = body.get("paymentMethod")
-    if not isinstance(method, str) or not PAYMENT_METHOD_RE.match(method):
+    if not isinstance(method, str) or not PAYMENT_METHOD_RE.fullmatch(method):
         raise errors.ValidationError(
             "paymentMethod must be a payment method id such as pm_card_visa.",
             field="paymentMethod",

@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 
 from payrail.domain import errors
 
-GAMERTAG_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# Every pattern here is used with .fullmatch: with ^…$ and .match, Python's $ also matches
+# before a final "\n" ("ratey\n" passed as a gamertag and escaped the rate limit of "ratey").
+GAMERTAG_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 LIGHTNING_ADDRESS_MAX_CHARS = 320  # an e-mail address's limit; LUD-16 names one like it
 LNURL_MAX_CHARS = 2_048
 LNURL_URL_MAX_CHARS = 1_024
@@ -24,9 +26,9 @@ RATE_KEY_MAX_CHARS = 64  # payouts.gamertag, which the rate limit counts by
 
 # LUD-16: the name is a-z0-9-_.+ ; the domain a host name, with a port only for tests and
 # private networks (PAYRAIL_LNURL_INSECURE_HOSTS).
-_NAME_RE = re.compile(r"\A[a-z0-9\-_.+]{1,64}\Z")
-_DOMAIN_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9\-.]{0,251}[a-z0-9])?(?::[0-9]{1,5})?\Z")
-PUBKEY_RE = re.compile(r"\A0[23][0-9a-f]{64}\Z")
+_NAME_RE = re.compile(r"[a-z0-9\-_.+]{1,64}")
+_DOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9\-.]{0,251}[a-z0-9])?(?::[0-9]{1,5})?")
+PUBKEY_RE = re.compile(r"0[23][0-9a-f]{64}")
 _BECH32_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 
 
@@ -57,7 +59,7 @@ def rate_key(value: str) -> str:
 
 
 def parse_gamertag(value: Any) -> str:
-    if not isinstance(value, str) or not GAMERTAG_RE.match(value):
+    if not isinstance(value, str) or not GAMERTAG_RE.fullmatch(value):
         raise errors.ValidationError(
             "gamertag must be 1-64 characters of letters, digits, '_', '.' or '-'.",
             field="gamertag",
@@ -72,7 +74,7 @@ def parse_lightning_address(value: Any, field: str = "lightningAddress") -> str:
             f"{field} must be a Lightning Address like name@example.com.", field=field
         )
     name, at, domain = value.strip().lower().partition("@")
-    if not (at and _NAME_RE.match(name) and _DOMAIN_RE.match(domain)):
+    if not (at and _NAME_RE.fullmatch(name) and _DOMAIN_RE.fullmatch(domain)):
         raise errors.ValidationError(
             f"{field} must be a Lightning Address like name@example.com "
             "(the name: a-z, 0-9, '-', '_', '.', '+').",
@@ -171,7 +173,7 @@ def _convert_8_to_5(data: bytes) -> list[int]:
 
 
 def parse_node_pubkey(value: Any, field: str = "nodePubkey") -> str:
-    if not isinstance(value, str) or not PUBKEY_RE.match(value.lower()):
+    if not isinstance(value, str) or not PUBKEY_RE.fullmatch(value.lower()):
         raise errors.ValidationError(
             f"{field} must be a node public key: 66 hex characters starting with 02 or 03.",
             field=field,

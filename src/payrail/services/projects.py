@@ -22,7 +22,8 @@ from payrail.services import webhook_secrets
 from payrail.services.faults import FailureInjection
 from payrail.support.clock import iso
 
-PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{3,64}$")
+# Always .fullmatch: with ^…$ and .match, Python's $ also matches before a final "\n".
+PROJECT_ID_RE = re.compile(r"[A-Za-z0-9_\-]{3,64}")
 PROJECT_NAME_MAX_CHARS = 200
 FUND_MAX_SATS = 10**12  # 10,000 BTC: a typo guard, far above any real top-up
 
@@ -69,7 +70,7 @@ def parse_new_project(body: Any) -> tuple[str | None, str | None]:
         raise errors.ValidationError("Request body must be a JSON object.")
     project_id, name = body.get("id"), body.get("name")
     if project_id is not None and (
-        not isinstance(project_id, str) or not PROJECT_ID_RE.match(project_id)
+        not isinstance(project_id, str) or not PROJECT_ID_RE.fullmatch(project_id)
     ):
         raise errors.ValidationError(
             "id must be 3-64 characters of letters, digits, '_' or '-'.", field="id"

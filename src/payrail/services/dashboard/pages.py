@@ -251,7 +251,7 @@ def _times(q: dict[str, str]) -> tuple[int | None, int | None]:
 def parse_payout_filter(scope: str | None, q: dict[str, str]) -> ListFilter:
     status = errors.parse_status(Status, q["status"], "payout status") if q.get("status") else None
     gamertag = q.get("gamertag") or None
-    if gamertag is not None and not GAMERTAG_RE.match(gamertag):
+    if gamertag is not None and not GAMERTAG_RE.fullmatch(gamertag):
         raise errors.ValidationError("gamertag has 1-64 letters, digits, '_', '.' or '-'.")
     states = tuple(s.value for s in states_for(status)) if status else ()
     return ListFilter(scope, states, "gamertag", gamertag, *_times(q))

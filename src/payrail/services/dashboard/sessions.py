@@ -31,7 +31,7 @@ SESSION_MAX_MS = 12 * 3_600_000  # and none lives longer than this, used or not
 SESSION_TOUCH_MS = 60_000  # last_seen_at is written at most this often (reads stay reads)
 KEY_MAX_CHARS = 256
 ACTOR_MAX_CHARS = 64
-ACTOR_RE = re.compile(r"^[A-Za-z0-9 _.@-]{1,64}$")
+ACTOR_RE = re.compile(r"[A-Za-z0-9 _.@-]{1,64}")  # .fullmatch: no trailing "\n" slips by
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,10 @@ class Viewer:
 
 def parse_actor(raw: str | None) -> str:
     """The name an operator gives at sign-in (the admin key is shared: the name says who)."""
-    name = (raw or "").strip()
+    name = (raw or "").strip(" ")  # only spaces: a "\n" or "\r" is refused, not trimmed
     if not name:
         return "admin"
-    if not ACTOR_RE.match(name):
+    if not ACTOR_RE.fullmatch(name):
         raise errors.ValidationError(
             f"Your name may have up to {ACTOR_MAX_CHARS} letters, digits, spaces and . _ @ -",
             field="name",
