@@ -87,8 +87,22 @@ class IdempotencyKeyReused(PayrailError):
     code = "IDEMPOTENCY_KEY_REUSED"
 
 
+class IdempotencyKeyMismatch(ValidationError):
+    """The Idempotency-Key header and the body's idempotencyKey differ: which one the caller
+    meant is unknowable, so nothing is created (400)."""
+
+    code = "IDEMPOTENCY_KEY_MISMATCH"
+
+
 class RateLimitExceeded(PayrailError):
     code = "RATE_LIMIT_EXCEEDED"
+
+
+class AuthThrottled(RateLimitExceeded):
+    """Too many failed sign-ins or API keys from one client address or for one key prefix
+    lately: a 429 with Retry-After, even for the right key, until the window has passed."""
+
+    code = "AUTH_THROTTLED"
 
 
 class RecipientTemporarilyBlocked(RateLimitExceeded):

@@ -66,6 +66,7 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
                     "DESCRIPTION_TOO_LONG",
                     "INVALID_CALLBACK_URL",
                     "INVALID_INVOICE",
+                    "IDEMPOTENCY_KEY_MISMATCH",
                 ),
                 402: ("INSUFFICIENT_BALANCE",),
                 403: ("FORBIDDEN", "RECIPIENT_SUSPENDED"),
@@ -88,6 +89,7 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
     async def create_payout(request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         body = await read_json(request)
+        _same_idempotency_key(body, request.headers.get("idempotency-key"))
         refusal = await callback_urls.refusal_at_creation(  # production: DNS, so not in domain
             settings, body.get("callbackUrl") if isinstance(body, dict) else None
         )
@@ -220,6 +222,20 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         await visible_payout(ctx, who, payout_id)
         row = await payouts.set_status(rt, payout_id, status)
         return envelope(True, f"Payout is {status.value}", payouts.view(row), 200)
+
+
+def _same_idempotency_key(body: Any, header_key: str | None) -> None:
+    """400 IDEMPOTENCY_KEY_MISMATCH when the header and the body each name a different key.
+
+    The body's key used to win silently: a client whose retry layer sets the header would
+    then get a second payout where it expected a replay (or the reverse)."""
+    body_key = body.get("idempotencyKey") if isinstance(body, dict) else None
+    if header_key is not None and body_key is not None and body_key != header_key:
+        raise errors.IdempotencyKeyMismatch(
+            "The Idempotency-Key header and the body's idempotencyKey differ; send one of "
+            "them, or the same key in both. Nothing was created.",
+            field="idempotencyKey",
+        )
 
 
 def _batch_shape(body: Any, batch_key: str | None) -> tuple[str, list[Any]]:
