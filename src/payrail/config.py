@@ -110,6 +110,16 @@ class Settings:
 
     @property
     def sandbox(self) -> bool:
+    # Deposits (docs/deposits.md): the invoice's default lifetime, the watcher's schedule
+    # (first re-check, its cap, how long an expired deposit is still watched for a late
+    # payment), how many deposit checks one worker runs at once, and where LNbits pushes
+    # "paid" (empty: no push; the watcher alone finds payments).
+    deposit_expiry_s_default: int = 3_600
+    deposit_check_base_ms: int = 1_000
+    deposit_check_cap_ms: int = 30_000
+    deposit_late_window_ms: int = 600_000
+    deposit_checks_max: int = 8
+    deposit_webhook_url: str = ""
         return self.mode == "sandbox"
 
     @classmethod
@@ -204,6 +214,16 @@ class Settings:
 
     @property
     def card_payments(self) -> bool:
+            deposit_expiry_s_default=_int(
+                env, "PAYRAIL_DEPOSIT_EXPIRY_S_DEFAULT", 3_600, 60, 7 * 86_400
+            ),
+            deposit_check_base_ms=_int(env, "PAYRAIL_DEPOSIT_CHECK_BASE_MS", 1_000, 10, 600_000),
+            deposit_check_cap_ms=_int(env, "PAYRAIL_DEPOSIT_CHECK_CAP_MS", 30_000, 10, 3_600_000),
+            deposit_late_window_ms=_int(
+                env, "PAYRAIL_DEPOSIT_LATE_WINDOW_MS", 600_000, 0, 7 * 86_400_000
+            ),
+            deposit_checks_max=_int(env, "PAYRAIL_DEPOSIT_CHECKS_MAX", 8, 1, 1_000),
+            deposit_webhook_url=env.get("PAYRAIL_DEPOSIT_WEBHOOK_URL", ""),
         """False when production runs without Stripe: the card routes then answer 503."""
         return self.stripe_backend != "disabled"
 
@@ -262,6 +282,14 @@ class Settings:
             not self.stripe_webhook_secret.startswith("whsec_")
             or self.stripe_webhook_secret == DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET
         ):
+        if self.deposit_check_cap_ms < self.deposit_check_base_ms:
+            raise UnsafeSettings(
+                "PAYRAIL_DEPOSIT_CHECK_CAP_MS must be at least PAYRAIL_DEPOSIT_CHECK_BASE_MS"
+            )
+        if self.deposit_webhook_url and not self.deposit_webhook_url.startswith(
+            ("https://", "http://")
+        ):
+            raise UnsafeSettings("PAYRAIL_DEPOSIT_WEBHOOK_URL must be an http(s) URL")
             problems.append(
                 "PAYRAIL_STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_...)"
             )

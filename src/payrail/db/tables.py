@@ -588,3 +588,52 @@ def insert_row(table: Table, dialect_insert: Any = insert) -> Any:
     A bare insert(table) has no cache key in SQLAlchemy 2.0, so it was compiled again on
     every execution; with each column named as a bind parameter, it is compiled once."""
     return dialect_insert(table).values({c.name: bindparam(c.name) for c in table.c})
+# ---------------------------------------------------------------- deposits (migration 0015)
+
+# Money in over Lightning (services/deposits.py): one row per invoice payrail asked its
+# backend for. open → completed | expired (and expired → completed for a payment that
+# arrives late). The credit is the ledger transfer `deposit:<payment_hash>` (its primary key
+# refuses a second), written in the transaction that moves the row to completed; the unique
+# payment_hash and transfer_id say the same in this table.
+deposits = Table(
+    "deposits",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # sats
+    Column("description", String(144), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("invoice", Text, nullable=False),
+    Column("payment_hash", String(64), nullable=False, unique=True),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("checks", Integer, nullable=False, default=0),  # times the backend was asked
+    Column("transfer_id", String(120), nullable=True, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("completed_at", BigInteger, nullable=True),
+    Column("expired_at", BigInteger, nullable=True),
+    CheckConstraint("amount > 0", name="positive_amount"),
+    CheckConstraint("status IN ('open','completed','expired')", name="status"),
+    UniqueConstraint("project_id", "idempotency_key"),
+    Index("ix_deposits_list", "project_id", "created_at", "id"),
+    # Only open deposits are looked up by status (PostgreSQL indexes only those).
+    Index("ix_deposits_open", "status", "expires_at", postgresql_where=text("status = 'open'")),
+)
+
+# The simulated node's own record of the invoices it made (sandbox, tests). Written in the
+# node's own transactions, never inside payrail's, like sim_node_payments.
+sim_node_invoices = Table(
+    "sim_node_invoices",
+    metadata,
+    Column("payment_hash", String(64), primary_key=True),
+    Column("bolt11", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("state", String(12), nullable=False),  # open | paid
+    Column("expires_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("paid_at", BigInteger, nullable=True),
+)
+
+

@@ -219,3 +219,22 @@ class DestinationUnsupported(PayrailError):
 
 class CardPaymentsDisabled(ServiceUnavailable):
     code = "CARD_PAYMENTS_DISABLED"
+
+
+# ---------------------------------------------------------------- deposits (money in)
+
+
+class DepositNotFound(NotFound):
+    code = "DEPOSIT_NOT_FOUND"
+
+
+class LightningBackendUnavailable(ServiceUnavailable):
+    """The backend did not answer an invoice request: no deposit was made (none can be paid)."""
+
+    code = "LIGHTNING_BACKEND_UNAVAILABLE"
+
+
+class LightningBackendRefused(PayrailError):
+    """The backend answered and made no invoice: no deposit was made."""
+
+    code = "LIGHTNING_BACKEND_REFUSED"

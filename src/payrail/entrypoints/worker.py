@@ -2,7 +2,8 @@
 and sweeps for payouts that must expire. Runs inside the server, or alone (`payrail worker`).
 
 Jobs run in lanes that never wait on each other: callbacks in their own lane, bounded in
-total and per destination host; every other kind (settlements, Stripe events) in the other.
+total and per destination host; deposit checks in theirs; every other kind (settlements,
+Stripe events) in the other.
 The loop does not wait for a batch to finish: it claims again as soon as a lane has room, so
 a callback receiver that hangs until the timeout holds up only its own host's slots.
 """
@@ -22,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from payrail.bootstrap import Runtime, SimulatedCrash
 from payrail.db.tables import worker_heartbeats
 from payrail.jobs import queue
-from payrail.services import batches, callbacks, order_events, payouts
+from payrail.services import batches, callbacks, deposits, order_events, payouts
 from payrail.support import metrics
 from payrail.support.clock import wait_or_stop
 
@@ -50,6 +51,7 @@ SELF_COMPLETING = frozenset(
         callbacks.CALLBACK_JOB,
         order_events.EVENT_JOB,
         order_events.FULFIL_JOB,
+        deposits.WATCH_JOB,
     }
 )
 
@@ -59,6 +61,7 @@ HANDLERS: dict[str, Handler] = {
     callbacks.CALLBACK_JOB: _deliver,
     order_events.EVENT_JOB: order_events.process_event,
     order_events.FULFIL_JOB: order_events.fulfil,
+    deposits.WATCH_JOB: deposits.watch,
 }
 
 
@@ -121,14 +124,17 @@ class Dispatcher:
             "callbacks", frozenset({callbacks.CALLBACK_JOB}), s.callback_concurrency_max
         )
         self.others = Lane("others", None, s.worker_concurrency_max)
-        self.lanes = (self.others, self.callbacks)
+        # Deposit checks in their own lane: its capacity is the per-run limit of backend
+        # checks, and many open deposits never delay a payout's settlement.
+        self.deposits = Lane("deposits", frozenset({deposits.WATCH_JOB}), s.deposit_checks_max)
+        self.lanes = (self.others, self.callbacks, self.deposits)
         self.host_max = s.callback_host_concurrency_max
         self.hosts: Counter[str] = Counter()
 
     async def fill(self) -> int:
         """Claim and start what the lanes have room for; returns the jobs started."""
         started = 0
-        taken = sorted(self.callbacks.kinds or ())
+        taken = sorted(k for lane in self.lanes for k in (lane.kinds or ()))
         for lane in self.lanes:
             if lane.free <= 0:
                 continue
@@ -169,7 +175,7 @@ class Dispatcher:
 
     @property
     def running(self) -> set[asyncio.Task[None]]:
-        return self.callbacks.running | self.others.running
+        return self.callbacks.running | self.others.running | self.deposits.running
 
     async def drain(self) -> None:
         """Wait for every running job (each is bounded by its own timeout)."""

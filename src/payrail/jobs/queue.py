@@ -242,6 +242,24 @@ async def reschedule(
     return state
 
 
+async def again(conn: AsyncConnection, job_id: str, run_at_ms: int, now_ms: int) -> None:
+    """A job that ran and did its work, due again at run_at (a watch that polls until its
+    subject is final, e.g. a deposit): queued, its lease released, its attempts back to 0,
+    since running it again is its schedule, not a failure."""
+    await conn.execute(
+        update(jobs)
+        .where(J.id == job_id, J.state == "queued")
+        .values(
+            run_at=run_at_ms,
+            attempts=0,
+            lease_until=None,
+            locked_by=None,
+            last_error=None,
+            updated_at=now_ms,
+        )
+    )
+
+
 async def bury(conn: AsyncConnection, job_id: str, now_ms: int, error: str) -> None:
     """Give up on a job now (its handler decided no retry can help); replay revives it."""
     await conn.execute(

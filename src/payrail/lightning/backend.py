@@ -96,8 +96,61 @@ class LightningBackend(Protocol):
         """What the backend knows of this payment now; NOT_FOUND if it never received it."""
         ...
 
+    # Receiving (deposits, services/deposits.py): see "Receiving" below.
+    async def create_invoice(
+        self, amount_sats: int, memo: str, expiry_s: int, webhook_url: str | None = None
+    ) -> Invoice:
+        """A new invoice to be paid to this backend's wallet. Not idempotent: an answer lost
+        (UnknownOutcome) leaves at most an invoice nobody was shown, so nobody can pay it."""
+        ...
+
+    async def invoice_status(self, payment_hash: str) -> InvoiceStatus:
+        """What the backend knows of the invoice it made with this hash (NOT_FOUND: none of
+        this wallet's). Raises UnknownOutcome when it does not answer: never "unpaid"."""
+        ...
+
     # Optional: `async def statuses(self, payment_ids: list[str]) -> dict[str, NodeStatus]`,
     # status() of many payments at once, which reconciliation uses where a backend has it
     # (the simulated node reads its record 500 payments per query).
 
     async def aclose(self) -> None: ...
+
+
+# ---------------------------------------------------------------- receiving (deposits)
+
+
+class InvoiceState(StrEnum):
+    OPEN = "open"  # not paid (yet)
+    PAID = "paid"  # settled: the sats are in the backend's wallet
+    CANCELED = "canceled"  # the backend will never accept a payment for it
+    NOT_FOUND = "not_found"  # this wallet has no invoice with that hash
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """An invoice the backend made for us: what the payer is shown and what we track it by."""
+
+    bolt11: str
+    payment_hash: str  # 64 hex characters
+
+
+@dataclass(frozen=True)
+class InvoiceStatus:
+    state: InvoiceState
+    amount_paid_msat: int | None = None  # what was received, where the backend says
+
+
+class InvoiceRefused(Exception):
+    """The backend answered and made no invoice (a bad amount, a wallet it refuses for)."""
+
+
+PAYMENT_HASH_HEX_CHARS = 64
+
+
+def is_payment_hash(value: object) -> bool:
+    """64 lowercase hex characters (the form every backend answers with here)."""
+    return (
+        isinstance(value, str)
+        and len(value) == PAYMENT_HASH_HEX_CHARS
+        and all(c in "0123456789abcdef" for c in value)
+    )

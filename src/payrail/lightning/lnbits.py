@@ -33,9 +33,14 @@ from payrail.lightning.backend import (
     Destination,
     DestinationKind,
     FailureReason,
+    Invoice,
+    InvoiceRefused,
+    InvoiceState,
+    InvoiceStatus,
     NodeStatus,
     PaymentResult,
     UnknownOutcome,
+    is_payment_hash,
 )
 
 ANSWER_BYTES_MAX = 256 * 1024  # a Payment object is a few KB
@@ -158,6 +163,64 @@ class LnbitsBackend:
         if body.get("status") == "failed":
             return PaymentResult(NodeStatus.FAILED, "failed")
         return PaymentResult(NodeStatus.IN_FLIGHT)
+
+    # ------------------------------------------------------------ receiving (deposits)
+    # `POST /api/v1/payments {"out": false, "amount", "memo", "expiry", "webhook"?}` makes an
+    # invoice of this wallet; `GET /api/v1/payments/{hash}` with this wallet's key answers
+    # `details` only for this wallet's own payment of that hash, so an incoming one is
+    # recognised by its details (positive amount), never by `paid` alone: a hash this wallet
+    # only paid out (a payout) is no deposit.
+
+    async def create_invoice(
+        self, amount_sats: int, memo: str, expiry_s: int, webhook_url: str | None = None
+    ) -> Invoice:
+        body: dict[str, Any] = {
+            "out": False,
+            "unit": "sat",
+            "amount": amount_sats,
+            "memo": memo,
+            "expiry": expiry_s,
+        }
+        if webhook_url:
+            body["webhook"] = webhook_url
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                status, answer = await self._call("POST", "/api/v1/payments", body)
+        except TimeoutError:
+            raise UnknownOutcome(f"LNbits did not answer within {self._timeout_s}s") from None
+        if status == LNBITS_REFUSED or 400 <= status < 500:
+            raise InvoiceRefused(f"LNbits refused the invoice: {answer.get('detail', status)}")
+        if not 200 <= status < 300:
+            raise UnknownOutcome(f"LNbits answered HTTP {status} to the invoice")
+        bolt11 = answer.get("bolt11") or answer.get("payment_request")
+        payment_hash = answer.get("payment_hash")
+        if not isinstance(bolt11, str) or not is_payment_hash(payment_hash):
+            raise UnknownOutcome("LNbits answered without an invoice and its payment hash")
+        return Invoice(bolt11, payment_hash)
+
+    async def invoice_status(self, payment_hash: str) -> InvoiceStatus:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                status, body = await self._call("GET", f"/api/v1/payments/{payment_hash}")
+        except TimeoutError:
+            raise UnknownOutcome(f"LNbits did not answer within {self._timeout_s}s") from None
+        if status == 404:
+            return InvoiceStatus(InvoiceState.NOT_FOUND)
+        if status != 200:
+            raise UnknownOutcome(f"LNbits answered HTTP {status} about {payment_hash[:12]}…")
+        details = body.get("details")
+        if not isinstance(details, dict):
+            return InvoiceStatus(InvoiceState.NOT_FOUND)  # another wallet's payment
+        if details.get("payment_hash") != payment_hash:
+            raise UnknownOutcome("LNbits answered about a different payment hash")
+        amount = details.get("amount")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            return InvoiceStatus(InvoiceState.NOT_FOUND)  # this wallet's outgoing payment
+        if body.get("paid") is True:
+            return InvoiceStatus(InvoiceState.PAID, amount)
+        if body.get("status") == "failed":
+            return InvoiceStatus(InvoiceState.CANCELED)
+        return InvoiceStatus(InvoiceState.OPEN)
 
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None

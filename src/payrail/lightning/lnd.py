@@ -43,9 +43,14 @@ from payrail.lightning.backend import (
     Destination,
     DestinationKind,
     FailureReason,
+    Invoice,
+    InvoiceRefused,
+    InvoiceState,
+    InvoiceStatus,
     NodeStatus,
     PaymentResult,
     UnknownOutcome,
+    is_payment_hash,
 )
 
 KEYSEND_RECORD_TYPE = 5482373484  # the TLV record type that carries a keysend preimage
@@ -326,6 +331,72 @@ class LndRestBackend:
             raise UnknownOutcome(f"LND call timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise UnknownOutcome(f"LND connection failed ({type(exc).__name__})") from None
+
+    # ------------------------------------------------------------------ receiving (deposits)
+    # AddInvoice: `POST /v1/invoices {"value", "memo", "expiry"}` → `{"r_hash" (base64),
+    # "payment_request"}`. LookupInvoice: `GET /v1/invoice/{r_hash_str}` (hex) → the Invoice,
+    # `state` OPEN | ACCEPTED (a hold invoice's HTLC held, not settled) | SETTLED | CANCELED,
+    # `amt_paid_msat`; an unknown hash is gRPC NotFound ("unable to locate invoice").
+
+    async def create_invoice(
+        self, amount_sats: int, memo: str, expiry_s: int, webhook_url: str | None = None
+    ) -> Invoice:
+        """webhook_url is not used: LND pushes over its own subscription stream, not HTTP."""
+        body = {"value": str(amount_sats), "memo": memo, "expiry": str(expiry_s)}
+        status, answer = await self._call_json("POST", "/v1/invoices", body)
+        if status != 200:
+            error = _error(answer.get("error", answer), status)
+            if 400 <= status < 500:
+                raise InvoiceRefused(f"LND refused the invoice: {error.message}")
+            raise UnknownOutcome(f"{error}")
+        try:
+            payment_hash = base64.b64decode(str(answer["r_hash"])).hex()
+        except (KeyError, ValueError):
+            payment_hash = ""
+        request = answer.get("payment_request")
+        if not isinstance(request, str) or not is_payment_hash(payment_hash):
+            raise UnknownOutcome("LND answered AddInvoice without an invoice and its hash")
+        return Invoice(request, payment_hash)
+
+    async def invoice_status(self, payment_hash: str) -> InvoiceStatus:
+        status, answer = await self._call_json("GET", f"/v1/invoice/{payment_hash}")
+        if status != 200:
+            error = _error(answer.get("error", answer), status)
+            if error.code == _GRPC_NOT_FOUND or "unable to locate invoice" in error.message:
+                return InvoiceStatus(InvoiceState.NOT_FOUND)
+            raise UnknownOutcome(f"{error}; ask again later")
+        r_hash = answer.get("r_hash")
+        if r_hash and base64.b64decode(str(r_hash)).hex() != payment_hash:
+            raise UnknownOutcome("LND answered about a different payment hash")
+        state = answer.get("state")
+        if state == "SETTLED":
+            try:
+                paid = int(answer.get("amt_paid_msat") or 0)
+            except ValueError:
+                paid = 0
+            return InvoiceStatus(InvoiceState.PAID, paid or None)
+        if state == "CANCELED":
+            return InvoiceStatus(InvoiceState.CANCELED)
+        return InvoiceStatus(InvoiceState.OPEN)  # OPEN, or ACCEPTED: not settled yet
+
+    async def _call_json(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """One unary REST call within node_timeout_ms: (HTTP status, JSON object or {})."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._client.request(method, path, json=body)
+        except (TimeoutError, httpx.TimeoutException):
+            raise UnknownOutcome(f"LND did not answer {path} within {self._timeout_s}s") from None
+        except httpx.TransportError as exc:
+            raise UnknownOutcome(f"LND connection failed ({type(exc).__name__})") from None
+        if len(response.content) > LINE_BYTES_MAX:
+            raise UnknownOutcome(f"LND sent {len(response.content)} bytes on {path}")
+        try:
+            parsed = response.json()
+        except ValueError:
+            parsed = None
+        return response.status_code, parsed if isinstance(parsed, dict) else {}
 
 
 class _Progress:

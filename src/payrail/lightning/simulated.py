@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import random
+import secrets
 import sqlite3
 from typing import Any
 
@@ -25,11 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from payrail.db import bulk
 from payrail.db.engine import single_statement
 from payrail.db.sqlite import SQLiteEngine
-from payrail.db.tables import sim_node_payments
+from payrail.db.tables import sim_node_invoices, sim_node_payments
 from payrail.lightning.backend import (
     Destination,
     DestinationKind,
     FailureReason,
+    Invoice,
+    InvoiceState,
+    InvoiceStatus,
     NodeStatus,
     PaymentResult,
     UnknownOutcome,
@@ -57,8 +62,89 @@ _RECORD_SQLITE = (
 )
 
 
-class SimulatedNode:
-    """Pays anything: a gamertag by name (sandbox), an invoice, a keysend node key."""
+# ---------------------------------------------------------------- receiving (deposits)
+# Separate from the payout side above: its own table (sim_node_invoices), its own methods.
+
+# The simulated node's signing key: its invoices are real, signed BOLT11 (regtest), so a
+# wallet or a decoder reads them as any other; nobody outside the sandbox can pay them.
+SIM_NODE_KEY_HEX = hashlib.sha256(b"payrail simulated node key v1").hexdigest()
+SIM_INVOICE_CURRENCY = "bcrt"
+I = sim_node_invoices.c  # noqa: E741
+
+
+class SimulatedInvoices:
+    """Invoices of the simulated node. `pay_invoice` is the sandbox's stand-in for a payer:
+    it marks an invoice paid (even past its expiry, so the late-payment path can be shown)."""
+
+    _engine: AsyncEngine
+    _clock: Clock
+
+    async def create_invoice(
+        self, amount_sats: int, memo: str, expiry_s: int, webhook_url: str | None = None
+    ) -> Invoice:
+        import bolt11
+        from bolt11.models.tags import Tag, TagChar, Tags
+
+        preimage = secrets.token_bytes(32)
+        payment_hash = hashlib.sha256(preimage).hexdigest()
+        now = self._clock.now_ms()
+        tags = Tags(
+            [
+                Tag(TagChar.payment_hash, payment_hash),
+                Tag(TagChar.payment_secret, secrets.token_hex(32)),
+                Tag(TagChar.expire_time, expiry_s),
+                Tag(TagChar.description, memo),
+            ]
+        )
+        encoded = bolt11.encode(
+            bolt11.Bolt11(
+                currency=SIM_INVOICE_CURRENCY,
+                date=now // 1000,
+                tags=tags,
+                amount_msat=bolt11.MilliSatoshi(amount_sats * 1000),
+            ),
+            SIM_NODE_KEY_HEX,
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sim_node_invoices.insert().values(
+                    payment_hash=payment_hash,
+                    bolt11=encoded,
+                    amount=amount_sats,
+                    state=InvoiceState.OPEN.value,
+                    expires_at=now + expiry_s * 1000,
+                    created_at=now,
+                    paid_at=None,
+                )
+            )
+        return Invoice(encoded, payment_hash)
+
+    async def invoice_status(self, payment_hash: str) -> InvoiceStatus:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(I.state, I.amount).where(I.payment_hash == payment_hash))
+            ).first()
+        if row is None:
+            return InvoiceStatus(InvoiceState.NOT_FOUND)
+        state = InvoiceState(row.state)
+        return InvoiceStatus(state, row.amount * 1000 if state == InvoiceState.PAID else None)
+
+    async def pay_invoice(self, payment_hash: str) -> bool:
+        """Sandbox/test hook: a payer pays this invoice now. False if it was paid already
+        or the node never made it (nothing changes then)."""
+        async with single_statement(self._engine) as conn:
+            result = await conn.execute(
+                update(sim_node_invoices)
+                .where(I.payment_hash == payment_hash, I.state == InvoiceState.OPEN.value)
+                .values(state=InvoiceState.PAID.value, paid_at=self._clock.now_ms())
+            )
+        return bool(result.rowcount == 1)
+
+
+class SimulatedNode(SimulatedInvoices):
+    """Pays anything: a gamertag by name (sandbox), an invoice, a keysend node key.
+
+    Receives too: its invoices (deposits) are the SimulatedInvoices section below."""
 
     kinds = frozenset(DestinationKind)
 

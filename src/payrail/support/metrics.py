@@ -118,6 +118,18 @@ WEBHOOK_LAG_SECONDS = Histogram(
     ["provider"],
     buckets=LAG_BUCKETS_S,
 )
+# ---------------------------------------------------------------- deposits (money in)
+
+DEPOSIT_TRANSITIONS = Counter(
+    "payrail_deposit_transitions_total",
+    "Deposit status changes, by from status (none: created) and to status.",
+    ["from_status", "to_status"],
+)
+DEPOSIT_CREDITED_SATS = Counter(
+    "payrail_deposit_credited_sats_total",
+    "Sats credited to projects by completed deposits (each deposit once).",
+)
+
 ORDER_TRANSITIONS = Counter(
     "payrail_order_transitions_total",
     "Order state transitions, by from and to status (the order state machine's names).",
@@ -175,6 +187,8 @@ DISCREPANCY_KINDS = (
     "state-ledger-mismatch",
     "sent-while-reserved",
     "completed-not-charged",
+    "deposit-paid-not-credited",
+    "deposit-credited-not-paid",
 )
 
 

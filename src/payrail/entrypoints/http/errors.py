@@ -50,6 +50,7 @@ HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.DestinationUnsupported: 422,
 }
 
+    errors.LightningBackendRefused: 502,
 
 def status_for(exc: errors.PayrailError) -> int:
     for cls in type(exc).__mro__:
