@@ -106,10 +106,6 @@ class Settings:
     webhook_attempts_max: int = 8  # an event for an order not ready is retried this many times
     webhook_retry_base_ms: int = 2_000  # first retry delay; doubles each time
     order_sweep_after_ms: int = 120_000  # an order this long in processing/submitted is checked
-    extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def sandbox(self) -> bool:
     # Deposits (docs/deposits.md): the invoice's default lifetime, the watcher's schedule
     # (first re-check, its cap, how long an expired deposit is still watched for a late
     # payment), how many deposit checks one worker runs at once, and where LNbits pushes
@@ -120,6 +116,10 @@ class Settings:
     deposit_late_window_ms: int = 600_000
     deposit_checks_max: int = 8
     deposit_webhook_url: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sandbox(self) -> bool:
         return self.mode == "sandbox"
 
     @classmethod
@@ -208,12 +208,6 @@ class Settings:
             order_sweep_after_ms=_int(
                 env, "PAYRAIL_ORDER_SWEEP_AFTER_MS", 120_000, 1_000, 86_400_000
             ),
-        )
-        settings.check()
-        return settings
-
-    @property
-    def card_payments(self) -> bool:
             deposit_expiry_s_default=_int(
                 env, "PAYRAIL_DEPOSIT_EXPIRY_S_DEFAULT", 3_600, 60, 7 * 86_400
             ),
@@ -224,6 +218,12 @@ class Settings:
             ),
             deposit_checks_max=_int(env, "PAYRAIL_DEPOSIT_CHECKS_MAX", 8, 1, 1_000),
             deposit_webhook_url=env.get("PAYRAIL_DEPOSIT_WEBHOOK_URL", ""),
+        )
+        settings.check()
+        return settings
+
+    @property
+    def card_payments(self) -> bool:
         """False when production runs without Stripe: the card routes then answer 503."""
         return self.stripe_backend != "disabled"
 
@@ -268,6 +268,14 @@ class Settings:
                 "PAYRAIL_ORDER_SWEEP_AFTER_MS must exceed PAYRAIL_STRIPE_TIMEOUT_MS, or the "
                 "sweeper could check an order whose Stripe call is still running"
             )
+        if self.deposit_check_cap_ms < self.deposit_check_base_ms:
+            raise UnsafeSettings(
+                "PAYRAIL_DEPOSIT_CHECK_CAP_MS must be at least PAYRAIL_DEPOSIT_CHECK_BASE_MS"
+            )
+        if self.deposit_webhook_url and not self.deposit_webhook_url.startswith(
+            ("https://", "http://")
+        ):
+            raise UnsafeSettings("PAYRAIL_DEPOSIT_WEBHOOK_URL must be an http(s) URL")
         if self.mode != "production":
             return
         problems = []
@@ -282,14 +290,6 @@ class Settings:
             not self.stripe_webhook_secret.startswith("whsec_")
             or self.stripe_webhook_secret == DEFAULT_SANDBOX_STRIPE_WEBHOOK_SECRET
         ):
-        if self.deposit_check_cap_ms < self.deposit_check_base_ms:
-            raise UnsafeSettings(
-                "PAYRAIL_DEPOSIT_CHECK_CAP_MS must be at least PAYRAIL_DEPOSIT_CHECK_BASE_MS"
-            )
-        if self.deposit_webhook_url and not self.deposit_webhook_url.startswith(
-            ("https://", "http://")
-        ):
-            raise UnsafeSettings("PAYRAIL_DEPOSIT_WEBHOOK_URL must be an http(s) URL")
             problems.append(
                 "PAYRAIL_STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_...)"
             )

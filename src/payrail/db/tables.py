@@ -582,12 +582,6 @@ reconcile_runs = Table(
 )
 
 
-def insert_row(table: Table, dialect_insert: Any = insert) -> Any:
-    """INSERT of whole rows (a dict per row with every column), built once by its caller.
-
-    A bare insert(table) has no cache key in SQLAlchemy 2.0, so it was compiled again on
-    every execution; with each column named as a bind parameter, it is compiled once."""
-    return dialect_insert(table).values({c.name: bindparam(c.name) for c in table.c})
 # ---------------------------------------------------------------- deposits (migration 0015)
 
 # Money in over Lightning (services/deposits.py): one row per invoice payrail asked its
@@ -637,3 +631,9 @@ sim_node_invoices = Table(
 )
 
 
+def insert_row(table: Table, dialect_insert: Any = insert) -> Any:
+    """INSERT of whole rows (a dict per row with every column), built once by its caller.
+
+    A bare insert(table) has no cache key in SQLAlchemy 2.0, so it was compiled again on
+    every execution; with each column named as a bind parameter, it is compiled once."""
+    return dialect_insert(table).values({c.name: bindparam(c.name) for c in table.c})

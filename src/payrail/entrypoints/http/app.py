@@ -22,8 +22,8 @@ from payrail.entrypoints import worker
 from payrail.entrypoints.http import admin as admin_routes
 from payrail.entrypoints.http import callbacks as callback_routes
 from payrail.entrypoints.http import cards
-from payrail.entrypoints.http import deposits as deposit_routes
 from payrail.entrypoints.http import dashboard as dashboard_routes
+from payrail.entrypoints.http import deposits as deposit_routes
 from payrail.entrypoints.http import errors as api_errors
 from payrail.entrypoints.http import health as health_routes
 from payrail.entrypoints.http import payouts as payout_routes
@@ -110,8 +110,8 @@ def create_app(
     admin_routes.install(api, ctx)
     health_routes.install(app, api, ctx)
     sandbox_routes.install(api, ctx)
-
     deposit_routes.install(api, ctx)
+
     app.include_router(api)
     dashboard_routes.install(app, ctx)  # HTML at /dashboard, outside /api/v1 and its schema
     install_openapi(app)
