@@ -48,9 +48,9 @@ HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.RecipientUnreachable: 502,
     errors.RecipientInvoiceInvalid: 502,
     errors.DestinationUnsupported: 422,
+    errors.LightningBackendRefused: 502,
 }
 
-    errors.LightningBackendRefused: 502,
 
 def status_for(exc: errors.PayrailError) -> int:
     for cls in type(exc).__mro__:
