@@ -97,8 +97,11 @@ async def test_retries_are_bounded_with_growing_jittered_waits(app):
     policy = RetryPolicy(attempts_max=4, backoff_base_ms=100, backoff_max_ms=300)
     waits: list[float] = []
     async with _async_client(app, flaky, waits, policy) as payrail:
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(ApiError) as refused:
             await payrail.create_payout("never", 10, PROJECT)
+    # no answer at all is an ApiError too (never an httpx exception), and may be retried
+    assert (refused.value.http_status, refused.value.code) == (None, "NO_ANSWER")
+    assert refused.value.retryable and isinstance(refused.value.__cause__, httpx.ConnectError)
     assert len(flaky.keys) == 4 and len(set(flaky.keys)) == 1
     assert len(waits) == 3
     caps = [0.1, 0.2, 0.3]  # base × 2^(n-1), capped at backoff_max_ms
@@ -123,9 +126,10 @@ async def test_a_post_without_a_key_is_not_resent_after_its_answer_was_lost(app,
     flaky = Flaky(httpx.ASGITransport(app=app), "/api/v1/orders", "lost")
     policy, waits = _no_sleep_policy()
     async with _async_client(app, flaky, waits, policy) as payrail:
-        with pytest.raises(httpx.ReadError):
+        with pytest.raises(ApiError) as lost:
             await payrail.create_order(1999, "usd")
     assert len(flaky.keys) == 1  # it may have been applied: the caller decides
+    assert lost.value.code == "NO_ANSWER" and not lost.value.retryable
     orders = (await client.get("/orders")).json()["data"]
     assert orders["count"] == 1
 

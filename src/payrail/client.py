@@ -6,6 +6,10 @@ that same key: a timeout, a lost connection or a 5xx is retried, and payrail ans
 with the payout it already made (200 "already processed"), never a second charge. Retries are
 bounded (`RetryPolicy.attempts_max`) with exponential backoff and jitter.
 
+Every failure raises `ApiError` (`code`, `http_status`, `retryable`), whatever went wrong:
+payrail's refusals, a proxy's 5xx, a connection that never answered (`http_status` None).
+`retryable` says whether sending the same call again later, with the same key, may succeed.
+
 What is retried:
 - a request never sent (connection refused, DNS): always;
 - a timeout, a connection lost mid-request, a 500/503, a 502/504 that is not payrail's own
@@ -17,11 +21,14 @@ What is retried:
 
     with Client("http://127.0.0.1:3000", api_key="test_api_key_12345") as payrail:
         payout = payrail.create_payout("player1", 1000, "project_test_001")
+        payrail.create_payout({"lightningAddress": "alice@example.com"}, 500, "project_test_001")
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
 import time
 import uuid
@@ -37,6 +44,7 @@ __all__ = [
     "ApiError",
     "AsyncClient",
     "Client",
+    "Destination",
     "PayoutFailed",
     "RetryPolicy",
     "WebhookVerificationError",
@@ -47,6 +55,9 @@ API_PREFIX = "/api/v1"
 TIMEOUT_DEFAULT_S = 30.0  # above the server's own settle wait: a payout answers within it
 PAYOUT_FINAL_ERRORS = frozenset({"PAYMENT_FAILED", "GATEWAY_TIMEOUT"})
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+# A payout names its recipient with exactly one of these (docs/lightning.md).
+DESTINATION_FIELDS = ("gamertag", "lightningAddress", "invoice")
+NO_ANSWER_CODE = "NO_ANSWER"  # the request got no HTTP answer (refused, timed out, cut off)
 
 
 # ---------------------------------------------------------------- types
@@ -112,9 +123,21 @@ class Order(TypedDict):
     history: NotRequired[list[dict[str, Any]]]
 
 
-class BatchItem(TypedDict):
+class Destination(TypedDict, total=False):
+    """Exactly one of: a gamertag (the recipient directory), a Lightning Address, an invoice."""
+
     gamertag: str
+    lightningAddress: str
+    invoice: str
+
+
+class BatchItem(TypedDict):
+    """One payout of a batch: `amount` and exactly one destination field."""
+
     amount: int
+    gamertag: NotRequired[str]
+    lightningAddress: NotRequired[str]
+    invoice: NotRequired[str]
     idempotencyKey: NotRequired[str]
     description: NotRequired[str]
     internalId: NotRequired[str]
@@ -125,14 +148,34 @@ class BatchItem(TypedDict):
 
 
 class ApiError(Exception):
-    """payrail answered `success: false`: `code` is `data.error` (e.g. INSUFFICIENT_BALANCE)."""
+    """Any failed call. `code` is payrail's `data.error` (e.g. INSUFFICIENT_BALANCE), or
+    UNEXPECTED_ANSWER (an answer not in payrail's envelope, e.g. a proxy's), or NO_ANSWER
+    (`http_status` None: refused, timed out or cut off; the cause is `__cause__`).
 
-    def __init__(self, status: int, code: str, message: str, data: dict[str, Any]) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
+    `retryable`: the same call sent again later, with the same idempotency key, may succeed
+    (a 5xx, a 429, no answer). False for a refusal that another attempt cannot change, and for
+    a POST without a key that may have been applied (sending it again could act twice)."""
+
+    def __init__(
+        self,
+        status: int | None,
+        code: str,
+        message: str,
+        data: dict[str, Any],
+        *,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(f"{status if status is not None else 'no answer'} {code}: {message}")
+        self.http_status = status
         self.code = code
         self.message = message
         self.data = data
+        self.retryable = retryable
+
+    @property
+    def status(self) -> int | None:
+        """The HTTP status (the name this attribute had first; `http_status` is the same)."""
+        return self.http_status
 
 
 class PayoutFailed(ApiError):
@@ -143,8 +186,8 @@ class PayoutFailed(ApiError):
         return self.data
 
 
-class _Retryable(Exception):
-    """One attempt failed in a way a retry with the same key may fix."""
+def _retryable_status(status: int) -> bool:
+    return status in RETRY_STATUSES or status == 429
 
 
 # ---------------------------------------------------------------- retry policy
@@ -198,25 +241,65 @@ def _parse(call: _Call, response: httpx.Response) -> Any:
     enveloped = isinstance(body, dict) and "success" in body and isinstance(body.get("data"), dict)
     if response.status_code < 400 and enveloped:
         return body["data"]
-    if not enveloped:
-        if response.status_code in RETRY_STATUSES:  # a proxy's answer, not payrail's
-            raise _Retryable(f"{response.status_code} from {call.path}")
-        raise ApiError(response.status_code, "UNEXPECTED_ANSWER", response.text[:200], {})
+    status = response.status_code
+    if not enveloped:  # a proxy's answer, or not payrail at all
+        message = f"{status} from {call.path}: {response.text[:200]}"
+        raise ApiError(
+            status, "UNEXPECTED_ANSWER", message, {}, retryable=_retryable_status(status)
+        )
     data = body["data"]
     code = str(data.get("error", "UNKNOWN"))
+    message = str(body.get("message", ""))
     if call.is_payout and code in PAYOUT_FINAL_ERRORS:
-        raise PayoutFailed(response.status_code, code, body.get("message", ""), data)
-    if response.status_code in RETRY_STATUSES:
-        raise _Retryable(f"{response.status_code} {code}")
-    raise ApiError(response.status_code, code, body.get("message", ""), data)
+        raise PayoutFailed(status, code, message, data)  # definite: a new attempt, a new key
+    raise ApiError(status, code, message, data, retryable=_retryable_status(status))
 
 
-def _retry_on(call: _Call, exc: Exception) -> bool:
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+def _no_answer(call: _Call, exc: httpx.TransportError) -> ApiError:
+    """A request that got no answer, as an ApiError; retryable unless it may have acted."""
+    unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+    failed = ApiError(
+        None,
+        NO_ANSWER_CODE,
+        f"{call.method} {call.path}: {type(exc).__name__}: {exc}",
+        {},
+        retryable=unsent or not call.retry_unsent_only,
+    )
+    failed.__cause__ = exc
+    return failed
+
+
+def _retry_on(call: _Call, exc: ApiError) -> bool:
+    """Whether to send this call again now: only what payrail answers again safely."""
+    if exc.http_status is None and isinstance(
+        exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout
+    ):
         return True  # never reached the server
     if call.retry_unsent_only:
         return False
-    return isinstance(exc, _Retryable | httpx.TimeoutException | httpx.TransportError)
+    if exc.http_status is None:
+        return True
+    return exc.http_status in RETRY_STATUSES and not isinstance(exc, PayoutFailed)
+
+
+def batch_key(project_id: str, items: list[BatchItem]) -> str:
+    """The batch's idempotency key when the caller gives none: a digest of the project and the
+    items as sent, so the same batch sent again (a rerun of a crashed script) is a replay.
+    Two batches meant to pay the same winners the same amounts twice need keys of their own."""
+    canonical = json.dumps(
+        {"projectId": project_id, "items": items}, sort_keys=True, separators=(",", ":")
+    )
+    return "batch-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
+
+
+def _destination(to: str | Destination) -> dict[str, str]:
+    """A gamertag as a plain string, or a mapping with exactly one destination field."""
+    if isinstance(to, str):
+        return {"gamertag": to}
+    named = {k: v for k, v in dict(to).items() if k in DESTINATION_FIELDS and v}
+    if len(named) != 1 or len(named) != len(dict(to)):
+        raise ValueError(f"a payout goes to exactly one of {', '.join(DESTINATION_FIELDS)}")
+    return named
 
 
 def _query(**params: Any) -> dict[str, Any]:
@@ -228,13 +311,13 @@ class Calls:
 
     @staticmethod
     def create_payout(
-        gamertag: str,
+        to: str | Destination,
         amount: int,
         project_id: str,
         idempotency_key: str | None = None,
         **optional: Any,
     ) -> _Call:
-        body = {"gamertag": gamertag, "amount": amount, "projectId": project_id}
+        body: dict[str, Any] = _destination(to) | {"amount": amount, "projectId": project_id}
         body |= _query(
             callbackUrl=optional.get("callback_url"),
             expiresIn=optional.get("expires_in_s"),
@@ -245,14 +328,14 @@ class Calls:
         return _Call("POST", "/payouts", json=body, idempotency_key=key, is_payout=True)
 
     @staticmethod
-    def create_payouts_batch(project_id: str, items: list[BatchItem]) -> _Call:
-        # One key per item, kept across retries: each item is a logical payout.
-        keyed = [
-            dict(item) | {"idempotencyKey": item.get("idempotencyKey") or _new_key("payout")}
-            for item in items
-        ]
-        body = {"projectId": project_id, "items": keyed}
-        return _Call("POST", "/payouts/batch", json=body, idempotency_key=_new_key("batch"))
+    def create_payouts_batch(
+        project_id: str, items: list[BatchItem], idempotency_key: str | None = None
+    ) -> _Call:
+        # Items without their own key get `<batch key>#<index>` from the server: with a batch
+        # key that is the same on every run, a script run again after a crash pays nobody twice.
+        body = {"projectId": project_id, "items": [dict(item) for item in items]}
+        key = idempotency_key or batch_key(project_id, items)
+        return _Call("POST", "/payouts/batch", json=body, idempotency_key=key)
 
     @staticmethod
     def get_payout(payout_id: str) -> _Call:
@@ -358,15 +441,18 @@ class Client:
     def _send(self, call: _Call) -> Any:
         for attempt in range(1, self.retry.attempts_max + 1):
             try:
-                response = self._http.request(
-                    call.method,
-                    self._base + call.path,
-                    json=call.json,
-                    params=call.params,
-                    headers=self._headers | call.headers(),
-                )
+                try:
+                    response = self._http.request(
+                        call.method,
+                        self._base + call.path,
+                        json=call.json,
+                        params=call.params,
+                        headers=self._headers | call.headers(),
+                    )
+                except httpx.TransportError as exc:
+                    raise _no_answer(call, exc) from exc
                 return _parse(call, response)
-            except (_Retryable, httpx.TransportError) as exc:
+            except ApiError as exc:
                 if attempt == self.retry.attempts_max or not _retry_on(call, exc):
                     raise
                 self._sleep(self.retry.delay_s(attempt))
@@ -374,7 +460,7 @@ class Client:
 
     def create_payout(
         self,
-        gamertag: str,
+        to: str | Destination,
         amount: int,
         project_id: str,
         *,
@@ -384,16 +470,23 @@ class Client:
         description: str | None = None,
         internal_id: str | None = None,
     ) -> Payout:
-        """201 completed or 202 pending (or the replay of an earlier call with the same key)."""
+        """201 completed or 202 pending (or the replay of an earlier call with the same key).
+
+        `to`: a gamertag, or {"lightningAddress": "name@domain"}, or {"invoice": "lnbc…"}."""
         call = Calls.create_payout(
-            gamertag, amount, project_id, idempotency_key, callback_url=callback_url,
+            to, amount, project_id, idempotency_key, callback_url=callback_url,
             expires_in_s=expires_in_s, description=description, internal_id=internal_id,
         )  # fmt: skip
         return cast(Payout, self._send(call))
 
-    def create_payouts_batch(self, project_id: str, items: list[BatchItem]) -> list[Json]:
-        """POST /payouts/batch: `data.items[i]` answers `items[i]`."""
-        return cast(list[Json], self._send(Calls.create_payouts_batch(project_id, items))["items"])
+    def create_payouts_batch(
+        self, project_id: str, items: list[BatchItem], *, idempotency_key: str | None = None
+    ) -> list[Json]:
+        """POST /payouts/batch: `data.items[i]` answers `items[i]`. Without `idempotency_key`
+        the key is derived from the project and items (`batch_key`), never random: the same
+        batch sent again, by a retry or a rerun of the script, is answered, not paid again."""
+        call = Calls.create_payouts_batch(project_id, items, idempotency_key)
+        return cast(list[Json], self._send(call)["items"])
 
     def get_payout(self, payout_id: str) -> Payout:
         return cast(Payout, self._send(Calls.get_payout(payout_id)))
@@ -502,15 +595,18 @@ class AsyncClient:
     async def _send(self, call: _Call) -> Any:
         for attempt in range(1, self.retry.attempts_max + 1):
             try:
-                response = await self._http.request(
-                    call.method,
-                    self._base + call.path,
-                    json=call.json,
-                    params=call.params,
-                    headers=self._headers | call.headers(),
-                )
+                try:
+                    response = await self._http.request(
+                        call.method,
+                        self._base + call.path,
+                        json=call.json,
+                        params=call.params,
+                        headers=self._headers | call.headers(),
+                    )
+                except httpx.TransportError as exc:
+                    raise _no_answer(call, exc) from exc
                 return _parse(call, response)
-            except (_Retryable, httpx.TransportError) as exc:
+            except ApiError as exc:
                 if attempt == self.retry.attempts_max or not _retry_on(call, exc):
                     raise
                 await self._sleep(self.retry.delay_s(attempt))
@@ -518,7 +614,7 @@ class AsyncClient:
 
     async def create_payout(
         self,
-        gamertag: str,
+        to: str | Destination,
         amount: int,
         project_id: str,
         *,
@@ -529,14 +625,16 @@ class AsyncClient:
         internal_id: str | None = None,
     ) -> Payout:
         call = Calls.create_payout(
-            gamertag, amount, project_id, idempotency_key, callback_url=callback_url,
+            to, amount, project_id, idempotency_key, callback_url=callback_url,
             expires_in_s=expires_in_s, description=description, internal_id=internal_id,
         )  # fmt: skip
         return cast(Payout, await self._send(call))
 
-    async def create_payouts_batch(self, project_id: str, items: list[BatchItem]) -> list[Json]:
-        answer = await self._send(Calls.create_payouts_batch(project_id, items))
-        return cast(list[Json], answer["items"])
+    async def create_payouts_batch(
+        self, project_id: str, items: list[BatchItem], *, idempotency_key: str | None = None
+    ) -> list[Json]:
+        call = Calls.create_payouts_batch(project_id, items, idempotency_key)
+        return cast(list[Json], (await self._send(call))["items"])
 
     async def get_payout(self, payout_id: str) -> Payout:
         return cast(Payout, await self._send(Calls.get_payout(payout_id)))
