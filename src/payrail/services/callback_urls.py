@@ -145,33 +145,35 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
     return seen[:ADDRESSES_MAX]
 
 
-async def vet(url: str, allow: AllowList) -> Target:
-    """Resolve the URL's host and check every address; raise UnsafeCallbackUrl if any is ours."""
+async def vet(url: str, allow: AllowList, what: str = "callbackUrl") -> Target:
+    """Resolve the URL's host and check every address; raise UnsafeCallbackUrl if any is ours.
+
+    `what` names the URL in the refusal (a callbackUrl, or the LNURL service a payout needs)."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise UnsafeCallbackUrl("callbackUrl has an invalid port.") from None
+        raise UnsafeCallbackUrl(f"{what} has an invalid port.") from None
     if not host:
-        raise UnsafeCallbackUrl("callbackUrl has no host.")
+        raise UnsafeCallbackUrl(f"{what} has no host.")
     if allow.allows_host(host):
         return Target(host, port, ())
     try:
         addresses = await resolve_host(host, port)
     except (OSError, TimeoutError, UnicodeError):
         raise UnsafeCallbackUrl(
-            f"callbackUrl host {host} does not resolve, so it cannot be checked."
+            f"{what} host {host} does not resolve, so it cannot be checked."
         ) from None
     if not addresses:
-        raise UnsafeCallbackUrl(f"callbackUrl host {host} has no addresses.")
+        raise UnsafeCallbackUrl(f"{what} host {host} has no addresses.")
     for ip in addresses:
         if allow.allows_address(ip):
             continue
         reason = address_refusal(ip)
         if reason is not None:
             raise UnsafeCallbackUrl(
-                f"callbackUrl host {host} resolves to {ip}, {reason}; callbacks go only to "
+                f"{what} host {host} resolves to {ip}, {reason}; callbacks go only to "
                 "public addresses (an operator can allow a host with PAYRAIL_CALLBACK_ALLOW_HOSTS)."
             )
     return Target(host, port, tuple(addresses))

@@ -163,14 +163,42 @@ def _checked_invoice(rt: Runtime, req: PayoutRequest, text: str) -> invoices.Inv
     return invoice
 
 
+# Domains that never resolve anywhere (RFC 2606, RFC 6761): in the sandbox, with the
+# simulated node, a Lightning Address on one of them is paid by name, as a sandbox gamertag
+# is, so the sandbox can pay a Lightning Address with nothing leaving the machine.
+SANDBOX_ADDRESS_DOMAINS = ("example.com", "example.net", "example.org")
+SANDBOX_ADDRESS_SUFFIXES = (".example", ".test", ".invalid", ".localhost")
+
+
+def sandbox_address(rt: Runtime, kind: str, value: str) -> bool:
+    """Whether the simulated node pays this Lightning Address by name (no LNURL fetch)."""
+    if kind != Kind.LIGHTNING_ADDRESS or not rt.settings.sandbox:
+        return False
+    if DestinationKind.SANDBOX not in rt.node.kinds:
+        return False
+    domain = value.rpartition("@")[2].lower()
+    return domain in SANDBOX_ADDRESS_DOMAINS or domain.endswith(SANDBOX_ADDRESS_SUFFIXES)
+
+
 async def _via_lnurl(rt: Runtime, req: PayoutRequest, kind: str, value: str) -> Resolved:
     """LUD-16 → LUD-06: the pay parameters, then one invoice for exactly the amount."""
+    if sandbox_address(rt, kind, value):
+        return Resolved(Kind.LIGHTNING_ADDRESS, value, None)
     if kind == Kind.LIGHTNING_ADDRESS:
         insecure = value.partition("@")[2] in rt.settings.lnurl_insecure_hosts
         url = lightning_address_url(value, "http" if insecure else "https")
     else:
         url = decode_lnurl(value)
-    params = await _get_json(rt, url, value)
+    try:
+        params = await _get_json(rt, url, value)
+    except errors.RecipientUnreachable as unreachable:
+        if kind == Kind.LIGHTNING_ADDRESS and rt.settings.sandbox:
+            raise errors.RecipientUnreachable(
+                f"{unreachable.message} In the sandbox, a Lightning Address on example.com "
+                "(or any .test domain) is paid by the simulated node without a lookup.",
+                **unreachable.extra,
+            ) from None
+        raise
     if params.get("tag") != "payRequest":
         raise _invalid(value, f"its tag is {params.get('tag')!r}, not 'payRequest'")
     callback, metadata = params.get("callback"), params.get("metadata")
@@ -242,7 +270,9 @@ async def _get_json(rt: Runtime, url: str, who: str) -> dict[str, Any]:
     target: callback_urls.Target | None = None
     if not insecure:
         try:
-            target = await callback_urls.vet(url, callback_urls.AllowList.parse(()))
+            target = await callback_urls.vet(
+                url, callback_urls.AllowList.parse(()), what="The LNURL URL"
+            )
         except callback_urls.UnsafeCallbackUrl as refused:
             raise errors.RecipientUnreachable(
                 f"The LNURL service of {who} is refused by the URL guard, not fetched "

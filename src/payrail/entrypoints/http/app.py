@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import RedirectResponse
 
 from payrail import __version__
 from payrail.bootstrap import Runtime, build_runtime
@@ -25,6 +24,7 @@ from payrail.entrypoints.http import cards
 from payrail.entrypoints.http import dashboard as dashboard_routes
 from payrail.entrypoints.http import deposits as deposit_routes
 from payrail.entrypoints.http import errors as api_errors
+from payrail.entrypoints.http import front as front_routes
 from payrail.entrypoints.http import health as health_routes
 from payrail.entrypoints.http import payouts as payout_routes
 from payrail.entrypoints.http import projects as project_routes
@@ -91,7 +91,7 @@ def create_app(
         title="payrail",
         version=__version__,
         lifespan=lifespan,
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # served below from bundled files, not a CDN
         openapi_url=f"{API_PREFIX}/openapi.json",
         redoc_url=None,
     )
@@ -116,9 +116,7 @@ def create_app(
     dashboard_routes.install(app, ctx)  # HTML at /dashboard, outside /api/v1 and its schema
     install_openapi(app)
 
-    @app.get("/docs", include_in_schema=False)
-    async def docs_redirect() -> RedirectResponse:
-        return RedirectResponse(f"{API_PREFIX}/docs")
+    front_routes.install(app, settings)
 
     if stripe_sim is not None:
         app.include_router(stripe_sim.router(STRIPE_SIMULATOR_PATH))

@@ -20,6 +20,7 @@ from payrail.entrypoints.http.errors import (
     envelope,
     error_response,
     int_param,
+    mark_replayed,
     page_data,
     read_json,
 )
@@ -156,14 +157,15 @@ def install(
         replayed = "Payment already requested with this Idempotency-Key: " if outcome.replay else ""
         if outcome.error is not None:
             answer = error_response(outcome.error)
-            return envelope(
+            refused = envelope(
                 False,
                 replayed + outcome.error.message,
                 data | {"error": outcome.error.code},
                 answer.status_code,
             )
+            return mark_replayed(refused, outcome.replay)
         message = "Payment submitted to Stripe; the order completes when Stripe confirms it."
-        return envelope(True, replayed + message, data, 200)
+        return mark_replayed(envelope(True, replayed + message, data, 200), outcome.replay)
 
     @api.post(
         "/webhooks/stripe",

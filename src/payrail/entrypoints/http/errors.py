@@ -68,6 +68,18 @@ def envelope(success: bool, message: str, data: dict[str, Any], status: int) -> 
     )
 
 
+# Stripe's convention: an answer replayed from an idempotency key says so in a header, so a
+# client (or a proxy's log) can tell a replay from a first answer without reading the body.
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def mark_replayed(response: JSONResponse, replay: bool) -> JSONResponse:
+    """`Idempotent-Replayed: true` on an answer replayed from an idempotency key."""
+    if replay:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
 def error_response(exc: errors.PayrailError) -> JSONResponse:
     return envelope(False, exc.message, {"error": exc.code, **exc.extra}, status_for(exc))
 

@@ -41,7 +41,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(max_bytes)
             return message
 
         try:
@@ -50,11 +50,12 @@ class BodyLimit:
             await self._refuse(send, max_bytes)
 
     async def _refuse(self, send: Any, max_bytes: int) -> None:
+        refused = _TooLarge(max_bytes)
         body = json.dumps(
             {
                 "success": False,
-                "message": f"The request body is larger than {max_bytes} bytes.",
-                "data": {"error": "PAYLOAD_TOO_LARGE", "maxBytes": max_bytes},
+                "message": refused.message,
+                "data": {"error": refused.code, **refused.extra},
             }
         ).encode()
         await send(
@@ -68,10 +69,11 @@ class BodyLimit:
 
 
 class _TooLarge(PayloadTooLarge):
-    """Raised from receive(); a PayrailError so any handler that meets it still answers 413."""
+    """Raised from receive(); a PayrailError so any handler that meets it still answers 413,
+    with the same message and `maxBytes` whether the body announced its length or not."""
 
-    def __init__(self) -> None:
-        super().__init__("The request body is too large.")
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"The request body is larger than {max_bytes} bytes.", maxBytes=max_bytes)
 
 
 class RequestLineText:

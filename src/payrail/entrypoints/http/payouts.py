@@ -19,7 +19,14 @@ from payrail.domain.payouts import (
 )
 from payrail.entrypoints.http.auth import Principal
 from payrail.entrypoints.http.context import ApiContext
-from payrail.entrypoints.http.errors import envelope, int_param, page_data, read_json, status_for
+from payrail.entrypoints.http.errors import (
+    envelope,
+    int_param,
+    mark_replayed,
+    page_data,
+    read_json,
+    status_for,
+)
 from payrail.entrypoints.http.models import doc, header_param, limit_param, query_param
 from payrail.entrypoints.http.models.payouts import (
     BATCH_EXAMPLE,
@@ -137,7 +144,7 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         data = {"projectId": project_id, "items": [_item_answer(a) for a in answer.items]}
         data["count"] = len(answer.items)
         message = "Batch already processed" if answer.replay else "Batch processed"
-        return envelope(True, message, data, 200)
+        return mark_replayed(envelope(True, message, data, 200), answer.replay)
 
     @api.get(
         "/payouts/by-internal-id/{internal_id}",
@@ -288,8 +295,9 @@ def _item_answer(item: batches.ItemAnswer) -> dict[str, Any]:
 
 
 def payout_answer(outcome: payouts.CreateOutcome) -> JSONResponse:
-    """201 completed, 202 pending, 504/502 error; a replay answers as the original did."""
-    return envelope(*payout_answer_parts(outcome))
+    """201 completed, 202 pending, 504/502 error; a replay answers as the original did, with
+    `Idempotent-Replayed: true`."""
+    return mark_replayed(envelope(*payout_answer_parts(outcome)), outcome.replay)
 
 
 def payout_answer_parts(outcome: payouts.CreateOutcome) -> tuple[bool, str, dict[str, Any], int]:

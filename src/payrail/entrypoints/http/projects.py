@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from payrail.entrypoints.http.context import ApiContext
-from payrail.entrypoints.http.errors import envelope, read_json
+from payrail.entrypoints.http.errors import envelope, mark_replayed, read_json
 from payrail.entrypoints.http.models import doc, header_param
 from payrail.entrypoints.http.models.projects import (
     Balance,
@@ -114,7 +114,7 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         amount = projects.parse_fund_amount(await read_json(request))
         data = await projects.fund(rt, project_id, amount, request.headers.get("idempotency-key"))
         message = "Funding already processed" if data["replayed"] else "Project funded"
-        return envelope(True, message, data, 200)
+        return mark_replayed(envelope(True, message, data, 200), data["replayed"])
 
     @api.get(
         "/projects/{project_id}/recipient-guard",

@@ -159,7 +159,7 @@ def doc(
     *,
     ok: dict[int, tuple[type[BaseModel], str]],
     errors: dict[int, tuple[str, ...]] | None = None,
-    body: type[BaseModel] | None = None,
+    body: type[BaseModel] | dict[str, Any] | None = None,
     body_required: bool = True,
     body_example: dict[str, Any] | None = None,
     query: list[dict[str, Any]] | None = None,
@@ -187,7 +187,9 @@ def doc(
     if parameters:
         extra["parameters"] = parameters
     if body is not None:
-        media: dict[str, Any] = {"schema": body.model_json_schema()}
+        # A model, or a schema built by hand (a `oneOf` of destinations: models/payouts.py).
+        schema = body if isinstance(body, dict) else body.model_json_schema()
+        media: dict[str, Any] = {"schema": schema}
         if body_example is not None:
             media["example"] = body_example
         extra["requestBody"] = {
@@ -201,6 +203,11 @@ def doc(
     if summary:
         kwargs["summary"] = summary
     return kwargs
+
+
+# Schemas named in descriptions but not used by any route's body itself (a batch's items are
+# checked one by one and refused in place, so the batch body does not constrain them).
+EXTRA_SCHEMAS: dict[str, dict[str, Any]] = {}
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -225,6 +232,7 @@ def install_openapi(app: FastAPI) -> None:
                 if answer and "HTTPValidationError" in str(answer):
                     del operation["responses"]["422"]
         components = schema.setdefault("components", {})
+        components.setdefault("schemas", {}).update(EXTRA_SCHEMAS)
         for name in ("HTTPValidationError", "ValidationError"):
             components.get("schemas", {}).pop(name, None)
         components["securitySchemes"] = {

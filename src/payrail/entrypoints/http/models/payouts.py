@@ -15,15 +15,45 @@ from payrail.domain.payouts import (
     IDEMPOTENCY_KEY_MAX_CHARS,
     INTERNAL_ID_MAX_CHARS,
 )
-from payrail.entrypoints.http.models import Body, Model
+from payrail.domain.recipients import LIGHTNING_ADDRESS_MAX_CHARS
+from payrail.entrypoints.http.models import EXTRA_SCHEMAS, Body, Model
+
+GAMERTAG_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+# LUD-16 as payrail parses it (domain/recipients.py): the name a-z0-9-_.+ (any case: it is
+# lowercased), a host name, a port only for private networks (PAYRAIL_LNURL_INSECURE_HOSTS).
+LIGHTNING_ADDRESS_PATTERN = (
+    r"^\s*[A-Za-z0-9\-_.+]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251}[A-Za-z0-9])?"
+    r"(?::[0-9]{1,5})?\s*$"
+)
+# The one field naming where a payout goes: exactly one of these (docs/lightning.md).
+DESTINATION_SCHEMAS: dict[str, dict[str, Any]] = {
+    "gamertag": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "pattern": GAMERTAG_PATTERN,
+        "description": "A recipient of the project's directory (any case); in the sandbox "
+        "the simulated node pays any gamertag by name.",
+    },
+    "lightningAddress": {
+        "type": "string",
+        "maxLength": LIGHTNING_ADDRESS_MAX_CHARS,
+        "pattern": LIGHTNING_ADDRESS_PATTERN,
+        "description": "name@domain, resolved by LUD-16 then LUD-06 before anything is "
+        "reserved; in the sandbox, an address on example.com (or a .test domain) is paid by "
+        "the simulated node with no lookup.",
+    },
+    "invoice": {
+        "type": "string",
+        "minLength": 1,
+        "description": "A BOLT11 invoice for exactly `amount` sats, on the server's network.",
+    },
+}
 
 
-class PayoutRequest(Body):
-    """Exactly one destination: `gamertag` (through the recipient directory), `invoice`
-    (BOLT11), or `lightningAddress` (name@domain, resolved by LUD-16/LUD-06; left out of the
-    schema's properties so that generated requests never make payrail resolve a domain)."""
+class PayoutFields(Body):
+    """The fields of a payout besides its destination."""
 
-    gamertag: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     amount: int = Field(ge=AMOUNT_MIN_SATS, le=AMOUNT_MAX_SATS, description="sats")
     projectId: str
     idempotencyKey: str | None = Field(
@@ -36,7 +66,36 @@ class PayoutRequest(Body):
     expiresIn: int | None = Field(None, ge=EXPIRES_IN_MIN_S, le=EXPIRES_IN_MAX_S)
     description: str | None = Field(None, max_length=DESCRIPTION_MAX_CHARS)
     internalId: str | None = Field(None, max_length=INTERNAL_ID_MAX_CHARS)
-    invoice: str | None = Field(None, description="BOLT11, for the exact amount; no gamertag")
+
+
+def with_one_destination(fields: type[Body], title: str, description: str) -> dict[str, Any]:
+    """`fields` plus exactly one destination: a `oneOf` of one variant per destination field,
+    each requiring its own field and refusing the others (the API's 400 for two)."""
+    schema = fields.model_json_schema()
+    schema["title"] = title
+    schema["description"] = description
+    variants = []
+    for name, field_schema in DESTINATION_SCHEMAS.items():
+        others = [other for other in DESTINATION_SCHEMAS if other != name]
+        variants.append(
+            {
+                "title": f"{title} to a {name}",
+                "type": "object",
+                "properties": {name: field_schema},
+                "required": [name],
+                "not": {"anyOf": [{"required": [other]} for other in others]},
+            }
+        )
+    schema["oneOf"] = variants
+    return schema
+
+
+PayoutRequest = with_one_destination(
+    PayoutFields,
+    "PayoutRequest",
+    "A payout: its amount, project and exactly one destination (gamertag, "
+    "lightningAddress or invoice).",
+)
 
 
 PAYOUT_EXAMPLE: dict[str, Any] = {
@@ -93,15 +152,28 @@ class StatusChange(Body):
     status: str = Field(description="pending, completed, expired or error")
 
 
-class BatchItem(Body):
-    """One payout of a batch: a single POST /payouts body without projectId."""
+class BatchItemFields(Body):
+    """One payout of a batch besides its destination: a POST /payouts body without projectId."""
 
-    gamertag: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     amount: int = Field(ge=AMOUNT_MIN_SATS, le=AMOUNT_MAX_SATS, description="sats")
-    idempotencyKey: str | None = Field(None, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS)
+    idempotencyKey: str | None = Field(
+        None,
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX_CHARS,
+        description="Default: `<batch key>#<index>`.",
+    )
     internalId: str | None = Field(None, max_length=INTERNAL_ID_MAX_CHARS)
     description: str | None = Field(None, max_length=DESCRIPTION_MAX_CHARS)
     callbackUrl: str | None = Field(None, max_length=CALLBACK_URL_MAX_CHARS)
+    expiresIn: int | None = Field(None, ge=EXPIRES_IN_MIN_S, le=EXPIRES_IN_MAX_S)
+
+
+BatchItem = with_one_destination(
+    BatchItemFields,
+    "BatchItem",
+    "One payout of a batch: amount and exactly one destination; each item is checked as a "
+    "single POST /payouts is, and a refused item is answered in its place.",
+)
 
 
 class BatchRequest(Body):
@@ -109,8 +181,14 @@ class BatchRequest(Body):
 
     projectId: str
     items: list[dict[str, Any]] = Field(
-        min_length=1, max_length=1000, description="BatchItem objects"
+        min_length=1,
+        max_length=1000,
+        description="BatchItem objects (components/schemas/BatchItem); a malformed item is "
+        "answered in its place, the others are paid.",
     )
+
+
+EXTRA_SCHEMAS["BatchItem"] = BatchItem
 
 
 class BatchItemAnswer(Model):
