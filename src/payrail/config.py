@@ -97,6 +97,9 @@ class Settings:
     sandbox_webhook_secret: str = DEFAULT_SANDBOX_WEBHOOK_SECRET
     callback_allow_hosts: tuple[str, ...] = ()  # hosts/CIDRs exempt from the private-address ban
     metrics_token: str = ""  # set: GET /metrics needs "Authorization: Bearer <token>"
+    # The ZBD-compatible API (docs/zbd.md): a /v0 payout's internalId is its idempotency
+    # key when it carries no Idempotency-Key header (ZBD itself does not dedupe on it).
+    zbd_internal_id_idempotent: bool = False
     # Card payments (docs/card-payments.md).
     stripe_backend: str = "simulator"  # simulator | stripe
     stripe_api_key: str = DEFAULT_SANDBOX_STRIPE_API_KEY
@@ -193,6 +196,8 @@ class Settings:
             ),
             stripe_backend=env.get("PAYRAIL_STRIPE_BACKEND", _default_stripe_backend(env, mode)),
             metrics_token=env.get("PAYRAIL_METRICS_TOKEN", ""),
+            zbd_internal_id_idempotent=env.get("PAYRAIL_ZBD_INTERNAL_ID_IDEMPOTENT", "0")
+            in ("1", "true", "yes"),
             stripe_api_key=env.get(
                 "PAYRAIL_STRIPE_API_KEY",
                 DEFAULT_SANDBOX_STRIPE_API_KEY if mode == "sandbox" else "",

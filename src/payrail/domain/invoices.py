@@ -30,6 +30,10 @@ class Invoice:
     expires_at_ms: int
     description_hash: str | None
     payee: str | None
+    # Read for the ZBD-compatible decode (POST /v0/decode-invoice); no check uses them.
+    description: str | None = None
+    payment_secret: str | None = None
+    signature: str | None = None  # the 64-byte compact signature, hex
 
 
 def decode(text: str) -> Invoice:
@@ -50,6 +54,9 @@ def decode(text: str) -> Invoice:
         expires_at_ms=(decoded.date + decoded.expiry) * 1000,
         description_hash=decoded.description_hash,
         payee=decoded.payee,
+        description=decoded.description,
+        payment_secret=decoded.payment_secret,
+        signature=decoded.signature.signature_data[:64].hex() if decoded.signature else None,
     )
 
 

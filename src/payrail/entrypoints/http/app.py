@@ -30,6 +30,7 @@ from payrail.entrypoints.http import payouts as payout_routes
 from payrail.entrypoints.http import projects as project_routes
 from payrail.entrypoints.http import recipients as recipient_routes
 from payrail.entrypoints.http import sandbox as sandbox_routes
+from payrail.entrypoints.http import zbd as zbd_routes
 from payrail.entrypoints.http.context import ApiContext
 from payrail.entrypoints.http.limits import BodyLimit, RequestLineText
 from payrail.entrypoints.http.models import install_openapi
@@ -113,6 +114,7 @@ def create_app(
     deposit_routes.install(api, ctx)
 
     app.include_router(api)
+    zbd_routes.install(app, ctx)  # ZBD's API at /v0 (docs/zbd.md), same services
     dashboard_routes.install(app, ctx)  # HTML at /dashboard, outside /api/v1 and its schema
     install_openapi(app)
 

@@ -1,0 +1,337 @@
+"""The ZBD-compatible API (/v0) against the ASGI app, on SQLite and PostgreSQL: ZBD's shapes,
+units and statuses over payrail's one payout engine, balances asserted after every payment.
+
+The official SDKs drive a real server in tests/test_zbd_sdk.py; this file covers every answer
+and refusal in detail."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import bolt11
+import httpx
+import pytest
+from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, balance_of
+from lightning_kit import AddressServer, make_invoice
+
+from payrail.entrypoints.http.app import create_app
+
+FEE_BPS = 200  # the fee these tests expect payrail to charge: ceil(2%)
+
+
+def cost(sats: int) -> int:
+    return sats + -(-sats * FEE_BPS // 10_000)
+
+
+@pytest.fixture
+def address_server():
+    server = AddressServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(settings, address_server):
+    return dataclasses.replace(settings, lnurl_insecure_hosts=(address_server.host,))
+
+
+@pytest.fixture
+async def zbd(settings, rt):
+    app = create_app(settings, runtime=rt, migrate_db=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test/v0",
+        headers={"apikey": SANDBOX_KEY},
+    ) as c:
+        yield c
+
+
+def assert_zbd_error(response: httpx.Response, status: int, code: str) -> dict:
+    """ZBD's error shape: success false and a message; payrail's code in data.error."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["success"] is False and isinstance(body["message"], str) and body["message"]
+    assert body["data"]["error"] == code, body
+    return body
+
+
+async def test_wallet_is_the_project_balance_in_msat_strings(zbd, client):
+    response = await zbd.get("/wallet")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True and body["message"] == "Successfully retrieved Wallet."
+    assert body["data"] == {"balance": "100000000", "unit": "msats", "walletId": PROJECT}
+    assert await balance_of(client) == 100_000
+
+
+async def test_gamertag_payment_charges_amount_and_fee_and_reads_back(zbd, client):
+    response = await zbd.post(
+        "/gamertag/send-payment",
+        json={"gamertag": "player1", "amount": "1000000", "description": "GG"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True and body["message"] == "Payment done."
+    data = body["data"]
+    assert data["status"] == "settled" and data["amount"] == "1000000"
+    assert data["receiverId"] == "player1" and data["comment"] == "GG"
+    assert data["transactionId"] == data["id"] and data["settledAt"]
+    assert await balance_of(client) == 100_000 - cost(1000)
+    wallet = (await zbd.get("/wallet")).json()["data"]
+    assert wallet["balance"] == str((100_000 - cost(1000)) * 1000)
+
+    got = await zbd.get(f"/gamertag/transaction/{data['transactionId']}")
+    assert got.status_code == 200, got.text
+    tx = got.json()["data"]
+    assert tx["status"] == "TRANSACTION_STATUS_COMPLETED"
+    assert (tx["amount"], tx["fee"], tx["unit"]) == ("1000000", "20000", "msats")
+    assert tx["confirmedAt"] == data["settledAt"] and tx["processedAt"]
+    # The same payout through payrail's own API: one engine, one record.
+    own = (await client.get(f"/payouts/{data['id']}")).json()["data"]
+    assert (own["amount"], own["fee"], own["status"]) == (1000, 20, "completed")
+
+
+@pytest.mark.parametrize(
+    ("amount", "status", "code"),
+    [
+        ("1500", 400, "INVALID_AMOUNT"),  # not a whole number of sats
+        ("999", 400, "INVALID_AMOUNT"),
+        ("0", 400, "INVALID_AMOUNT"),
+        ("-1000", 400, "INVALID_AMOUNT"),
+        ("1e6", 400, "INVALID_AMOUNT"),
+        ("1000.0", 400, "INVALID_AMOUNT"),
+        (" 1000", 400, "INVALID_AMOUNT"),
+        ("١٠٠٠", 400, "INVALID_AMOUNT"),  # Arabic-Indic digits: str.isdigit() says yes
+        ("9" * 31, 400, "INVALID_AMOUNT"),
+        (1000.5, 400, "INVALID_AMOUNT"),
+        (True, 400, "INVALID_AMOUNT"),
+        ([1000], 400, "INVALID_AMOUNT"),
+        (None, 400, "VALIDATION_ERROR"),
+        ("", 400, "VALIDATION_ERROR"),
+        ("100001000", 400, "INVALID_AMOUNT"),  # 100,001 sats: over payrail's payout limit
+    ],
+)
+async def test_bad_amounts_are_refused_in_zbds_shape_and_nothing_moves(
+    zbd, client, amount, status, code
+):
+    response = await zbd.post("/gamertag/send-payment", json={"gamertag": "p", "amount": amount})
+    body = assert_zbd_error(response, status, code)
+    assert response.headers["x-should-retry"] == "false"
+    if amount == "1500":
+        assert "whole number of sats" in body["message"]
+    if amount == "100001000":  # payrail's limit, stated in the client's unit
+        assert "from 1000 to 100000000" in body["message"]
+        assert body["data"]["maxAmount"] == "100000000"
+    assert await balance_of(client) == 100_000
+    assert (await client.get("/payouts")).json()["data"]["count"] == 0
+
+
+async def test_an_integer_msat_amount_is_accepted_as_zbds_sdks_may_send_it(zbd, client):
+    response = await zbd.post("/gamertag/send-payment", json={"gamertag": "p", "amount": 21000})
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["amount"] == "21000"
+    assert await balance_of(client) == 100_000 - cost(21)
+
+
+async def test_insufficient_balance_is_zbds_400_with_its_sentence_and_nothing_moves(zbd, client):
+    # 100,000 sats cost 102,000 with the fee; the wallet holds 100,000.
+    response = await zbd.post(
+        "/gamertag/send-payment", json={"gamertag": "whale", "amount": "100000000"}
+    )
+    body = assert_zbd_error(response, 400, "INSUFFICIENT_BALANCE")
+    assert body["message"].startswith("You do not have enough funds for this transaction and fees.")
+    assert body["data"]["totalCost"] == 102_000
+    assert await balance_of(client) == 100_000
+
+
+async def test_the_admin_key_has_no_wallet(zbd):
+    response = await zbd.get("/wallet", headers={"apikey": ADMIN_KEY})
+    assert_zbd_error(response, 403, "FORBIDDEN")
+    assert_zbd_error(await zbd.get("/wallet", headers={"apikey": "nope"}), 401, "UNAUTHORIZED")
+
+
+async def test_another_wallets_payment_is_not_found(zbd, client):
+    paid = (
+        await zbd.post("/gamertag/send-payment", json={"gamertag": "a", "amount": "1000"})
+    ).json()["data"]
+    created = await client.post(
+        "/projects", json={"id": "other_studio"}, headers={"apikey": ADMIN_KEY}
+    )
+    other = {"apikey": created.json()["data"]["apiKey"]}
+    for path in (f"/gamertag/transaction/{paid['id']}", f"/payments/{paid['id']}"):
+        assert_zbd_error(await zbd.get(path, headers=other), 404, "PAYOUT_NOT_FOUND")
+    assert (await zbd.get(f"/payments/{paid['id']}")).status_code == 200
+
+
+async def test_same_idempotency_key_pays_once_and_another_body_is_refused(zbd, client):
+    key = {"Idempotency-Key": "reward-7"}
+    body = {"gamertag": "player7", "amount": "5000000"}
+    first = await zbd.post("/gamertag/send-payment", json=body, headers=key)
+    again = await zbd.post("/gamertag/send-payment", json=body, headers=key)
+    assert first.status_code == again.status_code == 200, again.text
+    assert first.json()["data"]["id"] == again.json()["data"]["id"]
+    assert await balance_of(client) == 100_000 - cost(5000)
+    reused = await zbd.post(
+        "/gamertag/send-payment", json=body | {"amount": "6000000"}, headers=key
+    )
+    assert_zbd_error(reused, 422, "IDEMPOTENCY_KEY_REUSED")
+    assert await balance_of(client) == 100_000 - cost(5000)
+
+
+async def test_without_a_key_each_post_is_a_new_payment(zbd, client):
+    body = {"gamertag": "player8", "amount": "1000000"}
+    ids = {
+        (await zbd.post("/gamertag/send-payment", json=body)).json()["data"]["id"] for _ in range(2)
+    }
+    assert len(ids) == 2  # ZBD's own behaviour: it dedupes on nothing
+    assert await balance_of(client) == 100_000 - 2 * cost(1000)
+
+
+async def test_internal_id_is_the_key_when_the_studio_turns_it_on(settings, rt, client):
+    app = create_app(
+        dataclasses.replace(settings, zbd_internal_id_idempotent=True),
+        runtime=rt,
+        migrate_db=False,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test/v0",
+        headers={"apikey": SANDBOX_KEY},
+    ) as zbd:
+        invoice = make_invoice(2_000_000)
+        body = {"invoice": invoice, "internalId": "order-9"}
+        first = await zbd.post("/payments", json=body)
+        again = await zbd.post("/payments", json=body)
+        assert first.status_code == again.status_code == 200, again.text
+        assert first.json()["data"]["id"] == again.json()["data"]["id"]
+        assert first.json()["data"]["internalId"] == "order-9"
+        assert await balance_of(client) == 100_000 - cost(2000)
+        other = await zbd.post(
+            "/payments", json={"invoice": make_invoice(3_000_000), "internalId": "order-9"}
+        )
+        body = assert_zbd_error(other, 422, "IDEMPOTENCY_KEY_REUSED")
+        assert other.headers["x-should-retry"] == "false"
+    assert await balance_of(client) == 100_000 - cost(2000)
+
+
+async def test_a_refused_payment_is_rolled_back_and_answered_as_failed(zbd, client):
+    injected = await client.post(
+        "/test/failure-injection", json={"enabled": True, "failureRate": 1.0}
+    )
+    assert injected.status_code == 200, injected.text
+    response = await zbd.post(
+        "/gamertag/send-payment", json={"gamertag": "unlucky", "amount": "1000000"}
+    )
+    body = assert_zbd_error(response, 502, "PAYMENT_FAILED")
+    assert body["data"]["status"] == "failed" and body["data"]["amount"] == "1000000"
+    assert response.headers["x-should-retry"] == "false"  # no key: a resend is a new payout
+    tx = (await zbd.get(f"/gamertag/transaction/{body['data']['id']}")).json()["data"]
+    assert tx["status"] == "TRANSACTION_STATUS_FAILED"
+    assert await balance_of(client) == 100_000
+
+
+async def test_invoice_payment_is_paid_for_the_invoices_amount_and_fetched(zbd, client):
+    invoice = make_invoice(10_000_000, description="Master Sword")
+    response = await zbd.post(
+        "/payments",
+        json={"invoice": invoice, "description": "sword", "internalId": "i-1"},
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert response.json()["message"] == "Payment done."
+    assert (data["amount"], data["fee"], data["unit"]) == ("10000000", "200000", "msats")
+    assert data["status"] == "completed" and data["invoice"] == invoice.lower()
+    assert data["internalId"] == "i-1" and data["walletId"] == PROJECT
+    assert await balance_of(client) == 100_000 - cost(10_000)
+    got = await zbd.get(f"/payments/{data['id']}")
+    assert got.json()["message"] == "Fetched Payment." and got.json()["data"] == data
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"invoice": "lnbc-not-an-invoice"}, "INVALID_INVOICE"),
+        ({"invoice": make_invoice(None)}, "INVALID_INVOICE"),  # amountless: payrail refuses
+        ({"invoice": make_invoice(None), "amount": "5000"}, "INVALID_INVOICE"),
+        ({"invoice": make_invoice(10_000), "amount": "20000"}, "INVALID_INVOICE"),
+        ({"invoice": make_invoice(1_500)}, "INVALID_AMOUNT"),  # 1.5 sats
+        ({"invoice": make_invoice(5_000, currency="tb")}, "INVALID_INVOICE"),  # testnet
+        ({}, "VALIDATION_ERROR"),
+    ],
+)
+async def test_bad_invoices_are_refused_and_nothing_moves(zbd, client, body, code):
+    assert_zbd_error(await zbd.post("/payments", json=body), 400, code)
+    assert await balance_of(client) == 100_000
+
+
+async def test_lightning_address_payment_fetches_one_invoice_for_the_exact_amount(
+    zbd, client, address_server
+):
+    address = address_server.address("alice")
+    response = await zbd.post(
+        "/ln-address/send-payment",
+        json={"lnAddress": address, "amount": "3000000", "comment": "for you"},
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    ((name, msat, invoice),) = address_server.issued
+    assert (name, msat) == ("alice", 3_000_000)
+    assert data["invoice"] == invoice and data["lnAddress"] == address
+    assert (data["status"], data["comment"], data["amount"]) == ("completed", "for you", "3000000")
+    assert await balance_of(client) == 100_000 - cost(3000)
+
+
+async def test_gamertag_transaction_is_only_for_gamertag_payments(zbd):
+    paid = (await zbd.post("/payments", json={"invoice": make_invoice(1_000_000)})).json()
+    missing = await zbd.get(f"/gamertag/transaction/{paid['data']['id']}")
+    assert_zbd_error(missing, 404, "PAYOUT_NOT_FOUND")
+
+
+async def test_decode_invoice_reads_what_payrail_checks_before_paying(zbd):
+    invoice = make_invoice(212_325_000, description="Paying for Master Sword #5546")
+    response = await zbd.post("/decode-invoice", json={"invoice": invoice})
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    decoded = bolt11.decode(invoice)
+    assert data["amount"] == "212325000" and data["network"] == "bitcoin"
+    assert data["description"] == "Paying for Master Sword #5546"
+    assert data["paymentHash"] == decoded.payment_hash
+    assert data["paymentSecret"] == decoded.payment_secret and data["payee"] == decoded.payee
+    assert len(data["signature"]) == 128 and data["lnRequest"] == invoice
+    assert (await zbd.get("/decode-invoice", params={"invoice": invoice})).json()["data"] == data
+    bad = await zbd.post("/decode-invoice", json={"invoice": "lnbc1nope"})
+    assert (
+        "Could not decode the provided invoice"
+        in assert_zbd_error(bad, 400, "INVALID_INVOICE")["message"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("POST", "/withdrawal-requests", "ZBD_ENDPOINT_NOT_BUILT"),
+        ("GET", "/withdrawal-requests/abc", "ZBD_ENDPOINT_NOT_BUILT"),
+        ("GET", "/prod-ips", "ZBD_ENDPOINT_NOT_OFFERED"),
+        ("GET", "/is-supported-region/1.2.3.4", "ZBD_ENDPOINT_NOT_OFFERED"),
+        ("POST", "/gamertag/charges", "ZBD_ENDPOINT_NOT_OFFERED"),
+        ("POST", "/static-charges", "ZBD_ENDPOINT_NOT_OFFERED"),
+    ],
+)
+async def test_endpoints_payrail_does_not_offer_say_so(zbd, client, method, path, code):
+    response = await zbd.request(method, path, json={"amount": "1000"})
+    assert_zbd_error(response, 501, code)
+    assert response.headers["x-should-retry"] == "false"
+    assert await balance_of(client) == 100_000
+
+
+async def test_malformed_bodies_get_zbds_shape(zbd):
+    response = await zbd.post(
+        "/gamertag/send-payment", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert_zbd_error(response, 400, "VALIDATION_ERROR")
+    response = await zbd.post("/gamertag/send-payment", json=["not", "an", "object"])
+    assert_zbd_error(response, 400, "VALIDATION_ERROR")
+    response = await zbd.post(
+        "/gamertag/send-payment", content=b"amount=1000", headers={"content-type": "text/plain"}
+    )
+    assert_zbd_error(response, 415, "UNSUPPORTED_MEDIA_TYPE")
