@@ -45,6 +45,9 @@ def run(host: str, port: int, processes: int, **uvicorn_options: Any) -> None:
     """Serve on host:port with `processes` processes (1: in this process, no parent)."""
     import uvicorn
 
+    # log_config=None: uvicorn installs no plain-text handlers of its own; its records go to
+    # the root logger, which payrail renders as JSON (support/logging.py).
+    uvicorn_options.setdefault("log_config", None)
     if processes == 1 or not hasattr(socket, "SO_REUSEPORT"):
         uvicorn.run(
             APP_FACTORY, factory=True, host=host, port=port, workers=processes, **uvicorn_options

@@ -38,7 +38,39 @@ def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    """payrail's events and every library's stdlib log records (uvicorn, httpx, stripe, …)
+    as one JSON object per line, through the same processors (redaction included)."""
+    numeric = logging.getLevelName(level.upper())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    handler = _StdlibHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, redact],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    # Handlers another library installed on the root (basicConfig) would print plain text.
+    for old in list(root.handlers):
+        if isinstance(old, logging.StreamHandler) and old.stream in (sys.stderr, sys.stdout):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # uvicorn's own handlers (its default log config) print plain text: route to the root.
+        named = logging.getLogger(name)
+        named.handlers.clear()
+        named.propagate = True
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -47,11 +79,26 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=lambda *_: LineWriter(stream),
         # Not cached: a reconfiguration (CLI commands, tests) reaches every module's logger.
         cache_logger_on_first_use=False,
     )
+
+
+class _StdlibHandler(logging.Handler):
+    """The root logger's handler: each record rendered as JSON, written like payrail's own."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__()
+        self._writer = LineWriter(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # a library's malformed record must not take a request down
+            line = '{"event": "unformattable_log_record", "level": "error"}'
+        self._writer.msg(line)
 
 
 class LineWriter:

@@ -6,6 +6,7 @@ The resource commands (`payouts`, `projects`) live in cli_resources.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 
@@ -15,6 +16,11 @@ from rich.console import Console
 from payrail import __version__
 from payrail.config import SANDBOX_PROJECT_ID, Settings, UnsafeSettings
 from payrail.entrypoints.cli import resources as cli_resources
+from payrail.entrypoints.cli.preflight import (
+    check_database_file,
+    check_port_free,
+    database_errors,
+)
 from payrail.entrypoints.cli.resources import print_table
 from payrail.support.logging import configure
 from payrail.support.wording import plural
@@ -47,22 +53,15 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _ensure_sqlite_dir(settings: Settings) -> None:
-    if settings.database_url.startswith("sqlite:///"):
-        path = settings.database_url.removeprefix("sqlite:///")
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-
-
 @app.command()
 def migrate() -> None:
     """Upgrade the database schema to the latest revision."""
     from payrail.db.migrate import upgrade
 
     settings = _settings()
-    _ensure_sqlite_dir(settings)
-    upgrade(settings.database_url)
+    check_database_file(settings, create=True)
+    with database_errors(settings):
+        upgrade(settings.database_url)
     console.print("[green]database is at the latest revision[/green]")
 
 
@@ -78,18 +77,14 @@ def serve(
 
     settings = _settings()
     _refuse_sqlite_processes(settings, workers)
-    _ensure_sqlite_dir(settings)
-    upgrade(settings.database_url)
-    if settings.sandbox:
-        console.print(
-            f"[bold]payrail sandbox[/bold] on http://{settings.host}:{settings.port}\n"
-            f"  database      {settings.database_url}\n"
-            f"  project       {SANDBOX_PROJECT_ID} (100,000 sats)\n"
-            f"  project key   apikey: {settings.sandbox_api_key}\n"
-            f"  admin key     apikey: {settings.admin_key}\n"
-            f"  try           curl -s -H 'apikey: {settings.sandbox_api_key}' "
-            f"http://{settings.host}:{settings.port}/api/v1/projects/{SANDBOX_PROJECT_ID}/balance"
-        )
+    check_port_free(settings.host, settings.port)  # before anything starts or is written
+    check_database_file(settings, create=True)
+    configure(log_level)  # the CLI's own lines (and the libraries') as JSON, as the server's
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per revision: noise here
+    with database_errors(settings):
+        upgrade(settings.database_url)
+        balance = _sandbox_balance(settings) if settings.sandbox else None
+    print(start_banner(settings, balance), flush=True)
     os.environ["PAYRAIL_MIGRATED"] = "1"
     os.environ["PAYRAIL_LOG_LEVEL"] = log_level
     _prepare_multiprocess_metrics(workers)
@@ -104,6 +99,43 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
+    )
+
+
+def _sandbox_balance(settings: Settings) -> int:
+    """The sandbox project's balance now (seeded first, as the server does at start)."""
+    from payrail.bootstrap import build_runtime
+    from payrail.services import projects
+
+    async def main() -> int:
+        rt = build_runtime(settings)
+        try:
+            await projects.seed_sandbox(rt)
+            return int((await projects.balance(rt, SANDBOX_PROJECT_ID))["balance"])
+        finally:
+            await rt.aclose()
+
+    return asyncio.run(main())
+
+
+def start_banner(settings: Settings, balance: int | None) -> str:
+    """What `serve` prints on stdout before it starts (its logs go to stderr, as JSON)."""
+    base = f"http://{settings.host}:{settings.port}"
+    if not settings.sandbox or balance is None:
+        return f"payrail (production) on {base}  ·  docs {base}/docs  ·  dashboard {base}/dashboard"
+    key = settings.sandbox_api_key
+    return "\n".join(
+        [
+            f"payrail sandbox on {base}",
+            f"  dashboard     {base}/dashboard (sign in with either key below)",
+            f"  API docs      {base}/docs",
+            f"  database      {settings.database_url}",
+            f"  project       {SANDBOX_PROJECT_ID}, balance {balance:,} sats",
+            f"  project key   apikey: {key}",
+            f"  admin key     apikey: {settings.admin_key}",
+            f"  try           curl -s -H 'apikey: {key}' "
+            f"{base}/api/v1/projects/{SANDBOX_PROJECT_ID}/balance",
+        ]
     )
 
 
@@ -148,6 +180,7 @@ def worker(
 
     configure()
     settings = _settings()
+    check_database_file(settings, create=False)
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -184,7 +217,8 @@ def worker(
             await asyncio.gather(*background)
             await rt.aclose()
 
-    asyncio.run(main())
+    with database_errors(settings):
+        asyncio.run(main())
 
 
 @app.command()
@@ -195,6 +229,7 @@ def recover() -> None:
 
     configure("warning")
     settings = _settings()
+    check_database_file(settings, create=False)
 
     async def main() -> int:
         rt = build_runtime(settings)
@@ -203,7 +238,8 @@ def recover() -> None:
         finally:
             await rt.aclose()
 
-    ran = asyncio.run(main())
+    with database_errors(settings):
+        ran = asyncio.run(main())
     console.print(f"ran {ran} due jobs")
 
 
@@ -221,6 +257,7 @@ def reconcile(
 
     configure("warning")
     settings = _settings()
+    check_database_file(settings, create=False)
 
     async def main() -> rec.Report | str:
         rt = build_runtime(settings)
@@ -231,7 +268,10 @@ def reconcile(
             await rt.aclose()
 
     try:
-        report = asyncio.run(main())
+        with database_errors(settings):
+            report = asyncio.run(main())
+    except typer.Exit:
+        raise
     except Exception as exc:  # no verdict: the checks could not run (exit 2, not 1)
         Console(stderr=True).print(
             f"[red]reconcile could not run[/red]: {type(exc).__name__}: {exc}"
@@ -292,7 +332,9 @@ def callbacks_list(
         finally:
             await rt.aclose()
 
-    rows = asyncio.run(main())
+    check_database_file(settings, create=False)
+    with database_errors(settings):
+        rows = asyncio.run(main())
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -332,8 +374,10 @@ def callbacks_replay(callback_id: str) -> None:
         finally:
             await rt.aclose()
 
+    check_database_file(settings, create=False)
     try:
-        asyncio.run(main())
+        with database_errors(settings):
+            asyncio.run(main())
     except PayrailError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None

@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from payrail.config import Settings, UnsafeSettings
+from payrail.db.availability import is_database_unavailable
+from payrail.entrypoints.cli.preflight import check_database_file, database_errors
 from payrail.support.logging import configure
 from payrail.support.wording import plural
 
@@ -77,7 +79,9 @@ async def schema_problem(rt: Any) -> str | None:
             current = sorted(
                 (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars()
             )
-    except Exception:
+    except Exception as exc:
+        if is_database_unavailable(exc):
+            raise  # unreachable is not "never migrated": the caller says which URL to check
         current = []
     if current == [head]:
         return None
@@ -95,6 +99,7 @@ def run(action: Callable[[Any], Awaitable[T]]) -> T:
 
     configure("warning")
     settings = settings_from_env()
+    check_database_file(settings, create=False)
 
     async def main() -> T:
         rt = build_runtime(settings)
@@ -108,7 +113,8 @@ def run(action: Callable[[Any], Awaitable[T]]) -> T:
             await rt.aclose()
 
     try:
-        return asyncio.run(main())
+        with database_errors(settings):
+            return asyncio.run(main())
     except PayrailError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
