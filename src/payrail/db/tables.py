@@ -630,6 +630,30 @@ sim_node_invoices = Table(
     Column("paid_at", BigInteger, nullable=True),
 )
 
+# A rotated-out project API key that still authenticates until expires_at (migration 0016;
+# services/project_keys.py): at most one per project.
+project_previous_keys = Table(
+    "project_previous_keys",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("expires_at", BigInteger, nullable=False),
+)
+
+# The audit of API key rotations: who, why, the grace given, when.
+project_key_events = Table(
+    "project_key_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", String(64), nullable=False),
+    Column("actor", String(120), nullable=False),
+    Column("reason", String(200), nullable=True),
+    Column("grace_s", Integer, nullable=False),
+    Column("previous_expires_at", BigInteger, nullable=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Index("ix_project_key_events_project", "project_id", "at_ms"),
+)
+
 
 def insert_row(table: Table, dialect_insert: Any = insert) -> Any:
     """INSERT of whole rows (a dict per row with every column), built once by its caller.

@@ -9,7 +9,7 @@ from fastapi import Request
 
 from payrail.bootstrap import Runtime
 from payrail.domain import errors
-from payrail.services import projects
+from payrail.services import project_keys, projects
 
 KEY_CACHE_TTL_MS = 5_000
 KEY_CACHE_MAX = 10_000
@@ -61,6 +61,8 @@ async def authenticate(rt: Runtime, cache: KeyCache, request: Request) -> Princi
     project_id = cache.get(key_hash, now)
     if project_id is None:
         project_id = await projects.project_for_key(rt, key)
+        if project_id is None:  # a rotated-out key, while its grace period lasts
+            project_id = await project_keys.project_for_previous_key(rt, key_hash)
         if project_id is None:
             raise errors.Unauthorized("Invalid API key.")
         cache.put(key_hash, project_id, now)

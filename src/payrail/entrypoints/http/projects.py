@@ -1,5 +1,5 @@
-"""HTTP routes of projects: create (admin), balance, fund, webhook-secret rotation (admin),
-the recipient guard's per-project settings (admin)."""
+"""HTTP routes of projects: create and list (admin), balance, fund, API key and webhook-secret
+rotation (admin), the recipient guard's per-project settings (admin)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from payrail.entrypoints.http.context import ApiContext
-from payrail.entrypoints.http.errors import envelope, mark_replayed, read_json
-from payrail.entrypoints.http.models import doc, header_param
+from payrail.entrypoints.http.errors import envelope, int_param, mark_replayed, page_data, read_json
+from payrail.entrypoints.http.models import doc, header_param, limit_param, query_param
 from payrail.entrypoints.http.models.projects import (
     Balance,
     CreatedProject,
     Funding,
     FundRequest,
+    KeyHistory,
+    KeyRotation,
     NewProject,
+    ProjectPage,
+    RotatedKey,
     RotatedSecret,
     Rotation,
 )
 from payrail.entrypoints.http.models.recipients import GuardOverrides, RecipientGuard
-from payrail.services import projects, recipient_guard, webhook_secrets
+from payrail.services import project_keys, projects, recipient_guard, webhook_secrets
 from payrail.support.clock import iso
 
 
@@ -53,6 +57,77 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             data,
             201,
         )
+
+    @api.get(
+        "/projects",
+        **doc(
+            ok={200: (ProjectPage, "Newest first, with each key's rotation state")},
+            errors={400: ("VALIDATION_ERROR",), 403: ("FORBIDDEN",)},
+            query=[
+                limit_param(project_keys.LIST_LIMIT_MAX, project_keys.LIST_LIMIT_DEFAULT),
+                query_param("cursor", "data.nextCursor of the previous page"),
+            ],
+            summary="Admin: list projects",
+        ),
+    )
+    async def list_projects(request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        q = request.query_params
+        limit = int_param(
+            q.get("limit"), "limit", project_keys.LIST_LIMIT_DEFAULT, 1, project_keys.LIST_LIMIT_MAX
+        )
+        page, cursor = await project_keys.list_projects(rt, limit, q.get("cursor"))
+        return envelope(True, "Projects", page_data("projects", page, cursor), 200)
+
+    @api.post(
+        "/projects/{project_id}/keys",
+        **doc(
+            ok={201: (RotatedKey, "The new key (shown once); the old one works until its time")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            body=KeyRotation,
+            body_required=False,
+            body_example={"gracePeriodSeconds": 3600, "reason": "yearly rotation"},
+            summary="Admin: rotate a project's API key",
+        ),
+    )
+    async def rotate_key(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        grace_s, reason = project_keys.parse_rotation(await read_json(request))
+        actor = "admin:" + (request.client.host if request.client else "unknown")
+        rotated = await project_keys.rotate(rt, project_id, grace_s, actor, reason)
+        ctx.keys.clear()  # this process forgets the old key's cached project at once
+        expires = rotated.previous_expires_at_ms
+        data = {
+            "projectId": rotated.project_id,
+            "apiKey": rotated.api_key,
+            "previousKeyExpiresAt": iso(expires) if expires is not None else None,
+        }
+        ended = f"works until {data['previousKeyExpiresAt']}" if expires else "no longer works"
+        message = f"API key rotated: store the new key now (shown once); the old key {ended}."
+        return envelope(True, message, data, 201)
+
+    @api.get(
+        "/projects/{project_id}/keys",
+        **doc(
+            ok={200: (KeyHistory, "Every rotation of the project's key, newest first")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            summary="Admin: the audit of a project's key rotations",
+        ),
+    )
+    async def key_history(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        await projects.get_project(rt, project_id)
+        rotations = await project_keys.key_history(rt, project_id)
+        expiry = await project_keys.previous_key_expiry(rt, project_id)
+        data = {
+            "projectId": project_id,
+            "rotations": rotations,
+            "previousKeyExpiresAt": expiry,
+        }
+        return envelope(True, "Key rotations", data, 200)
 
     @api.post(
         "/projects/{project_id}/webhook-secret/rotate",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from payrail.entrypoints.http.models import Body, Model
+from payrail.entrypoints.http.models import Body, Model, StrictBody
+from payrail.services.project_keys import KEY_GRACE_DEFAULT_S, KEY_GRACE_MAX_S, REASON_MAX_CHARS
 from payrail.services.projects import FUND_MAX_SATS, PROJECT_NAME_MAX_CHARS
 
 
@@ -52,3 +53,50 @@ class RotatedSecret(Model):
     projectId: str
     webhookSecret: str
     previousSecretExpiresAt: str | None
+
+
+class ProjectSummary(Project):
+    keyRotatedAt: str | None = Field(description="The last API key rotation, if any.")
+    previousKeyExpiresAt: str | None = Field(
+        description="Until when the rotated-out key still works (null: no such key)."
+    )
+
+
+class ProjectPage(Model):
+    projects: list[ProjectSummary]
+    count: int
+    nextCursor: str | None
+    hasMore: bool
+
+
+class KeyRotation(StrictBody):
+    gracePeriodSeconds: int | None = Field(
+        None,
+        ge=0,
+        le=KEY_GRACE_MAX_S,
+        description=f"How long the old key keeps working (default {KEY_GRACE_DEFAULT_S} s; "
+        "0: revoked at once).",
+    )
+    reason: str | None = Field(None, max_length=REASON_MAX_CHARS, description="For the audit.")
+
+
+class RotatedKey(Model):
+    projectId: str
+    apiKey: str = Field(description="The new key. Shown once.")
+    previousKeyExpiresAt: str | None = Field(
+        description="Until when the old key works; null: it stopped at once."
+    )
+
+
+class KeyEvent(Model):
+    at: str
+    actor: str
+    reason: str | None
+    gracePeriodSeconds: int
+    previousKeyExpiresAt: str | None
+
+
+class KeyHistory(Model):
+    projectId: str
+    rotations: list[KeyEvent]
+    previousKeyExpiresAt: str | None
