@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import os
 import random
 import socket
@@ -73,7 +74,27 @@ class Runtime:
     # A payout's two transactions as one unit each (services/hot_path), or None: the general
     # path, statement by statement.
     hot_path: Any = None
+    # PAYRAIL_READ_DATABASE_URL's engine (a replica), or None: reads() is this runtime.
+    read_engine: AsyncEngine | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _reads: Runtime | None = field(default=None, repr=False)
+
+    def reads(self) -> Runtime:
+        """This runtime with its engine on the read replica, for reads that tolerate a
+        replica's lag (seconds at worst, sub-second normally; docs/deployment.md).
+
+        The rule: only pages a person or a report looks at go there, never anything a decision
+        is taken on. Lists (payouts, recipients, callbacks, orders) and the dashboard's pages
+        may read here. Everything that moves money or takes a lock, every create and its
+        idempotent replay, the worker, reconcile, the balance, and a GET of one payout or
+        order by id (clients poll it right after a 202 to learn the outcome: a replica could
+        answer 404 or an older status) stay on the primary. Without a read replica this is
+        the runtime itself."""
+        if self.read_engine is None:
+            return self
+        if self._reads is None:
+            self._reads = dataclasses.replace(self, engine=self.read_engine, read_engine=None)
+        return self._reads
 
     def crashpoint(self, name: str) -> None:
         if name in self.crashpoints:
@@ -105,6 +126,8 @@ class Runtime:
         if self.hot_path is not None:
             await self.hot_path.aclose()
         await self.engine.dispose()
+        if self.read_engine is not None:
+            await self.read_engine.dispose()
 
 
 def new_worker_id() -> str:
@@ -131,6 +154,8 @@ def build_runtime(
     if provider is None:
         provider = make_provider(settings)
     runtime = Runtime(settings, engine, clock, node, faults, new_worker_id(), provider)
+    if settings.read_database_url:
+        runtime.read_engine = make_engine(settings.read_database_url, settings.db_pool_size)
     if settings.hot_path:
         from payrail.services.hot_path import for_engine
 

@@ -53,6 +53,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 3000
     database_url: str = DEFAULT_DATABASE_URL
+    # A streaming replica (or a pool of them) for reads that tolerate staleness; empty: every
+    # read on database_url. Which reads may go there: payrail/bootstrap.py, Runtime.reads.
+    read_database_url: str = ""
     admin_key: str = DEFAULT_ADMIN_KEY
     sandbox_api_key: str = DEFAULT_SANDBOX_API_KEY
     lightning_backend: str = "simulated"  # simulated | lnd | lnbits
@@ -137,6 +140,7 @@ class Settings:
             host=env.get("PAYRAIL_HOST", "127.0.0.1"),
             port=_int(env, "PAYRAIL_PORT", 3000, 1, 65_535),
             database_url=env.get("PAYRAIL_DATABASE_URL", DEFAULT_DATABASE_URL),
+            read_database_url=env.get("PAYRAIL_READ_DATABASE_URL", ""),
             admin_key=env.get("PAYRAIL_ADMIN_KEY", DEFAULT_ADMIN_KEY),
             sandbox_api_key=env.get("PAYRAIL_SANDBOX_API_KEY", DEFAULT_SANDBOX_API_KEY),
             lightning_backend=env.get(
@@ -262,6 +266,14 @@ class Settings:
             )
         if self.lightning_backend == "lnbits" and not (self.lnbits_url and self.lnbits_admin_key):
             raise UnsafeSettings("PAYRAIL_LNBITS_URL and PAYRAIL_LNBITS_ADMIN_KEY are required")
+        if self.read_database_url and not (
+            self.read_database_url.startswith(("postgresql://", "postgres://"))
+            and self.database_url.startswith(("postgresql://", "postgres://"))
+        ):
+            raise UnsafeSettings(
+                "PAYRAIL_READ_DATABASE_URL is a PostgreSQL replica of a PostgreSQL "
+                "PAYRAIL_DATABASE_URL (postgresql://…)"
+            )
         if self.db_maintenance not in ("auto", "on", "off"):
             raise UnsafeSettings("PAYRAIL_DB_MAINTENANCE must be auto, on or off")
         if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS_CHOICES:

@@ -37,7 +37,7 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             q.get("limit"), "limit", callbacks.LIST_LIMIT_DEFAULT, 1, callbacks.LIST_LIMIT_MAX
         )
         page, cursor = await callbacks.list_callbacks(
-            rt, project_id, status, limit, q.get("cursor")
+            rt.reads(), project_id, status, limit, q.get("cursor")
         )
         data = page_data("callbacks", [callbacks.view(r) for r in page], cursor)
         return envelope(True, "Callbacks", data, 200)

@@ -107,7 +107,7 @@ def install(
             q.get("limit"), "limit", orders.LIST_LIMIT_DEFAULT, 1, orders.LIST_LIMIT_MAX
         )
         page, cursor = await orders.list_orders(
-            rt, scope(who, q.get("projectId")), status, limit, q.get("cursor")
+            rt.reads(), scope(who, q.get("projectId")), status, limit, q.get("cursor")
         )
         data = page_data("orders", [orders.view(r) for r in page], cursor)
         return envelope(True, "Orders", data, 200)

@@ -257,26 +257,28 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
         return response
 
     # ------------------------------------------------------------ pages
+    # Every page reads through rt.reads(): the read replica when PAYRAIL_READ_DATABASE_URL is
+    # set (a person's view tolerates its lag); the actions below stay on the primary.
 
     @router.get("")
     async def overview(request: Request) -> Response:
         viewer = await viewer_of(request)
         q = request.query_params
         window = pages.parse_window(q.get("window"))
-        ids = await pages.project_ids(rt, viewer.scope(q.get("project")))
+        ids = await pages.project_ids(rt.reads(), viewer.scope(q.get("project")))
         if q.get("project") and q["project"] not in ids:
             raise errors.ProjectNotFound(f"No project with id {q['project']}.")
         selected = ids[0] if ids else None
         summary = []
         if viewer.admin:
-            for project_id in await pages.project_ids(rt, None):
-                summary.append(await pages.overview_row(rt, project_id))
+            for project_id in await pages.project_ids(rt.reads(), None):
+                summary.append(await pages.overview_row(rt.reads(), project_id))
         return render(
             request,
             "overview.html",
             viewer=viewer,
             summary=summary,
-            project=await pages.overview(rt, selected, window) if selected else None,
+            project=await pages.overview(rt.reads(), selected, window) if selected else None,
             windows=pages.WINDOWS,
         )
 
@@ -286,7 +288,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
         q = dict(request.query_params)
         parse, fetch, statuses = LISTS[kind]
         f = parse(viewer.scope(q.get("project")), q)
-        rows, next_cursor = await fetch(rt, f, q.get("cursor") or None)
+        rows, next_cursor = await fetch(rt.reads(), f, q.get("cursor") or None)
         return render(
             request,
             f"{kind}.html",
@@ -308,13 +310,13 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
     @router.get("/payouts/{payout_id}")
     async def payout_detail(payout_id: str, request: Request) -> Response:
         viewer = await viewer_of(request)
-        detail = await pages.payout_detail(rt, payout_id, viewer.only_project)
+        detail = await pages.payout_detail(rt.reads(), payout_id, viewer.only_project)
         return render(request, "payout.html", viewer=viewer, **detail)
 
     @router.get("/orders/{order_id}")
     async def order_detail(order_id: str, request: Request) -> Response:
         viewer = await viewer_of(request)
-        detail = await pages.order_detail(rt, order_id, viewer.only_project)
+        detail = await pages.order_detail(rt.reads(), order_id, viewer.only_project)
         return render(request, "order.html", viewer=viewer, **detail)
 
     @router.get("/reconciliation")
@@ -323,7 +325,7 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
         if not viewer.admin:
             raise errors.Forbidden("Reconciliation covers every project: it needs the admin key.")
         return render(
-            request, "reconciliation.html", viewer=viewer, run=await reconcile_runs.last(rt)
+            request, "reconciliation.html", viewer=viewer, run=await reconcile_runs.last(rt.reads())
         )
 
     @router.post("/reconciliation/run")
@@ -342,8 +344,8 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
             request,
             "dead.html",
             viewer=viewer,
-            callbacks=await pages.dead_callbacks(rt, scope),
-            jobs=await pages.dead_jobs(rt) if viewer.admin else None,
+            callbacks=await pages.dead_callbacks(rt.reads(), scope),
+            jobs=await pages.dead_jobs(rt.reads()) if viewer.admin else None,
         )
 
     @router.post("/callbacks/{callback_id}/replay")

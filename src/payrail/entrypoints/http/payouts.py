@@ -204,7 +204,9 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         limit = int_param(
             q.get("limit"), "limit", payouts.LIST_LIMIT_DEFAULT, 1, payouts.LIST_LIMIT_MAX
         )
-        page, cursor = await payouts.list_payouts(rt, project_id, status, limit, q.get("cursor"))
+        page, cursor = await payouts.list_payouts(
+            rt.reads(), project_id, status, limit, q.get("cursor")
+        )
         data = page_data("payouts", [payouts.view(r) for r in page], cursor)
         return envelope(True, "Payouts", data, 200)
 

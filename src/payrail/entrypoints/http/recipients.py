@@ -115,6 +115,8 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         limit = int_param(
             q.get("limit"), "limit", recipients.LIST_LIMIT_DEFAULT, 1, recipients.LIST_LIMIT_MAX
         )
-        page, cursor = await recipients.list_recipients(rt, project_id, limit, q.get("cursor"))
+        page, cursor = await recipients.list_recipients(
+            rt.reads(), project_id, limit, q.get("cursor")
+        )
         data = page_data("recipients", [recipients.view(r) for r in page], cursor)
         return envelope(True, "Recipients", data, 200)
