@@ -94,6 +94,12 @@ class Settings:
     db_maintenance: str = "auto"
     # A pending payout that changed this recently is in motion, not a discrepancy (reconcile).
     reconcile_settle_window_ms: int = 30_000
+    # Retention of rows never read once old (services/retention.py; 0: kept forever), and how
+    # often the pruning sweep runs (once per deployment: services/sweeps.py).
+    retention_jobs_days: int = 7  # done jobs
+    retention_callbacks_days: int = 30  # delivered callbacks and their attempt log
+    retention_batch_keys_days: int = 30  # batch Idempotency-Key records (their replay window)
+    retention_interval_s: int = 300
     flag_guard_interval_s: int = 15  # how often rollback guards are checked (0: never)
     callback_timeout_ms: int = 5_000  # one callback attempt, connect to last byte read
     webhook_secret_grace_s: int = 86_400  # a rotated-out webhook secret keeps signing this long
@@ -181,6 +187,10 @@ class Settings:
             reconcile_settle_window_ms=_int(
                 env, "PAYRAIL_RECONCILE_SETTLE_WINDOW_MS", 30_000, 0, 3_600_000
             ),
+            retention_jobs_days=_int(env, "PAYRAIL_RETENTION_JOBS_DAYS", 7, 0, 36_500),
+            retention_callbacks_days=_int(env, "PAYRAIL_RETENTION_CALLBACKS_DAYS", 30, 0, 36_500),
+            retention_batch_keys_days=_int(env, "PAYRAIL_RETENTION_BATCH_KEYS_DAYS", 30, 0, 36_500),
+            retention_interval_s=_int(env, "PAYRAIL_RETENTION_INTERVAL_S", 300, 0, 86_400),
             flag_guard_interval_s=_int(env, "PAYRAIL_FLAG_GUARD_INTERVAL_S", 15, 0, 3_600),
             callback_timeout_ms=_int(env, "PAYRAIL_CALLBACK_TIMEOUT_MS", 5_000, 100, 60_000),
             callback_concurrency_max=_int(env, "PAYRAIL_CALLBACK_CONCURRENCY_MAX", 16, 1, 1_000),

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from payrail.bootstrap import Runtime, SimulatedCrash
 from payrail.db.tables import worker_heartbeats
 from payrail.jobs import queue
-from payrail.services import batches, callbacks, deposits, order_events, payouts
+from payrail.services import batches, callbacks, deposits, order_events, payouts, sweeps
 from payrail.support import metrics
 from payrail.support.clock import wait_or_stop
 
@@ -31,6 +31,9 @@ log = structlog.get_logger("payrail.worker")
 
 HEARTBEAT_INTERVAL_MS = 5_000  # /ready presumes a worker dead after 30 s without a beat
 HEARTBEAT_KEPT_MS = 86_400_000  # rows of workers gone longer than this are deleted
+# At a stop, a background sweep still running (a reconciliation, a pruning batch) gets this long
+# to finish, then is cancelled: both only read, or delete in transactions of their own.
+SWEEP_STOP_MS = 2_000
 
 Handler = Callable[[Runtime, queue.Job], Awaitable[None]]
 
@@ -234,6 +237,9 @@ async def _farewell(rt: Runtime) -> None:
 
 async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
     log.info("worker_started", worker_id=rt.worker_id)
+    # The sweeps (reconciliation, pruning) run in every worker loop, each under its lease:
+    # once per deployment however many processes run this loop (services/sweeps.py).
+    background = asyncio.create_task(sweeps.run_forever(rt, stop))
     last_beat_ms: int | None = None
     dispatcher = Dispatcher(rt)
     while not stop.is_set():
@@ -252,6 +258,12 @@ async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
         await dispatcher.drain()  # jobs already started finish (each within its own timeout)
     except Exception as exc:
         log.warning("worker_drain_failed", error=type(exc).__name__)
+    try:
+        await asyncio.wait_for(background, SWEEP_STOP_MS / 1000)
+    except (TimeoutError, asyncio.CancelledError):
+        log.warning("sweep_cancelled_at_stop")
+    except Exception as exc:
+        log.warning("sweeps_failed", error=type(exc).__name__)
     try:
         await _farewell(rt)
     except Exception as exc:

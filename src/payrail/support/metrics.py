@@ -175,6 +175,22 @@ RECONCILIATION_LAST_RUN = Gauge(
     "When reconciliation last finished.",
     multiprocess_mode="max",
 )
+# Background sweeps (services/sweeps.py): one process per deployment runs each.
+SWEEP_SECONDS = Histogram(
+    "payrail_sweep_seconds",
+    "Wall time of one background sweep run, by sweep (reconcile | retention).",
+    ["sweep"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+SWEEP_ROWS = Gauge(
+    "payrail_sweep_rows",
+    "Rows the last run of a sweep read or deleted: O(changes), not O(history).",
+    ["sweep"],
+    multiprocess_mode="mostrecent",
+)
+SWEEP_RUNS = Counter(
+    "payrail_sweep_runs_total", "Background sweep runs, by sweep and result.", ["sweep", "result"]
+)
 DISCREPANCY_KINDS = (
     "charged-not-paid",
     "paid-not-charged",

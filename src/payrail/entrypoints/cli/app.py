@@ -246,8 +246,15 @@ def recover() -> None:
 @app.command()
 def reconcile(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="audit every payout, transfer and order (streamed: bounded memory), not only "
+        "what changed since the last checkpoint; its progress goes to stderr",
+    ),
 ) -> None:
-    """Check every invariant and the ledger against the node.
+    """Check the invariants and the ledger against the node: what changed since the last
+    checkpoint (services/reconcile.py); the first run, and --full, check everything.
 
     Exit 0 clean, 1 discrepancies found, 2 the checks could not run (e.g. no database)."""
     import json
@@ -263,7 +270,11 @@ def reconcile(
         rt = build_runtime(settings)
         try:
             problem = await cli_resources.schema_problem(rt)
-            return problem if problem is not None else await rec.reconcile(rt)
+            if problem is not None:
+                return problem
+            if full:
+                return await rec.reconcile(rt, progress=rec.progress_printer(console.print))
+            return await rec.reconcile_incremental(rt)
         finally:
             await rt.aclose()
 

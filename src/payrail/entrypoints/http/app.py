@@ -37,7 +37,7 @@ from payrail.entrypoints.http.models import install_openapi
 from payrail.entrypoints.http.observe import API_PREFIX, Observe
 from payrail.entrypoints.http.payouts import BATCH_BODY_MAX_BYTES
 from payrail.psp.simulator import StripeSimulator
-from payrail.services import flags, projects, reconcile
+from payrail.services import flags, projects
 
 log = structlog.get_logger("payrail.entrypoints.http")
 
@@ -60,12 +60,6 @@ def create_app(
             background.append(asyncio.create_task(worker.run_forever(rt, stop)))
             if stripe_sim is not None:  # tests run without the worker and deliver by hand
                 background.append(asyncio.create_task(stripe_sim.run(stop)))
-            if settings.reconcile_interval_s:
-                background.append(
-                    asyncio.create_task(
-                        reconcile.run_periodically(rt, stop, settings.reconcile_interval_s)
-                    )
-                )
             background.append(
                 asyncio.create_task(
                     maintenance.run_periodically(rt.engine, settings.db_maintenance, stop)

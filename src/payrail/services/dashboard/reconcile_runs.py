@@ -38,8 +38,9 @@ async def record(rt: Runtime, report: reconcile.Report, source: str) -> None:
 
 
 async def run_and_record(rt: Runtime, source: str) -> reconcile.Report:
-    """Reconcile now, publish the metrics as every run does, and keep the result."""
-    report = await reconcile.reconcile(rt)
+    """Reconcile what changed since the checkpoint now (the full audit is `payrail reconcile
+    --full`, never in an API process), publish the metrics as every run does, keep the result."""
+    report = await reconcile.reconcile_incremental(rt)
     reconcile.export_metrics(report, rt.clock.now_ms() / 1000)
     await record(rt, report, source)
     return report
