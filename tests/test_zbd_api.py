@@ -6,6 +6,7 @@ and refusal in detail."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import bolt11
@@ -15,6 +16,7 @@ from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, balance_of
 from lightning_kit import AddressServer, make_invoice
 
 from payrail.entrypoints.http.app import create_app
+from payrail.services import reconcile
 
 FEE_BPS = 200  # the fee these tests expect payrail to charge: ceil(2%)
 
@@ -335,3 +337,121 @@ async def test_malformed_bodies_get_zbds_shape(zbd):
         "/gamertag/send-payment", content=b"amount=1000", headers={"content-type": "text/plain"}
     )
     assert_zbd_error(response, 415, "UNSUPPORTED_MEDIA_TYPE")
+
+
+async def _other_project(client, project_id: str = "studio_b", fund: int = 0) -> str:
+    created = await client.post("/projects", json={"id": project_id}, headers={"apikey": ADMIN_KEY})
+    assert created.status_code == 201, created.text
+    if fund:
+        funded = await client.post(
+            f"/projects/{project_id}/fund", json={"amount": fund}, headers={"apikey": ADMIN_KEY}
+        )
+        assert funded.status_code == 200, funded.text
+    return created.json()["data"]["apiKey"]
+
+
+async def test_internal_transfer_moves_sats_between_two_wallets_in_one_transaction(zbd, client, rt):
+    b_key = await _other_project(client)
+    response = await zbd.post(
+        "/internal-transfer",
+        json={"amount": "10000000", "receiverWalletId": "studio_b"},
+        headers={"Receiver-Apikey": b_key},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["message"] == "Internal Transfer done."
+    data = body["data"]
+    assert (data["senderWalletId"], data["receiverWalletId"]) == (PROJECT, "studio_b")
+    assert (data["status"], data["amount"]) == ("TRANSFER_STATUS_COMPLETED", "10000000")
+    assert (data["senderBalance"], data["receiverBalance"]) == ("90000000", "10000000")
+    assert await balance_of(client) == 90_000
+    assert await balance_of(client, "studio_b") == 10_000
+    b_wallet = (await zbd.get("/wallet", headers={"apikey": b_key})).json()["data"]
+    assert b_wallet["balance"] == "10000000"
+    report = await reconcile.reconcile(rt, settle_window_ms=0)
+    assert report.clean, report.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "code"),
+    [
+        ({}, {"amount": "1000", "receiverWalletId": "studio_b"}, 403, "FORBIDDEN"),
+        (  # the sender's own key is not the receiver's
+            {"Receiver-Apikey": SANDBOX_KEY},
+            {"amount": "1000", "receiverWalletId": "studio_b"},
+            403,
+            "FORBIDDEN",
+        ),
+        ("b", {"amount": "1500", "receiverWalletId": "studio_b"}, 400, "INVALID_AMOUNT"),
+        ("b", {"amount": "200000000", "receiverWalletId": "studio_b"}, 400, "INSUFFICIENT_BALANCE"),
+        ("b", {"amount": "1000"}, 400, "VALIDATION_ERROR"),
+        ("b", {"amount": "1000", "receiverWalletId": PROJECT}, 403, "FORBIDDEN"),
+    ],
+)
+async def test_internal_transfer_refusals_move_nothing(zbd, client, headers, body, status, code):
+    b_key = await _other_project(client)
+    if headers == "b":
+        headers = {"Receiver-Apikey": b_key}
+    response = await zbd.post("/internal-transfer", json=body, headers=headers)
+    assert_zbd_error(response, status, code)
+    assert response.headers["x-should-retry"] == "false"
+    assert await balance_of(client) == 100_000
+    assert await balance_of(client, "studio_b") == 0
+
+
+async def test_internal_transfer_to_the_same_wallet_is_refused(zbd, client):
+    response = await zbd.post(
+        "/internal-transfer",
+        json={"amount": "1000", "receiverWalletId": PROJECT},
+        headers={"Receiver-Apikey": SANDBOX_KEY},
+    )
+    assert_zbd_error(response, 400, "VALIDATION_ERROR")
+    assert await balance_of(client) == 100_000
+
+
+async def test_internal_transfer_retried_with_its_key_moves_once(zbd, client):
+    b_key = await _other_project(client)
+    headers = {"Receiver-Apikey": b_key, "Idempotency-Key": "budget-2026-12"}
+    body = {"amount": "100000000", "receiverWalletId": "studio_b"}  # all of it
+    first = await zbd.post("/internal-transfer", json=body, headers=headers)
+    again = await zbd.post("/internal-transfer", json=body, headers=headers)  # funds now 0
+    assert first.status_code == again.status_code == 200, again.text
+    assert first.json()["data"]["id"] == again.json()["data"]["id"]
+    assert await balance_of(client) == 0 and await balance_of(client, "studio_b") == 100_000
+    other = await zbd.post("/internal-transfer", json=body | {"amount": "1000"}, headers=headers)
+    assert_zbd_error(other, 422, "IDEMPOTENCY_KEY_REUSED")
+    assert await balance_of(client) == 0 and await balance_of(client, "studio_b") == 100_000
+
+
+async def test_concurrent_transfers_both_ways_never_overdraw_nor_deadlock(zbd, client, rt):
+    """20 transfers of 10,000 sats from A (100,000) to B and 20 of 1,000 from B (5,000) to A,
+    all at once: the lock order is one, so none deadlocks; each balance check holds."""
+    b_key = await _other_project(client, fund=5_000)
+    a_to_b = {"apikey": SANDBOX_KEY, "Receiver-Apikey": b_key}
+    b_to_a = {"apikey": b_key, "Receiver-Apikey": SANDBOX_KEY}
+
+    async def send(headers, amount, to):
+        return await zbd.post(
+            "/internal-transfer",
+            json={"amount": str(amount * 1000), "receiverWalletId": to},
+            headers=headers,
+        )
+
+    answers = await asyncio.gather(
+        *(send(a_to_b, 10_000, "studio_b") for _ in range(20)),
+        *(send(b_to_a, 1_000, PROJECT) for _ in range(20)),
+    )
+    statuses = [r.status_code for r in answers]
+    assert set(statuses) <= {200, 400}, [r.text for r in answers if r.status_code not in (200, 400)]
+    for r in answers:
+        if r.status_code == 400:
+            assert r.json()["data"]["error"] == "INSUFFICIENT_BALANCE"
+    a_done = sum(1 for r in answers[:20] if r.status_code == 200)
+    b_done = sum(1 for r in answers[20:] if r.status_code == 200)
+    a, b = await balance_of(client), await balance_of(client, "studio_b")
+    assert a == 100_000 - 10_000 * a_done + 1_000 * b_done >= 0
+    assert b == 5_000 + 10_000 * a_done - 1_000 * b_done >= 0
+    assert a + b == 105_000
+    assert a_done >= 10  # A's own funds cover ten of them whatever the order
+    report = await reconcile.reconcile(rt, settle_window_ms=0)
+    assert report.clean, report.to_dict()
