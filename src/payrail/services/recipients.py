@@ -30,6 +30,9 @@ R = recipients.c
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
 HISTORY_MAX = 200
+# A PUT may lose twice to concurrent writers of the same gamertag (a first registration, then
+# a delete of it); each loss is retried from a fresh read rather than answered with a 500.
+UPSERT_ATTEMPTS_MAX = 3
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,16 @@ def _audited(row: RowMapping | None) -> str | None:
     )
 
 
-async def _load(conn: AsyncConnection, project_id: str, gamertag: str) -> RowMapping | None:
+async def _load(
+    conn: AsyncConnection, project_id: str, gamertag: str, *, lock: bool = False
+) -> RowMapping | None:
+    """The entry; with `lock` (inside a change's transaction) its row is locked on PostgreSQL,
+    so a concurrent PUT or DELETE waits and then sees this change. SQLite has one writer."""
     query = select(recipients).where(
         R.project_id == project_id, R.gamertag_key == gamertag_key(gamertag)
     )
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
     return (await conn.execute(query)).mappings().first()
 
 
@@ -99,12 +108,16 @@ _BY_KEYS = select(recipients).where(
 async def get(rt: Runtime, project_id: str, gamertag: str) -> RowMapping:
     row = await find(rt, project_id, gamertag)
     if row is None:
-        raise errors.RecipientNotFound(
-            f"No recipient {gamertag} in project {project_id}; register one with "
-            f"PUT /api/v1/recipients/{gamertag}.",
-            gamertag=gamertag,
-        )
+        raise _not_found(project_id, gamertag)
     return row
+
+
+def _not_found(project_id: str, gamertag: str) -> errors.RecipientNotFound:
+    return errors.RecipientNotFound(
+        f"No recipient {gamertag} in project {project_id}; register one with "
+        f"PUT /api/v1/recipients/{gamertag}.",
+        gamertag=gamertag,
+    )
 
 
 async def _record(
@@ -136,11 +149,11 @@ async def upsert(
     """Register or replace where this gamertag is paid. The change and its audit row commit
     together."""
     await projects.get_project(rt, project_id)  # 404 for a project that does not exist
-    for _ in range(2):  # a concurrent first registration may win the insert: then update it
-        now = rt.clock.now_ms()
+    for _ in range(UPSERT_ATTEMPTS_MAX):
         try:
             async with rt.engine.begin() as conn:
-                old = await _load(conn, project_id, gamertag)
+                old = await _load(conn, project_id, gamertag, lock=True)
+                now = rt.clock.now_ms()  # once the row is ours: changes are dated in order
                 values = dict(
                     kind=change.kind.value,
                     destination=change.destination,
@@ -160,7 +173,11 @@ async def upsert(
                         ),
                     )
                 else:
-                    await conn.execute(update(recipients).where(R.id == old["id"]).values(values))
+                    updated = await conn.execute(
+                        update(recipients).where(R.id == old["id"]).values(values)
+                    )
+                    if updated.rowcount != 1:  # deleted since it was read: register it anew
+                        raise _LostRace
                 new = await _load(conn, project_id, gamertag)
                 await _record(
                     conn,
@@ -172,24 +189,35 @@ async def upsert(
                     new,
                     now,
                 )
-        except IntegrityError:
+        except (IntegrityError, _LostRace):
+            # A concurrent first registration won the insert (then update it), or a delete
+            # removed the row read (then insert it): either way, again from a fresh read.
             continue
-        assert new is not None
+        if new is None:  # cannot be once the row is ours, but a 503 is the honest answer
+            break
         return Upserted(new, created=old is None)
     raise errors.ServiceUnavailable("The recipient changed concurrently; retry.")
 
 
+class _LostRace(Exception):
+    """The row a change read is gone: its transaction rolls back and the change is retried."""
+
+
 async def remove(rt: Runtime, project_id: str, gamertag: str, actor: str) -> RowMapping:
     """Delete a recipient; payouts already reserved keep the invoice they were given."""
-    now = rt.clock.now_ms()
     async with rt.engine.begin() as conn:
-        old = await _load(conn, project_id, gamertag)
+        old = await _load(conn, project_id, gamertag, lock=True)
+        now = rt.clock.now_ms()
+        deleted = 0
         if old is not None:
-            await conn.execute(delete(recipients).where(R.id == old["id"]))
+            deleted = (await conn.execute(delete(recipients).where(R.id == old["id"]))).rowcount
+        if deleted == 1:
             await _record(conn, project_id, gamertag, "deleted", actor, old, None, now)
-    if old is None:
-        await get(rt, project_id, gamertag)  # raises RECIPIENT_NOT_FOUND
-    assert old is not None
+    if old is None or deleted != 1:
+        # Absent when this transaction looked: a 404, even if a PUT registers it a moment
+        # later. (A second lookup here, outside the transaction, could find that PUT's row:
+        # that was the AssertionError, a 500, of a DELETE racing a PUT.)
+        raise _not_found(project_id, gamertag)
     return old
 
 
