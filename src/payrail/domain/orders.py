@@ -35,6 +35,20 @@ CURRENCIES = frozenset(
     ).split()
 )
 
+# Of those, the ones whose minor unit is the unit itself (Stripe's zero-decimal currencies):
+# 500 JPY is ¥500, while 1999 USD minor units are $19.99.
+ZERO_DECIMAL_CURRENCIES = frozenset({"clp", "jpy", "krw"})
+
+
+def format_amount(minor_units: int, currency: str) -> str:
+    """An amount in the currency's minor unit as people read it: 1999 usd → "19.99 USD"."""
+    code = currency.lower()
+    if code in ZERO_DECIMAL_CURRENCIES:
+        return f"{minor_units:,} {code.upper()}"
+    sign = "-" if minor_units < 0 else ""
+    whole, cents = divmod(abs(minor_units), 100)
+    return f"{sign}{whole:,}.{cents:02d} {code.upper()}"
+
 
 class OrderStatus(StrEnum):
     PENDING = "payment_pending"  # created, never paid

@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from payrail.domain import errors
-from payrail.domain.orders import OrderStatus
+from payrail.domain.orders import OrderStatus, format_amount
 from payrail.domain.payouts import Status
 from payrail.entrypoints.http.context import ApiContext
 from payrail.entrypoints.http.errors import status_for
@@ -30,6 +30,7 @@ from payrail.jobs import queue
 from payrail.services import callbacks, flags
 from payrail.services.dashboard import pages, reconcile_runs, sessions
 from payrail.services.dashboard.sessions import Viewer
+from payrail.support.wording import plural
 
 log = structlog.get_logger("payrail.dashboard")
 
@@ -69,6 +70,9 @@ templates = Environment(
 )
 templates.filters["sats"] = lambda v: "—" if v is None else f"{v:,}"
 templates.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
+# An order's amount is in its currency's minor unit: 1999 usd reads "19.99 USD".
+templates.filters["money"] = lambda v, currency: "—" if v is None else format_amount(v, currency)
+templates.filters["counted"] = lambda v, noun: plural(int(v or 0), noun)  # "1 discrepancy"
 # ISO 8601 (as the API shows times) → "2026-12-03 10:14:42", short enough for a table cell.
 templates.filters["when"] = lambda v: "—" if not v else v[:19].replace("T", " ")
 

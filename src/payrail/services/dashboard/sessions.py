@@ -58,10 +58,11 @@ class Viewer:
 
 
 def parse_actor(raw: str | None) -> str:
-    """The name an operator gives at sign-in (the admin key is shared: the name says who)."""
+    """The name an operator gives at sign-in (the admin key is shared: the name says who);
+    "" when none was given: sign_in names the session after its key then."""
     name = (raw or "").strip(" ")  # only spaces: a "\n" or "\r" is refused, not trimmed
     if not name:
-        return "admin"
+        return ""
     if not ACTOR_RE.fullmatch(name):
         raise errors.ValidationError(
             f"Your name may have up to {ACTOR_MAX_CHARS} letters, digits, spaces and . _ @ -",
@@ -80,6 +81,8 @@ async def sign_in(rt: Runtime, key: str, actor: str) -> str:
         admin, project_id = False, await project_service.project_for_key(rt, key)
         if project_id is None:
             raise errors.Unauthorized("That key is not an admin or project API key.")
+    # No name given: the audit says which key acted, never "admin" for a project's key.
+    actor = actor or ("admin" if admin else f"project:{project_id}")
     token = secrets.token_urlsafe(32)
     now = rt.clock.now_ms()
     async with rt.engine.begin() as conn:
