@@ -72,12 +72,16 @@ alerts: tools
 	promtool check rules ops/prometheus/alerts.yml
 	promtool test rules ops/prometheus/alerts_test.yml
 
+# Single payouts driven by wrk (scripts/install-wrk.sh installs Debian's package), batches by
+# payrail's own client; docs/benchmarks.md.
 bench: $(STAMP)
+	bash scripts/install-wrk.sh
 	$(BIN)/payrail bench
 
 # The SQLite default (`make run`'s database), one server process, driven by wrk.
 .PHONY: bench-sqlite
 bench-sqlite: $(STAMP)
+	bash scripts/install-wrk.sh
 	scripts/bench_sqlite.sh
 
 # Chaos runs on PostgreSQL (timeout_recovery, duplicate_detection, spike_timeouts), then a

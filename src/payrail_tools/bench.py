@@ -43,7 +43,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from payrail.domain.money import total_cost_sats
-from payrail_tools import bench_costs
+from payrail_tools import bench_costs, bench_wrk
 from payrail_tools.bench_load import ClientSpec, LoadSpec
 from payrail_tools.loadtest import pgadmin
 from payrail_tools.loadtest.guard import TargetRefused
@@ -476,6 +476,26 @@ async def run_load_process(
     return result, cpu
 
 
+async def run_wrk_level(
+    spec: LoadSpec, server_pid: int, spec_database: str
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """A single-payout level driven by wrk (bench_wrk.py): a warm-up run, then the measured
+    run with the server's and PostgreSQL's CPU sampled around it."""
+    try:
+        warmup, _ = await asyncio.to_thread(bench_wrk.run_wrk, spec, spec.warmup_s, "w")
+        before = _CpuSnapshot.take()
+        measured, wrk_cpu_s = await asyncio.to_thread(bench_wrk.run_wrk, spec, spec.duration_s, "m")
+        after = _CpuSnapshot.take()
+    except (bench_wrk.WrkMissing, RuntimeError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(str(exc)) from None
+    cpu = {
+        "server_cores": _cores(before, after, _descendants(after, server_pid)),
+        "postgres_cores": _cores(before, after, _postgres_pids(after, spec_database)),
+        "busy_cores": _busy_cores(before, after),
+    }
+    return bench_wrk.merge(warmup, measured, wrk_cpu_s), cpu
+
+
 def _event(line: bytes) -> dict[str, Any]:
     """One line of the generator's protocol; anything else on its stdout is ignored."""
     try:
@@ -613,6 +633,7 @@ async def _measure_level(
     duration_s: float,
     fund_sats: int,
     batch_items: int = 0,
+    driver: str = "wrk",
 ) -> tuple[LevelResult, dict[str, int]]:
     if batch_items:
         fund_sats *= BATCH_FUND_FACTOR
@@ -635,7 +656,10 @@ async def _measure_level(
     )
     database = make_url(server.database_url).database or ""
     stats_before = await bench_costs.pg_stats(server.database_url)
-    load, cpu = await run_load_process(spec, server.process.pid, database)
+    if batch_items or driver == "python":
+        load, cpu = await run_load_process(spec, server.process.pid, database)
+    else:
+        load, cpu = await run_wrk_level(spec, server.process.pid, database)
     stats_after = await bench_costs.pg_stats(server.database_url)
     commits, inserted, updated = (a - b for a, b in zip(stats_after, stats_before, strict=True))
     created_total = max(1, load["created_total"])
@@ -697,6 +721,7 @@ async def _run(
     server_workers: int,
     batch_items: int = 0,
     batch_clients: int = 0,
+    driver: str = "wrk",
 ) -> dict[str, Any]:
     console.print(f"bench database {make_url(database_url).database}: recreating …")
     await recreate_database(database_url)
@@ -714,7 +739,7 @@ async def _run(
         console.print(f"server: healthy at {server.base_url}")
         for run_index, (clients, items) in enumerate(runs):
             level, seen = await _measure_level(
-                server, run_index, clients, duration_s, fund_sats, items
+                server, run_index, clients, duration_s, fund_sats, items, driver
             )
             levels.append(level)
             charged.append(seen)
@@ -857,6 +882,7 @@ def run_bench(
     server_workers: int,
     batch_items: int = 0,
     batch_clients: int = 0,
+    driver: str = "wrk",
 ) -> int:
     """Run the whole bench; 0 if every invariant held, 1 if one failed, 2 if it could not run."""
     if any(c < 1 for c in client_levels) or not (client_levels or (batch_items and batch_clients)):
@@ -866,7 +892,13 @@ def run_bench(
     try:
         outcome = asyncio.run(
             _run(
-                database_url, client_levels, duration_s, server_workers, batch_items, batch_clients
+                database_url,
+                client_levels,
+                duration_s,
+                server_workers,
+                batch_items,
+                batch_clients,
+                driver,
             )
         )
     except BenchError as exc:
@@ -887,6 +919,7 @@ def run_bench(
             "server_workers": server_workers,
             "batch_items": batch_items,
             "batch_clients": batch_clients,
+            "single_payout_driver": driver,
             "amount_sats": [AMOUNT_MIN_SATS, AMOUNT_MAX_SATS],
         },
         "machine": {

@@ -23,13 +23,28 @@ def register(app: typer.Typer) -> None:
             1000, min=0, max=1000, help="items per batch (0: no batch)"
         ),
         batch_clients: int = typer.Option(2, min=0, max=50, help="concurrent batch clients"),
+        driver: str = typer.Option(
+            "wrk",
+            help="single-payout load generator: wrk (C, the default: it is not the limit) or "
+            "python (payrail_tools.bench_load, the earlier one)",
+        ),
     ) -> None:
         """Benchmark payouts (single and batch) on PostgreSQL against pgbench on one database."""
         from payrail_tools.bench import run_bench
 
         levels = [int(c) for c in clients.split(",") if c.strip()]  # "": batches only
+        if driver not in ("wrk", "python"):
+            raise typer.BadParameter("--driver is wrk or python")
         sys.exit(
-            run_bench(database_url, levels, duration_s, server_workers, batch_items, batch_clients)
+            run_bench(
+                database_url,
+                levels,
+                duration_s,
+                server_workers,
+                batch_items,
+                batch_clients,
+                driver,
+            )
         )
 
     @app.command()
