@@ -158,6 +158,18 @@ DB_LOCK_TIMEOUTS = Counter(
     "payrail_db_lock_timeouts_total",
     "Database errors that were lock waits running out (PostgreSQL lock_timeout, SQLite busy).",
 )
+AUTH_FAILURES = Counter(
+    "payrail_auth_failures_total",
+    "Failed authentications (a wrong API key, a wrong dashboard sign-in), by surface "
+    "(api | dashboard).",
+    ["surface"],
+)
+AUTH_THROTTLED = Counter(
+    "payrail_auth_throttled_total",
+    "Requests refused with 429 AUTH_THROTTLED after too many failed authentications, by "
+    "surface (api | dashboard) and what was over its limit (address | key_prefix).",
+    ["surface", "by"],
+)
 
 # ---------------------------------------------------------------- reconciliation
 

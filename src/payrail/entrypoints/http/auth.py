@@ -10,6 +10,7 @@ from fastapi import Request
 from payrail.bootstrap import Runtime
 from payrail.domain import errors
 from payrail.services import project_keys, projects
+from payrail.services.auth_throttle import Caller, FailedAuthThrottle
 
 KEY_CACHE_TTL_MS = 5_000
 KEY_CACHE_MAX = 10_000
@@ -50,20 +51,33 @@ class KeyCache:
         self._entries.clear()
 
 
-async def authenticate(rt: Runtime, cache: KeyCache, request: Request) -> Principal:
+def client_address(request: Request) -> str:
+    """The address the server saw (behind a proxy: what its forwarded headers were trusted
+    to say, uvicorn's --forwarded-allow-ips)."""
+    return request.client.host if request.client else "unknown"
+
+
+async def authenticate(
+    rt: Runtime, cache: KeyCache, request: Request, throttle: FailedAuthThrottle | None = None
+) -> Principal:
     key = request.headers.get("apikey")
-    if not key:
+    if not key:  # no guess made: not counted as a failure
         raise errors.Unauthorized("Missing API key: send it in the 'apikey' header.")
+    now = rt.clock.now_ms()
+    caller = Caller(client_address(request), key)
+    if throttle is not None:  # before the key is looked at: the right key is refused too
+        throttle.check(caller, now, "api")
     if hmac.compare_digest(key.encode(), rt.settings.admin_key.encode()):
         return Principal(admin=True, project_id=None)
     key_hash = projects.hash_key(key)
-    now = rt.clock.now_ms()
     project_id = cache.get(key_hash, now)
     if project_id is None:
         project_id = await projects.project_for_key(rt, key)
         if project_id is None:  # a rotated-out key, while its grace period lasts
             project_id = await project_keys.project_for_previous_key(rt, key_hash)
         if project_id is None:
+            if throttle is not None:
+                throttle.failed(caller, now, "api")
             raise errors.Unauthorized("Invalid API key.")
         cache.put(key_hash, project_id, now)
     return Principal(admin=False, project_id=project_id)

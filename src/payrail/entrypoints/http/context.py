@@ -10,6 +10,7 @@ from payrail.bootstrap import Runtime
 from payrail.config import Settings
 from payrail.domain import errors
 from payrail.entrypoints.http.auth import KeyCache, Principal, authenticate
+from payrail.services.auth_throttle import FailedAuthThrottle
 
 
 @dataclass
@@ -17,10 +18,13 @@ class ApiContext:
     settings: Settings
     rt: Runtime
     keys: KeyCache = field(default_factory=KeyCache)
+    # Shared by the API and the dashboard sign-in: one budget of failures per address.
+    throttle: FailedAuthThrottle = field(default_factory=FailedAuthThrottle)
 
     async def principal(self, request: Request) -> Principal:
-        """The caller, from its `apikey` header (401 without a valid one)."""
-        return await authenticate(self.rt, self.keys, request)
+        """The caller, from its `apikey` header (401 without a valid one; 429 after too many
+        failures from its address or for its key prefix)."""
+        return await authenticate(self.rt, self.keys, request, self.throttle)
 
     def sandbox_only(self) -> None:
         """Test endpoints answer 404 outside the sandbox, as if they did not exist."""

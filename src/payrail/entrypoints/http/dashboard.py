@@ -24,10 +24,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from payrail.domain import errors
 from payrail.domain.orders import OrderStatus, format_amount
 from payrail.domain.payouts import Status
+from payrail.entrypoints.http.auth import client_address
 from payrail.entrypoints.http.context import ApiContext
 from payrail.entrypoints.http.errors import status_for
 from payrail.jobs import queue
 from payrail.services import callbacks, flags
+from payrail.services.auth_throttle import Caller
 from payrail.services.dashboard import pages, reconcile_runs, sessions
 from payrail.services.dashboard.sessions import Viewer
 from payrail.support.wording import plural
@@ -214,10 +216,16 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
         given = form.get("csrf")
         if not expected or not given or not secrets.compare_digest(expected, given):
             raise _csrf_refusal()
+        caller = Caller(client_address(request), form.get("key", ""))
         try:
+            ctx.throttle.check(caller, rt.clock.now_ms(), "dashboard")
             actor = sessions.parse_actor(form.get("name"))
-            token = await sessions.sign_in(rt, form.get("key", ""), actor)
-        except (errors.Unauthorized, errors.ValidationError) as exc:
+            try:
+                token = await sessions.sign_in(rt, form.get("key", ""), actor)
+            except errors.Unauthorized:
+                ctx.throttle.failed(caller, rt.clock.now_ms(), "dashboard")
+                raise
+        except (errors.Unauthorized, errors.ValidationError, errors.AuthThrottled) as exc:
             # A new form token each try; the key typed is not sent back.
             fresh = secrets.token_urlsafe(32)
             response = render(
@@ -237,6 +245,8 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
                 samesite="strict",
                 secure=_secure(request, ctx),
             )
+            if "retryAfter" in exc.extra:
+                response.headers["Retry-After"] = str(exc.extra["retryAfter"])
             return response
         response = RedirectResponse(PREFIX, status_code=303)
         response.delete_cookie(LOGIN_COOKIE, path=f"{PREFIX}/login")
