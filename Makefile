@@ -50,6 +50,13 @@ browser:
 lnbits:
 	bash scripts/lnbits.sh install
 
+# ZBD's official Node SDK (@zbd/node, pinned with its integrity hashes in
+# tests/zbd/package-lock.json) for tests/test_zbd_sdk.py; Node 18+ and npm are needed.
+ZBD_NODE := tests/zbd/node_modules/.package-lock.json
+$(ZBD_NODE): tests/zbd/package.json tests/zbd/package-lock.json
+	npm ci --prefix tests/zbd --no-audit --no-fund
+zbd-node: $(ZBD_NODE)
+
 # PgBouncer and HAProxy (Debian packages) for tests/test_pgbouncer.py and deploy-test.
 deploy-tools:
 	bash scripts/install-deploy-tools.sh
@@ -62,7 +69,7 @@ deploy-test: $(STAMP) deploy-tools
 # The whole suite: lint, unit/integration tests on SQLite and PostgreSQL (alert rules with
 # promtool included), then the chaos runs against a real server on PostgreSQL (including the
 # legacy run that must fail), then the multi-node deployment test (docs/deployment.md).
-test: $(STAMP) tools browser lnbits
+test: $(STAMP) tools browser lnbits zbd-node
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 	scripts/chaos_ci.sh
