@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test bench chaos lint format clean tools alerts lock browser lnbits deploy-tools \
-	deploy-test install
+	deploy-test install ha-tools ha-test
 
 LOCKS := requirements/build.lock requirements/runtime.lock requirements/dev.lock
 LNBITS_LOCK := requirements/lnbits.lock  # the real LNbits of the tests, in .venv-lnbits
@@ -66,14 +66,26 @@ deploy-tools:
 deploy-test: $(STAMP) deploy-tools
 	$(BIN)/python -m payrail_tools.deploytest.run
 
+# etcd, Patroni and pg_rewind (Debian packages) besides deploy-tools, for ha-test.
+ha-tools:
+	bash scripts/install-ha-tools.sh
+
+# PostgreSQL high availability (docs/deployment.md): etcd, three PostgreSQL 15 members under
+# Patroni (synchronous), HAProxy, PgBouncer, two nodes and a worker on ports 12600-12699; the
+# primary killed -9 twice and switched over once under load. ≤ 9 minutes (its own deadline).
+ha-test: $(STAMP) ha-tools
+	$(BIN)/python -m payrail_tools.hatest.run
+
 # The whole suite: lint, unit/integration tests on SQLite and PostgreSQL (alert rules with
 # promtool included), then the chaos runs against a real server on PostgreSQL (including the
-# legacy run that must fail), then the multi-node deployment test (docs/deployment.md).
-test: $(STAMP) tools browser lnbits zbd-node
+# legacy run that must fail), then the multi-node deployment test and the PostgreSQL failover
+# test (docs/deployment.md).
+test: $(STAMP) tools browser lnbits ha-tools zbd-node
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 	scripts/chaos_ci.sh
 	$(BIN)/python -m payrail_tools.deploytest.run
+	$(BIN)/python -m payrail_tools.hatest.run
 
 alerts: tools
 	promtool check rules ops/prometheus/alerts.yml
