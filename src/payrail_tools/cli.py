@@ -23,6 +23,15 @@ def register(app: typer.Typer) -> None:
             1000, min=0, max=1000, help="items per batch (0: no batch)"
         ),
         batch_clients: int = typer.Option(2, min=0, max=50, help="concurrent batch clients"),
+        history: int = typer.Option(
+            0,
+            min=0,
+            max=100_000_000,
+            help="instead: fill a database with N payouts and measure an idle server, "
+            "reconciliation, lists and the dashboard at N and at --history-small, side by side",
+        ),
+        history_small: int = typer.Option(10_000, min=0, help="the small N of --history"),
+        idle_s: float = typer.Option(60.0, min=5, max=3_600, help="--history: idle seconds"),
         driver: str = typer.Option(
             "wrk",
             help="single-payout load generator: wrk (C, the default: it is not the limit) or "
@@ -30,6 +39,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Benchmark payouts (single and batch) on PostgreSQL against pgbench on one database."""
+        if history:
+            from payrail_tools.bench_history import run_history
+
+            sizes = [n for n in (history_small, history) if n]
+            sys.exit(run_history(database_url, sizes, server_workers, idle_s))
         from payrail_tools.bench import run_bench
 
         levels = [int(c) for c in clients.split(",") if c.strip()]  # "": batches only

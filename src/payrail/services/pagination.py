@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from sqlalchemy import Table, and_, or_, select
+from sqlalchemy import Table, select, tuple_
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,14 +37,17 @@ async def newest_first(
     """One page of `table` (it has created_at and id), newest first, and the next cursor.
 
     Keyset on (created_at, id): a row inserted meanwhile never makes a page skip or repeat one.
+    Each list has an index that ends in (created_at, id) after its equality filters
+    (migration 0013), so a page reads its rows and no others, however deep.
     """
     c = table.c
     query = select(table).where(*where).order_by(c.created_at.desc(), c.id.desc())
     if cursor:
         created_at, row_id = decode_cursor(cursor)
-        query = query.where(
-            or_(c.created_at < created_at, and_(c.created_at == created_at, c.id < row_id))
-        )
+        # A row comparison, not `created_at < x OR (created_at = x AND id < y)`: PostgreSQL
+        # reads it as an index condition (the OR form was a filter, so a deep page read every
+        # row it skipped).
+        query = query.where(tuple_(c.created_at, c.id) < tuple_(created_at, row_id))
     async with engine.connect() as conn:
         rows = list((await conn.execute(query.limit(limit + 1))).mappings())
     page = rows[:limit]

@@ -278,7 +278,11 @@ async def _page(
         where.append(c.project_id == f.project_id)
     if f.states:
         where.append(c[state_column].in_(f.states))
-    if f.field is not None and f.value is not None:
+    if f.field == "gamertag" and f.value is not None:
+        # Any spelling, as the rate limit counts it: on lower(gamertag), which
+        # ix_payouts_rate_key (one project) and ix_payouts_gamertag (all projects) index.
+        where.append(func.lower(c.gamertag) == f.value.lower())
+    elif f.field is not None and f.value is not None:
         where.append(c[f.field] == f.value)
     if f.since_ms is not None:
         where.append(c.created_at >= f.since_ms)
