@@ -13,9 +13,10 @@ import bolt11
 import httpx
 import pytest
 from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, balance_of
-from lightning_kit import AddressServer, make_invoice
+from lightning_kit import AddressServer, Behaviour, make_invoice
 
 from payrail.entrypoints.http.app import create_app
+from payrail.lightning.backend import DestinationKind
 from payrail.services import reconcile
 
 FEE_BPS = 200  # the fee these tests expect payrail to charge: ceil(2%)
@@ -455,3 +456,70 @@ async def test_concurrent_transfers_both_ways_never_overdraw_nor_deadlock(zbd, c
     assert a_done >= 10  # A's own funds cover ten of them whatever the order
     report = await reconcile.reconcile(rt, settle_window_ms=0)
     assert report.clean, report.to_dict()
+
+
+async def test_validate_resolves_a_lightning_address_without_paying(zbd, client, address_server):
+    response = await zbd.get(f"/ln-address/validate/{address_server.address('carol')}")
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["valid"] is True and data["metadata"]["tag"] == "payRequest"
+    assert (data["metadata"]["minSendable"], data["metadata"]["maxSendable"]) == (
+        1_000,
+        100_000_000,
+    )
+    assert address_server.issued == []  # no invoice asked for
+    assert await balance_of(client) == 100_000
+
+
+async def test_validate_refuses_what_payrail_would_not_pay(zbd, address_server):
+    address_server.behaviours["dave"] = Behaviour(tag="withdrawRequest")
+    bad = await zbd.get(f"/ln-address/validate/{address_server.address('dave')}")
+    assert_zbd_error(bad, 502, "RECIPIENT_INVOICE_INVALID")
+    assert_zbd_error(await zbd.get("/ln-address/validate/not-an-address"), 400, "VALIDATION_ERROR")
+
+
+async def test_validate_in_the_sandbox_names_a_sandbox_address(zbd):
+    response = await zbd.get("/ln-address/validate/player1@example.com")
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["metadata"]["sandbox"] is True
+
+
+PUBKEY = "02" + "ab" * 32
+
+
+async def test_keysend_pays_a_node_key_where_the_backend_can(zbd, client, rt):
+    response = await zbd.post(
+        "/keysend-payment", json={"amount": "4000000", "pubkey": PUBKEY, "metadata": {"a": 1}}
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["keysendId"] == data["paymentId"] == data["transaction"]["id"]
+    tx = data["transaction"]
+    assert (tx["status"], tx["type"]) == ("TRANSACTION_STATUS_COMPLETED", "KEYSEND_PAYMENT")
+    assert (tx["amount"], tx["fee"], tx["totalAmount"]) == ("4000000", "80000", "4080000")
+    own = (await client.get(f"/payouts/{data['paymentId']}")).json()["data"]
+    assert own["destinationKind"] == "keysend" and own["gamertag"] is None
+    assert await balance_of(client) == 100_000 - cost(4000)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"amount": "1000", "pubkey": "04" + "ab" * 32}, "VALIDATION_ERROR"),
+        ({"amount": "1000", "pubkey": PUBKEY, "tlvRecords": [{"type": 7, "value": "ff"}]},
+         "VALIDATION_ERROR"),
+        ({"amount": "1001", "pubkey": PUBKEY}, "INVALID_AMOUNT"),
+    ],
+)  # fmt: skip
+async def test_bad_keysend_requests_move_nothing(zbd, client, body, code):
+    assert_zbd_error(await zbd.post("/keysend-payment", json=body), 400, code)
+    assert await balance_of(client) == 100_000
+
+
+async def test_keysend_on_a_backend_without_it_is_a_zbd_shaped_refusal(
+    zbd, client, rt, monkeypatch
+):
+    monkeypatch.setattr(rt.node, "kinds", frozenset({DestinationKind.INVOICE}))
+    response = await zbd.post("/keysend-payment", json={"amount": "1000", "pubkey": PUBKEY})
+    assert "keysend" in assert_zbd_error(response, 422, "DESTINATION_UNSUPPORTED")["message"]
+    assert await balance_of(client) == 100_000

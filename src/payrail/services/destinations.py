@@ -82,7 +82,8 @@ def view(row: RowMapping) -> dict[str, Any]:
     kind = row["destination_kind"] or Kind.GAMERTAG
     # A payout to an address or invoice keeps its rate-limit key in the gamertag column.
     direct = kind == Kind.INVOICE or (
-        kind == Kind.LIGHTNING_ADDRESS and row["gamertag"] == rate_key(row["destination"])
+        kind in (Kind.LIGHTNING_ADDRESS, Kind.KEYSEND)
+        and row["gamertag"] == rate_key(row["destination"])
     )
     return {
         "gamertag": None if direct else row["gamertag"],
@@ -116,6 +117,15 @@ async def resolve(rt: Runtime, req: PayoutRequest, directory: Any = UNREAD) -> R
     if req.destination_kind in (Kind.LIGHTNING_ADDRESS, Kind.LNURL):
         assert req.destination is not None
         return await _via_lnurl(rt, req, req.destination_kind, req.destination)
+    if req.destination_kind == Kind.KEYSEND:  # a node key given directly (ZBD's keysend)
+        assert req.destination is not None
+        if DestinationKind.KEYSEND not in kinds:
+            raise errors.DestinationUnsupported(
+                f"The '{rt.settings.lightning_backend}' Lightning backend cannot pay a node "
+                "public key (keysend). Pay an invoice or a Lightning Address instead. Nothing "
+                "was charged."
+            )
+        return Resolved(Kind.KEYSEND, req.destination, None)
     recipient = directory
     if recipient is UNREAD:
         recipient = await recipients.find(rt, req.project_id, req.gamertag)
@@ -180,10 +190,10 @@ def sandbox_address(rt: Runtime, kind: str, value: str) -> bool:
     return domain in SANDBOX_ADDRESS_DOMAINS or domain.endswith(SANDBOX_ADDRESS_SUFFIXES)
 
 
-async def _via_lnurl(rt: Runtime, req: PayoutRequest, kind: str, value: str) -> Resolved:
-    """LUD-16 → LUD-06: the pay parameters, then one invoice for exactly the amount."""
-    if sandbox_address(rt, kind, value):
-        return Resolved(Kind.LIGHTNING_ADDRESS, value, None)
+async def pay_parameters(rt: Runtime, kind: str, value: str) -> dict[str, Any]:
+    """The checked LUD-06 pay parameters of a Lightning Address or LNURL (tag, callback,
+    min/maxSendable in msat, metadata), fetched through the URL guard; nothing is paid.
+    Also what the ZBD-compatible GET /v0/ln-address/validate/{address} answers."""
     if kind == Kind.LIGHTNING_ADDRESS:
         insecure = value.partition("@")[2] in rt.settings.lnurl_insecure_hosts
         url = lightning_address_url(value, "http" if insecure else "https")
@@ -214,6 +224,16 @@ async def _via_lnurl(rt: Runtime, req: PayoutRequest, kind: str, value: str) -> 
             raise ValueError
     except ValueError:
         raise _invalid(value, "its metadata is not a JSON array") from None
+    return params
+
+
+async def _via_lnurl(rt: Runtime, req: PayoutRequest, kind: str, value: str) -> Resolved:
+    """LUD-16 → LUD-06: the pay parameters, then one invoice for exactly the amount."""
+    if sandbox_address(rt, kind, value):
+        return Resolved(Kind.LIGHTNING_ADDRESS, value, None)
+    params = await pay_parameters(rt, kind, value)
+    callback, metadata = params["callback"], params["metadata"]
+    low, high = params["minSendable"], params["maxSendable"]
     amount_msat = req.amount_sats * 1000
     if not low <= amount_msat <= high:
         raise errors.RecipientInvoiceInvalid(

@@ -10,6 +10,7 @@ in ZBD's object shape.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from payrail.domain import errors, invoices
-from payrail.domain.payouts import IDEMPOTENCY_KEY_MAX_CHARS, parse_payout_request
+from payrail.domain.money import AMOUNT_MAX_SATS, AMOUNT_MIN_SATS
+from payrail.domain.payouts import (
+    DESCRIPTION_MAX_CHARS,
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    parse_payout_request,
+)
+from payrail.domain.recipients import parse_lightning_address, parse_node_pubkey, rate_key
 from payrail.entrypoints.http.auth import Principal
 from payrail.entrypoints.http.context import ApiContext
 from payrail.entrypoints.http.errors import read_json
@@ -34,7 +41,7 @@ from payrail.entrypoints.http.zbd.common import (
     wallet_of,
     zbd_route,
 )
-from payrail.services import callback_urls, payouts
+from payrail.services import callback_urls, destinations, payouts
 
 DONE = "Payment done."
 PROCESSING = "Payment processing."
@@ -70,13 +77,23 @@ LOOKUP_ERRORS: dict[int, tuple[str, ...]] = {403: ("FORBIDDEN",), 404: ("PAYOUT_
 def install(router: APIRouter, ctx: ApiContext) -> None:
     rt = ctx.rt
 
-    async def create(request: Request, wallet: str, fields: dict[str, Any]) -> Any:
-        """The payout of `POST /api/v1/payouts` with these fields, in this wallet."""
+    async def create(
+        request: Request, wallet: str, fields: dict[str, Any], keysend_to: str | None = None
+    ) -> Any:
+        """The payout of `POST /api/v1/payouts` with these fields, in this wallet.
+
+        keysend_to: a node key. payrail's API has no direct keysend field, so the request is
+        parsed as a payout to the key's rate-limit name (the same rules, in the same order)
+        and then addressed to the node key, as a directory entry's keysend payout is."""
         key = idempotency_key(ctx, request, fields.get("internalId"))
         refusal = await callback_urls.refusal_at_creation(ctx.settings, fields.get("callbackUrl"))
         req = parse_payout_request(
             fields | {"projectId": wallet}, key, callback_url_refusal=refusal
         )
+        if keysend_to is not None:
+            req = dataclasses.replace(
+                req, destination_kind=destinations.Kind.KEYSEND, destination=keysend_to
+            )
         return await payouts.create_payout(rt, req)
 
     @router.post(
@@ -170,6 +187,66 @@ def install(router: APIRouter, ctx: ApiContext) -> None:
             "callbackUrl": optional_text(body, "callbackUrl"),
         }
         return answer(await create(request, wallet, fields), zbd.payment)
+
+    @router.get(
+        "/ln-address/validate/{address}",
+        **doc(
+            ok={200: (models.LnAddressValidation, "A Lightning Address: its pay parameters")},
+            errors={
+                400: ("VALIDATION_ERROR",),
+                403: ("FORBIDDEN",),
+                502: ("RECIPIENT_INVOICE_INVALID", "RECIPIENT_UNREACHABLE"),
+            },
+            summary="ZBD: resolve a Lightning Address without paying it",
+        ),
+    )
+    @zbd_route
+    async def validate_address(address: str, request: Request) -> JSONResponse:
+        await wallet_of(ctx, request)
+        value = parse_lightning_address(address, "address")
+        kind = destinations.Kind.LIGHTNING_ADDRESS
+        if destinations.sandbox_address(rt, kind, value):  # paid by name: no LNURL service
+            metadata: dict[str, Any] = {
+                "tag": "payRequest",
+                "minSendable": AMOUNT_MIN_SATS * zbd.MSAT_PER_SAT,
+                "maxSendable": AMOUNT_MAX_SATS * zbd.MSAT_PER_SAT,
+                "commentAllowed": DESCRIPTION_MAX_CHARS,
+                "callback": None,
+                "metadata": None,
+                "sandbox": True,
+            }
+        else:
+            metadata = await destinations.pay_parameters(rt, kind, value)
+        return ok("Lightning Address is valid.", {"valid": True, "metadata": metadata})
+
+    @router.post(
+        "/keysend-payment",
+        **doc(
+            ok={200: (models.Keysend, "Paid, or in flight")},
+            errors=CREATE_ERRORS,
+            body=models.KeysendBody,
+            body_example={"amount": "1000000", "pubkey": "02" + "ab" * 32},
+            headers=KEY_HEADER,
+            summary="ZBD: pay a node public key (keysend), where the backend can",
+        ),
+    )
+    @zbd_route
+    async def keysend(request: Request) -> JSONResponse:
+        wallet = await wallet_of(ctx, request)
+        body = body_object(await read_json(request))
+        pubkey = parse_node_pubkey(body.get("pubkey"), "pubkey")
+        if body.get("tlvRecords"):
+            raise errors.ValidationError(
+                "payrail's keysend payments carry no custom TLV records: send tlvRecords "
+                "empty or leave it out.",
+                field="tlvRecords",
+            )
+        fields = {
+            "gamertag": rate_key(pubkey),
+            "amount": zbd.sats_of_msat(body.get("amount")),
+            "callbackUrl": optional_text(body, "callbackUrl"),
+        }
+        return answer(await create(request, wallet, fields, keysend_to=pubkey), zbd.keysend)
 
     @router.get(
         "/payments/{payment_id}",
