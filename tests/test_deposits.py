@@ -278,6 +278,8 @@ async def test_a_push_for_an_unpaid_invoice_credits_nothing(client, rt):
         ({"payment_hash": "xyz"}, 400, "VALIDATION_ERROR"),
         ({"payment_hash": "ab" * 32}, 404, "DEPOSIT_NOT_FOUND"),
         ("just a string", 400, "VALIDATION_ERROR"),
+        ('{"payment_hash": "ab"}', 400, "VALIDATION_ERROR"),
+        ([{"payment_hash": "ab" * 32}], 400, "VALIDATION_ERROR"),
     ],
 )
 async def test_a_bad_or_unknown_push_is_refused(client, body, status, code):

@@ -21,6 +21,7 @@ the deposit's unique transfer_id refuse a second even if a guard failed.
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
 from collections.abc import AsyncIterator
@@ -417,7 +418,15 @@ async def watch(rt: Runtime, job: queue.Job) -> None:
 
 async def receive_push(rt: Runtime, body: Any) -> RowMapping:
     """LNbits posts the paid Payment to the webhook given with the invoice. Its body only
-    names the payment hash to check: the backend is asked, and its answer decides."""
+    names the payment hash to check: the backend is asked, and its answer decides.
+
+    LNbits 1.6 sends `json=payment.json()`: the Payment encoded twice, a JSON string that
+    holds the object; both that and the object itself are read."""
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = None
     payment_hash = body.get("payment_hash") if isinstance(body, dict) else None
     if not is_payment_hash(payment_hash):
         raise errors.ValidationError(
