@@ -15,6 +15,7 @@ import pytest
 from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, balance_of
 from lightning_kit import AddressServer, Behaviour, make_invoice
 
+from payrail.config import Settings, UnsafeSettings
 from payrail.entrypoints.http.app import create_app
 from payrail.lightning.backend import DestinationKind
 from payrail.services import reconcile
@@ -523,3 +524,37 @@ async def test_keysend_on_a_backend_without_it_is_a_zbd_shaped_refusal(
     response = await zbd.post("/keysend-payment", json={"amount": "1000", "pubkey": PUBKEY})
     assert "keysend" in assert_zbd_error(response, 422, "DESTINATION_UNSUPPORTED")["message"]
     assert await balance_of(client) == 100_000
+
+
+async def _zbd_client(settings, rt, **changes) -> httpx.AsyncClient:
+    app = create_app(dataclasses.replace(settings, **changes), runtime=rt, migrate_db=False)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test/v0",
+        headers={"apikey": SANDBOX_KEY},
+    )
+
+
+@pytest.mark.parametrize(
+    ("fixed", "price"), [(None, "100000"), ("16825.50", "16825.5"), ("65000", "65000")]
+)
+async def test_btcusd_is_the_operators_fixed_rate(settings, rt, fixed, price):
+    changes = {} if fixed is None else {"fx_fixed": fixed}
+    async with await _zbd_client(settings, rt, **changes) as zbd:
+        response = await zbd.get("/btcusd")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["message"] == "Successfully retrieved BTC USD price ticker information."
+    assert body["data"]["btcUsdPrice"] == price and body["data"]["source"] == "fixed"
+    assert body["data"]["btcUsdTimestamp"] == str(rt.clock.now_ms() // 1000)
+
+
+async def test_btcusd_without_a_rate_guesses_none(settings, rt):
+    async with await _zbd_client(settings, rt, fx_fixed="") as zbd:
+        assert_zbd_error(await zbd.get("/btcusd"), 503, "SERVICE_UNAVAILABLE")
+
+
+@pytest.mark.parametrize("text", ["abc", "-5", "0", "NaN", "Infinity", "1" * 40])
+def test_a_bad_fixed_rate_stops_the_server(text):
+    with pytest.raises(UnsafeSettings, match="PAYRAIL_FX_FIXED"):
+        Settings.from_env({"PAYRAIL_FX_FIXED": text})

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from payrail.db.sqlite import SQLITE_SYNCHRONOUS_CHOICES, SQLITE_SYNCHRONOUS_DEFAULT
+from payrail.domain.fx import FX_FIXED_SANDBOX, parse_fixed
 
 DEFAULT_SANDBOX_API_KEY = "test_api_key_12345"
 DEFAULT_ADMIN_KEY = "sandbox_admin_key_change_me"
@@ -109,6 +110,9 @@ class Settings:
     # The ZBD-compatible API (docs/zbd.md): a /v0 payout's internalId is its idempotency
     # key when it carries no Idempotency-Key header (ZBD itself does not dedupe on it).
     zbd_internal_id_idempotent: bool = False
+    # US dollars per bitcoin, the fixed rate GET /v0/btcusd answers (domain/fx.py); "": no
+    # rate (production's default: set it, or /v0/btcusd answers 503).
+    fx_fixed: str = FX_FIXED_SANDBOX
     # Card payments (docs/card-payments.md).
     stripe_backend: str = "simulator"  # simulator | stripe
     stripe_api_key: str = DEFAULT_SANDBOX_STRIPE_API_KEY
@@ -212,6 +216,7 @@ class Settings:
             metrics_token=env.get("PAYRAIL_METRICS_TOKEN", ""),
             zbd_internal_id_idempotent=env.get("PAYRAIL_ZBD_INTERNAL_ID_IDEMPOTENT", "0")
             in ("1", "true", "yes"),
+            fx_fixed=env.get("PAYRAIL_FX_FIXED", FX_FIXED_SANDBOX if mode == "sandbox" else ""),
             stripe_api_key=env.get(
                 "PAYRAIL_STRIPE_API_KEY",
                 DEFAULT_SANDBOX_STRIPE_API_KEY if mode == "sandbox" else "",
@@ -266,6 +271,10 @@ class Settings:
                 "PAYRAIL_LEASE_MS must exceed PAYRAIL_CALLBACK_TIMEOUT_MS, or a callback still "
                 "being sent could be sent again by another worker"
             )
+        try:
+            parse_fixed(self.fx_fixed)
+        except ValueError as exc:
+            raise UnsafeSettings(f"PAYRAIL_FX_FIXED: {exc}") from None
         if self.stripe_backend not in ("simulator", "stripe", "disabled"):
             raise UnsafeSettings("PAYRAIL_STRIPE_BACKEND must be simulator, stripe or disabled")
         if self.lightning_backend not in ("simulated", "lnd", "lnbits"):

@@ -1,4 +1,5 @@
-"""ZBD's utilities: decode an invoice (payrail's own BOLT11 decoder) and the BTC/USD rate."""
+"""ZBD's utilities: decode an invoice (payrail's own BOLT11 decoder) and the BTC/USD rate
+(the operator's fixed rate, PAYRAIL_FX_FIXED: domain/fx.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from payrail.domain import errors, invoices
+from payrail.domain import errors, fx, invoices
 from payrail.entrypoints.http.context import ApiContext
 from payrail.entrypoints.http.errors import read_json
 from payrail.entrypoints.http.models import doc, query_param
@@ -63,3 +64,27 @@ def install(router: APIRouter, ctx: ApiContext) -> None:
     async def decode_get(request: Request) -> JSONResponse:
         await wallet_of(ctx, request)
         return ok("Successfully decoded invoice.", decode(request.query_params.get("invoice")))
+
+    @router.get(
+        "/btcusd",
+        **doc(
+            ok={200: (models.BtcUsd, "The rate: US dollars per bitcoin")},
+            errors={403: ("FORBIDDEN",), 503: ("SERVICE_UNAVAILABLE",)},
+            summary="ZBD: the BTC/USD rate (the operator's PAYRAIL_FX_FIXED)",
+        ),
+    )
+    @zbd_route
+    async def btcusd(request: Request) -> JSONResponse:
+        await wallet_of(ctx, request)
+        rate = fx.fixed_rate(ctx.settings.fx_fixed, ctx.rt.clock.now_ms())
+        if rate is None:
+            raise errors.ServiceUnavailable(
+                "No BTC/USD rate is configured: the operator sets PAYRAIL_FX_FIXED (US dollars "
+                "per bitcoin). payrail guesses no price."
+            )
+        data = {
+            "btcUsdPrice": fx.plain(rate.usd_per_btc),
+            "btcUsdTimestamp": str(rate.at_ms // 1000),
+            "source": rate.source,
+        }
+        return ok("Successfully retrieved BTC USD price ticker information.", data)
