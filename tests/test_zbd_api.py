@@ -558,3 +558,43 @@ async def test_btcusd_without_a_rate_guesses_none(settings, rt):
 def test_a_bad_fixed_rate_stops_the_server(text):
     with pytest.raises(UnsafeSettings, match="PAYRAIL_FX_FIXED"):
         Settings.from_env({"PAYRAIL_FX_FIXED": text})
+
+
+async def test_a_charge_is_a_deposit_that_credits_the_wallet_once_paid(zbd, client):
+    response = await zbd.post(
+        "/charges",
+        json={"amount": "5000000", "description": "Top-up", "expiresIn": 600, "internalId": "t1"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["message"] == "Charge created."
+    charge = body["data"]
+    assert (charge["status"], charge["amount"], charge["unit"]) == ("pending", "5000000", "msats")
+    assert charge["invoice"]["uri"] == "lightning:" + charge["invoice"]["request"]
+    assert bolt11.decode(charge["invoice"]["request"]).amount_msat == 5_000_000
+    assert charge["internalId"] == "t1"
+    assert await balance_of(client) == 100_000  # nothing until it is paid
+    paid = await client.post(f"/test/deposits/{charge['id']}/pay")
+    assert paid.status_code == 200, paid.text
+    got = await zbd.get(f"/charges/{charge['id']}")
+    assert got.json()["message"] == "Fetched Charge."
+    assert got.json()["data"]["status"] == "completed" and got.json()["data"]["confirmedAt"]
+    assert await balance_of(client) == 105_000
+    wallet = (await zbd.get("/wallet")).json()["data"]
+    assert wallet["balance"] == "105000000"
+
+
+async def test_charge_refusals_and_replays(zbd, client):
+    assert_zbd_error(await zbd.post("/charges", json={"amount": "1500"}), 400, "INVALID_AMOUNT")
+    assert_zbd_error(await zbd.post("/charges", json={}), 400, "VALIDATION_ERROR")
+    key = {"Idempotency-Key": "topup-1"}
+    first = await zbd.post("/charges", json={"amount": "2000000"}, headers=key)
+    again = await zbd.post("/charges", json={"amount": "2000000"}, headers=key)
+    assert first.json()["data"]["id"] == again.json()["data"]["id"]
+    assert first.json()["data"]["invoice"] == again.json()["data"]["invoice"]
+    other_key = (
+        await client.post("/projects", json={"id": "studio_c"}, headers={"apikey": ADMIN_KEY})
+    ).json()["data"]["apiKey"]
+    hidden = await zbd.get(f"/charges/{first.json()['data']['id']}", headers={"apikey": other_key})
+    assert_zbd_error(hidden, 404, "DEPOSIT_NOT_FOUND")
+    assert await balance_of(client) == 100_000

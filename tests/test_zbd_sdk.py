@@ -351,7 +351,32 @@ def test_node_sdk_scenario_against_payrail(server, address_server):
     assert out["fraction"]["status"] == 400 and "whole number of sats" in out["fraction"]["message"]
     assert out["transferWithoutReceiverKey"]["status"] == 403  # this SDK cannot send it
     assert out["withdrawal"]["status"] == 501
+    charge = out["charge"]["answer"]["data"]
+    assert (charge["status"], charge["amount"]) == ("pending", "7000000")
+    assert out["chargeFetched"]["answer"]["data"]["invoice"] == charge["invoice"]
     spent = cost(2000) + cost(4000) + cost(3000)
     assert balance(server) == start - spent
     assert out["walletAfter"]["answer"]["data"]["balance"] == str((start - spent) * 1000)
     assert balance(server, "node_studio_b") == 0
+    with payrail(server) as api:  # the charge, paid: the wallet is credited once
+        assert api.post(f"/test/deposits/{charge['id']}/pay").status_code == 200
+        assert api.post(f"/test/deposits/{charge['id']}/pay").status_code in (200, 409)
+    assert balance(server) == start - spent + 7000
+
+
+def test_python_sdk_charge_is_a_deposit_credited_once_paid(server):
+    start = balance(server)
+    with sdk(server) as client:
+        created = client.lightning_charges.with_raw_response.create(
+            amount="5000000", description="Top-up", expires_in=300, internal_id="sdk-topup"
+        ).json()
+        charge = created["data"]
+        assert (created["message"], charge["status"]) == ("Charge created.", "pending")
+        assert balance(server) == start
+        with payrail(server) as api:  # the sandbox's payer: payrail's own test route
+            assert api.post(f"/test/deposits/{charge['id']}/pay").status_code == 200
+        got = client.lightning_charges.with_raw_response.retrieve(charge["id"]).json()["data"]
+        wallet = client.wallet.with_raw_response.retrieve_balance().json()["data"]
+    assert got["status"] == "completed"
+    assert balance(server) == start + 5000
+    assert wallet["balance"] == str((start + 5000) * 1000)

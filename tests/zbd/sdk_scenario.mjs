@@ -45,5 +45,11 @@ out.transferWithoutReceiverKey = await step(() =>
 out.withdrawal = await step(() =>
   ZBD.createWithdrawalRequest({ amount: "1000000", expiresIn: 300, description: "claim" }),
 );
+out.charge = await step(() =>
+  ZBD.createCharge({ amount: "7000000", expiresIn: 300, description: "Node top-up", internalId: "n1" }),
+);
+if (out.charge.ok) {
+  out.chargeFetched = await step(() => ZBD.getCharge(out.charge.answer.data.id));
+}
 out.walletAfter = await step(() => ZBD.getWallet());
 console.log(JSON.stringify(out));

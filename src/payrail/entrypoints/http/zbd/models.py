@@ -161,3 +161,30 @@ class InternalTransfer(Model):
     amount: str
     createdAt: str | None
     updatedAt: str | None
+
+
+class ChargeBody(Body):
+    amount: str = AMOUNT
+    description: str | None = Field(None, max_length=DESCRIPTION_MAX_CHARS)
+    expiresIn: int | None = Field(None, description="seconds (payrail's deposit expiresInS)")
+    internalId: str | None = Field(None, description="echoed in the answer, not kept")
+    callbackUrl: str | None = Field(None, description="not used: deposits send no callbacks")
+
+
+class ChargeInvoice(Model):
+    request: str = Field(description="BOLT11 to pay")
+    uri: str = Field(description="lightning:<request>")
+
+
+class Charge(Model):
+    id: str
+    unit: str
+    amount: str
+    createdAt: str | None
+    callbackUrl: str | None
+    internalId: str | None
+    description: str
+    expiresAt: str | None
+    confirmedAt: str | None
+    status: str = Field(description="pending, completed or expired")
+    invoice: ChargeInvoice
