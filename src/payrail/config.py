@@ -84,11 +84,12 @@ class Settings:
     recipient_failure_window_s: int = 600
     recipient_block_s: int = 600
     body_max_bytes: int = 64 * 1024
+    # A connection whose request headers are not complete this long after it opened (or after
+    # its previous response) is closed with 408: a slow-loris client holds no slot for long.
+    http_header_timeout_ms: int = 10_000
     db_pool_size: int = 20
     sqlite_synchronous: str = SQLITE_SYNCHRONOUS_DEFAULT  # docs/operations.md, SQLite durability
     sim_seed: int | None = None
-    # A payout's two transactions as one unit each (services/hot_path); 0: statement by statement.
-    hot_path: bool = True
     run_worker: bool = True
     reconcile_interval_s: int = 60
     # ANALYZE/VACUUM of payrail's tables by the server: auto (when autovacuum is off) | on | off
@@ -179,12 +180,14 @@ class Settings:
                 env, "PAYRAIL_RECIPIENT_FAILURE_WINDOW_S", 600, 1, 86_400
             ),
             recipient_block_s=_int(env, "PAYRAIL_RECIPIENT_BLOCK_S", 600, 1, 86_400),
+            http_header_timeout_ms=_int(
+                env, "PAYRAIL_HTTP_HEADER_TIMEOUT_MS", 10_000, 100, 300_000
+            ),
             db_pool_size=_int(env, "PAYRAIL_DB_POOL_SIZE", 20, 1, 500),
             sqlite_synchronous=env.get(
                 "PAYRAIL_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS_DEFAULT
             ).upper(),
             sim_seed=int(seed) if seed else None,
-            hot_path=env.get("PAYRAIL_HOT_PATH", "1") not in ("0", "false", "no"),
             run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),
             reconcile_interval_s=_int(env, "PAYRAIL_RECONCILE_INTERVAL_S", 60, 0, 86_400),
             db_maintenance=env.get("PAYRAIL_DB_MAINTENANCE", "auto").lower(),

@@ -99,6 +99,7 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
+        http=serving.header_timeout_protocol(settings.http_header_timeout_ms),
     )
 
 

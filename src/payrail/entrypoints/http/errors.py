@@ -8,14 +8,16 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from payrail.db.availability import RETRY_AFTER_S, is_database_unavailable
 from payrail.domain import errors
 from payrail.domain.text import JSON_DEPTH_MAX, check_json
 
 log = structlog.get_logger("payrail.entrypoints.http")
+CLIENT_CLOSED_REQUEST = 499  # logged and counted as such; the client is gone and never sees it
 
 HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.ValidationError: 400,
@@ -98,6 +100,14 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404:
             return error_response(errors.NotFound(f"No route {request.method} {request.url.path}."))
         return envelope(False, str(exc.detail), {"error": "HTTP_ERROR"}, exc.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        # The client hung up before its request was read whole: nobody hears an answer and it
+        # is no fault of ours, so no unhandled_error and no error count. Nothing was written:
+        # routes read their body before they write. 499 is nginx's "client closed request".
+        log.info("client_disconnected", path=request.url.path, method=request.method)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
