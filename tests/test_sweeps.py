@@ -39,20 +39,20 @@ async def test_a_sweep_runs_in_one_process_and_moves_when_its_holder_stops(
     response = await client.post("/payouts", json=payout_body())
     assert response.status_code == 201, response.text
     mine, theirs = sweeps.sweeps_of(rt), sweeps.sweeps_of(other)
-    assert _ran(await sweeps.run_due(rt, mine)) == ["reconcile", "retention"]
+    assert _ran(await sweeps.run_due(rt, mine)) == ["reconcile", "retention", "rollup"]
     assert await sweeps.run_due(other, theirs) == [], "the other process holds no lease"
     assert metrics.SWEEP_ROWS.labels(sweep="reconcile")._value.get() == 1  # one payout read
     # Due again: the holder runs it again, the other still does not.
     for s in mine + theirs:
         s.due_at = 0
-    assert _ran(await sweeps.run_due(rt, mine)) == ["reconcile", "retention"]
+    assert _ran(await sweeps.run_due(rt, mine)) == ["reconcile", "retention", "rollup"]
     assert await sweeps.run_due(other, theirs) == []
     # The holder stops cleanly (its leases given back): the other takes the sweeps at once.
     for s in mine:
         await sweeps.release_lease(rt, s.name)
     for s in theirs:
         s.due_at = 0
-    assert _ran(await sweeps.run_due(other, theirs)) == ["reconcile", "retention"]
+    assert _ran(await sweeps.run_due(other, theirs)) == ["reconcile", "retention", "rollup"]
     for s in mine:
         s.due_at = 0
     assert await sweeps.run_due(rt, mine) == []

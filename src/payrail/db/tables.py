@@ -530,6 +530,17 @@ background_leases = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+# Payouts per project, hour of creation (epoch ms at the hour) and dashboard outcome (success |
+# failed | timed out | pending), kept by a sweep (services/rollups.py) for the dashboard's charts.
+payout_rollups = Table(
+    "payout_rollups",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("hour_ms", BigInteger, primary_key=True),
+    Column("outcome", String(16), primary_key=True),
+    Column("payouts", BigInteger, nullable=False),
+)
+
 # Every reconcile, list and pruning read on an index (migration 0013 says which read each is).
 Index("ix_transfers_created", transfers.c.created_at)
 Index("ix_transfers_debit", transfers.c.debit_account_id)

@@ -14,6 +14,7 @@ sweep's cost is O(what changed since its last run), whatever the history.
 - reconcile: the incremental reconciliation (services/reconcile.py), every
   PAYRAIL_RECONCILE_INTERVAL_S.
 - retention: pruning (services/retention.py), every PAYRAIL_RETENTION_INTERVAL_S.
+- rollup: the dashboard's payouts per project and hour (services/rollups.py), every minute.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from sqlalchemy import insert, or_, update
 from payrail.bootstrap import Runtime
 from payrail.db.tables import background_leases
 from payrail.lightning.backend import NodeStatus
-from payrail.services import reconcile, retention
+from payrail.services import reconcile, retention, rollups
 from payrail.support import metrics
 from payrail.support.clock import wait_or_stop
 
 log = structlog.get_logger("payrail.sweeps")
 L = background_leases.c
 LEASE_MS_MIN = 30_000  # a lease outlives its holder's next run by at least this much
+ROLLUP_INTERVAL_S = 60.0  # a closed hour reaches the dashboard's charts within a minute
 TICK_S = 1.0  # how often a loop looks for a due sweep (a read of nothing when none is)
 
 
@@ -99,7 +101,10 @@ def sweeps_of(rt: Runtime) -> list[Sweep]:
     async def prune_once() -> int:
         return (await retention.prune(rt)).rows
 
-    found = []
+    async def roll_once() -> int:
+        return await rollups.run(rt)
+
+    found = [Sweep("rollup", ROLLUP_INTERVAL_S, roll_once)]
     if s.reconcile_interval_s:
         found.append(Sweep("reconcile", s.reconcile_interval_s, reconcile_once))
     if s.retention_interval_s:

@@ -190,7 +190,7 @@ RECONCILIATION_LAST_RUN = Gauge(
 # Background sweeps (services/sweeps.py): one process per deployment runs each.
 SWEEP_SECONDS = Histogram(
     "payrail_sweep_seconds",
-    "Wall time of one background sweep run, by sweep (reconcile | retention).",
+    "Wall time of one background sweep run, by sweep (reconcile | retention | rollup).",
     ["sweep"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )

@@ -23,7 +23,7 @@ from payrail.domain.orders import OrderStatus
 from payrail.domain.payouts import FailureCode, State, Status, states_for
 from payrail.domain.recipients import GAMERTAG_RE
 from payrail.jobs import queue
-from payrail.services import callbacks, flags, pagination
+from payrail.services import callbacks, flags, pagination, rollups
 from payrail.services import orders as order_service
 from payrail.services import payouts as payout_service
 from payrail.services import projects as project_service
@@ -130,17 +130,23 @@ async def overview(rt: Runtime, project_id: str, window_name: str) -> dict[str, 
     balance = await project_service.balance(rt, project_id)
     timed_out = case((P.failure_code == FailureCode.GATEWAY_TIMEOUT.value, 1), else_=0)
     bucket = (P.created_at - first) // window.bucket_ms  # integer division on both databases
+    counts = {name: [0] * window.buckets for name, _ in OUTCOMES}
+    if window.bucket_ms % rollups.HOUR_MS == 0:
+        # Hourly buckets or coarser: the rollup's rows (services/rollups.py), not every payout.
+        found = await rollups.counts(rt, project_id, first, window.bucket_ms, window.buckets)
+        for name, values in found.items():
+            counts[name] = [a + b for a, b in zip(counts[name], values, strict=True)]
     async with rt.engine.connect() as conn:
-        rows = await conn.execute(
-            select(bucket.label("b"), P.state, timed_out.label("t"), func.count())
-            .where(P.project_id == project_id, P.created_at >= first)
-            .group_by(bucket, P.state, timed_out)
-        )
-        counts = {name: [0] * window.buckets for name, _ in OUTCOMES}
-        for b, state, t, n in rows:
-            code = FailureCode.GATEWAY_TIMEOUT if t else None
-            index = min(int(b), window.buckets - 1)
-            counts[outcome_of(state, code)][index] += int(n)
+        if window.bucket_ms % rollups.HOUR_MS:
+            rows = await conn.execute(
+                select(bucket.label("b"), P.state, timed_out.label("t"), func.count())
+                .where(P.project_id == project_id, P.created_at >= first)
+                .group_by(bucket, P.state, timed_out)
+            )
+            for b, state, t, n in rows:
+                code = FailureCode.GATEWAY_TIMEOUT if t else None
+                index = min(int(b), window.buckets - 1)
+                counts[outcome_of(state, code)][index] += int(n)
         open_rows = (
             await conn.execute(
                 select(P.id, P.gamertag, P.amount, P.fee, P.state, P.created_at)

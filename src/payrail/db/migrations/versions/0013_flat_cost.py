@@ -13,6 +13,9 @@ periodic work O(changes) (services/reconcile.py, services/sweeps.py, docs/operat
   reads only the rows changed since.
 - background_leases: one row per background sweep; the process holding its lease runs it, so
   a deployment of many server processes runs each sweep once.
+- payout_rollups: payouts per project, hour (of creation) and outcome, kept by a sweep
+  (services/rollups.py): the dashboard's 24-hour and 7-day charts read these instead of
+  every payout of the window.
 - indexes, each for a read that scanned a table:
   - ix_transfers_created (created_at): the transfers since the watermark.
   - ix_transfers_debit (debit_account_id): the funded sum (debit = sys:funding) and one
@@ -66,6 +69,16 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_background_leases")),
     )
+    op.create_table(
+        "payout_rollups",
+        sa.Column("project_id", sa.String(length=64), nullable=False),
+        sa.Column("hour_ms", sa.BigInteger(), nullable=False),
+        sa.Column("outcome", sa.String(length=16), nullable=False),
+        sa.Column("payouts", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "project_id", "hour_ms", "outcome", name=op.f("pk_payout_rollups")
+        ),
+    )
     for name, table, columns in INDEXES:
         op.create_index(name, table, columns)
     op.create_index(
@@ -84,5 +97,6 @@ def downgrade() -> None:
     op.drop_index("ix_payouts_gamertag", table_name="payouts")
     for name, table, _ in reversed(INDEXES):
         op.drop_index(name, table_name=table)
+    op.drop_table("payout_rollups")
     op.drop_table("background_leases")
     op.drop_table("reconcile_checkpoints")
