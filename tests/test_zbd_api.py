@@ -175,6 +175,8 @@ async def test_same_idempotency_key_pays_once_and_another_body_is_refused(zbd, c
     assert first.status_code == again.status_code == 200, again.text
     assert first.json()["data"]["id"] == again.json()["data"]["id"]
     assert await balance_of(client) == 100_000 - cost(5000)
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
     reused = await zbd.post(
         "/gamertag/send-payment", json=body | {"amount": "6000000"}, headers=key
     )
@@ -420,6 +422,7 @@ async def test_internal_transfer_retried_with_its_key_moves_once(zbd, client):
     assert first.status_code == again.status_code == 200, again.text
     assert first.json()["data"]["id"] == again.json()["data"]["id"]
     assert await balance_of(client) == 0 and await balance_of(client, "studio_b") == 100_000
+    assert again.headers["idempotent-replayed"] == "true"
     other = await zbd.post("/internal-transfer", json=body | {"amount": "1000"}, headers=headers)
     assert_zbd_error(other, 422, "IDEMPOTENCY_KEY_REUSED")
     assert await balance_of(client) == 0 and await balance_of(client, "studio_b") == 100_000

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from payrail.domain.deposits import parse_request
 from payrail.entrypoints.http.context import ApiContext
-from payrail.entrypoints.http.errors import read_json
+from payrail.entrypoints.http.errors import mark_replayed, read_json
 from payrail.entrypoints.http.models import doc
 from payrail.entrypoints.http.zbd import models
 from payrail.entrypoints.http.zbd import translate as zbd
@@ -86,7 +86,7 @@ def install(router: APIRouter, ctx: ApiContext) -> None:
         created = await deposits.create_deposit(rt, req)
         data = charge(deposits.view(created.row))
         data["internalId"] = optional_text(body, "internalId")  # echoed, not kept
-        return ok("Charge created.", data)
+        return mark_replayed(ok("Charge created.", data), created.replay)
 
     @router.get(
         "/charges/{charge_id}",

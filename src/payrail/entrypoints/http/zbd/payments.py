@@ -27,7 +27,7 @@ from payrail.domain.payouts import (
 from payrail.domain.recipients import parse_lightning_address, parse_node_pubkey, rate_key
 from payrail.entrypoints.http.auth import Principal
 from payrail.entrypoints.http.context import ApiContext
-from payrail.entrypoints.http.errors import read_json
+from payrail.entrypoints.http.errors import mark_replayed, read_json
 from payrail.entrypoints.http.models import doc, header_param
 from payrail.entrypoints.http.payouts import payout_answer_parts, visible_payout
 from payrail.entrypoints.http.zbd import models
@@ -291,7 +291,9 @@ def answer(outcome: payouts.CreateOutcome, shape: Callable[[dict], dict]) -> JSO
     success, message, data, status = payout_answer_parts(outcome)
     body = shape(data)
     if not success:
-        return failed(message, body, data["error"], status)
-    if data["status"] == "expired":
-        return failed(message, body, "PAYOUT_EXPIRED", 400)
-    return ok(DONE if data["status"] == "completed" else PROCESSING, body)
+        response = failed(message, body, data["error"], status)
+    elif data["status"] == "expired":
+        response = failed(message, body, "PAYOUT_EXPIRED", 400)
+    else:
+        response = ok(DONE if data["status"] == "completed" else PROCESSING, body)
+    return mark_replayed(response, outcome.replay)  # `Idempotent-Replayed: true`, as /api/v1

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from payrail.domain import errors
 from payrail.entrypoints.http.context import ApiContext
-from payrail.entrypoints.http.errors import read_json
+from payrail.entrypoints.http.errors import mark_replayed, read_json
 from payrail.entrypoints.http.models import doc, header_param
 from payrail.entrypoints.http.zbd import models
 from payrail.entrypoints.http.zbd import translate as zbd
@@ -89,7 +89,7 @@ def install(router: APIRouter, ctx: ApiContext) -> None:
             "senderBalance": zbd.msat(done.sender_balance),
             "receiverBalance": zbd.msat(done.receiver_balance),
         }
-        return ok("Internal Transfer done.", data)
+        return mark_replayed(ok("Internal Transfer done.", data), done.replay)
 
 
 async def _require_receiver_key(ctx: ApiContext, request: Request, receiver: str) -> None:
