@@ -206,8 +206,8 @@ async def reconcile_incremental(
     cost is O(changes), not O(history). Without a checkpoint it is the full audit, once."""
     async with rt.engine.connect() as conn:
         checkpoint = await load_checkpoint(conn)
-    if checkpoint is None:
-        return await reconcile(rt, settle_window_ms, node_answers=node_answers)
+    if checkpoint is None:  # the first run: everything, in the small pages of a periodic run
+        return await reconcile(rt, settle_window_ms, node_answers=node_answers, page_rows=PAGE_ROWS)
     window_ms = _window(rt, settle_window_ms)
     since_ms = checkpoint.watermark_ms
     check = _Checks(rt, node_answers)

@@ -38,7 +38,10 @@ log = structlog.get_logger("payrail.sweeps")
 L = background_leases.c
 LEASE_MS_MIN = 30_000  # a lease outlives its holder's next run by at least this much
 ROLLUP_INTERVAL_S = 60.0  # a closed hour reaches the dashboard's charts within a minute
-TICK_S = 1.0  # how often a loop looks for a due sweep (a read of nothing when none is)
+TICK_S = 1.0
+# A process's first sweep waits this long after its start: nothing heavy while it starts
+# serving (and a restart under load does not begin with a reconciliation).
+START_DELAY_S = 15.0  # how often a loop looks for a due sweep (a read of nothing when none is)
 
 
 async def take_lease(rt: Runtime, name: str, lease_ms: int) -> bool:
@@ -88,7 +91,7 @@ class Sweep:
         return max(int(self.interval_s * 2_000), LEASE_MS_MIN)
 
 
-def sweeps_of(rt: Runtime) -> list[Sweep]:
+def sweeps_of(rt: Runtime, start_delay_s: float = 0.0) -> list[Sweep]:
     s = rt.settings
     node_answers: dict[str, NodeStatus] = {}
 
@@ -109,6 +112,8 @@ def sweeps_of(rt: Runtime) -> list[Sweep]:
         found.append(Sweep("reconcile", s.reconcile_interval_s, reconcile_once))
     if s.retention_interval_s:
         found.append(Sweep("retention", s.retention_interval_s, prune_once))
+    for sweep in found:
+        sweep.due_at = time.monotonic() + start_delay_s
     return found
 
 
@@ -159,7 +164,7 @@ async def _run(rt: Runtime, sweep: Sweep) -> None:
 
 async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
     """The worker loop's sweeps: each due one, if this process holds its lease."""
-    sweeps = sweeps_of(rt)
+    sweeps = sweeps_of(rt, START_DELAY_S)
     if not sweeps:
         return
     try:
