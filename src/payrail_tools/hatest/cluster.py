@@ -199,6 +199,19 @@ class Member:
         _kill_pids([pid, *children])
         return 1 + len(children)
 
+    def walsenders(self) -> list[int]:
+        """The pids of this member's WAL senders (a primary has one per streaming replica)."""
+        import psutil
+
+        pid = self.postmaster_pid()
+        if pid is None:
+            return []
+        try:
+            children = psutil.Process(pid).children()
+            return [c.pid for c in children if "walsender" in " ".join(c.cmdline())]
+        except psutil.Error:
+            return []
+
     def kill_machine(self) -> int:
         """The member's machine dies: kill -9 Patroni and PostgreSQL (postmaster and children),
         nothing gets to say goodbye; the leader key expires after the DCS ttl."""

@@ -30,6 +30,7 @@ stopped on every exit (failure, Ctrl-C, SIGTERM, deadline).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -84,6 +85,8 @@ BATCH_SETTLING_MIN = 100  # the kill comes once this many of its payouts are not
 BATCH_SETTLING_WAIT_S = 60.0
 ATTEMPTS_MAX = 40
 SWITCH_WAIT_S = 60.0  # a new leader, or a rejoined member, within this
+LAG_BEFORE_KILL_S = 1.0  # the primary's WAL senders stop this long before each kill
+ROUTED_IN_A_ROW = 6  # HAProxy's view has settled once this many connections agree
 OUTAGE_SEARCH_S = 15  # a fault's write outage is looked for this far around it
 
 
@@ -119,7 +122,7 @@ class Fault:
 
 
 class HADeployment:
-    def __init__(self, synchronous: bool, strict: bool) -> None:
+    def __init__(self, synchronous: bool, strict: bool, read_replica: bool = True) -> None:
         self.root = service_dir("payrail-26-ha-")
         self.cluster = Cluster(
             Etcd(self.root / "etcd", *ETCD_PORTS),
@@ -158,6 +161,8 @@ class HADeployment:
             PAYRAIL_SETTLE_WAIT_MS="3000",
             PAYRAIL_SIM_SEED="26",
         )
+        if not read_replica:
+            del self.env["PAYRAIL_READ_DATABASE_URL"]
         self.nodes = [
             PayrailProcess(
                 f"node{i}",
@@ -195,7 +200,10 @@ class HADeployment:
         say(f"cluster healthy in {time.monotonic() - started:.1f} s: {_roles(self.cluster)}")
         say(f"HAProxy :{API_PORT} api, :{PRIMARY_PORT} primary, :{REPLICA_PORT} replicas")
         self.haproxy.start()
-        _wait_sql(self.primary_url("postgres"), "SELECT 1")
+        # HAProxy starts with every server up, until `fall` failed checks: a first connection
+        # could reach a replica. Wait until the primary port only reaches the primary.
+        _wait_routed(self.primary_url("postgres"), in_recovery=False)
+        _wait_routed(f"postgresql://postgres@127.0.0.1:{REPLICA_PORT}/postgres", in_recovery=True)
         _sql(self.primary_url("postgres"), f"CREATE DATABASE {DATABASE}")
         _sql(self.primary_url("postgres"), "ALTER ROLE postgres SET statement_timeout = '30s'")
         _sql(self.primary_url("postgres"), "ALTER ROLE postgres SET lock_timeout = '10s'")
@@ -226,7 +234,7 @@ class HADeployment:
         raise PartFailed("no node became ready behind HAProxy within 60 s")
 
     def down(self) -> None:
-        """Stop everything, the parts of one tier at once (a node drains for up to 20 s)."""
+        """Stop everything, the parts of one tier at once."""
         from concurrent.futures import ThreadPoolExecutor
 
         def stop(part: Any) -> None:
@@ -235,6 +243,10 @@ class HADeployment:
             except Exception as exc:  # teardown goes on: every part must be stopped
                 say(f"stopping {type(part).__name__}: {exc}")
 
+        # the nodes need no graceful drain at the end of a test: kill -9 their process trees
+        for app in (*self.nodes, self.worker):
+            with contextlib.suppress(Exception):
+                app.kill_tree()
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(stop, [self.haproxy, *self.nodes, self.worker]))
         stop(self.pgbouncer)
@@ -275,6 +287,23 @@ def _wait_sql(url: str, statement: str, timeout_s: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)
+
+
+def _wait_routed(url: str, in_recovery: bool, timeout_s: float = 30.0) -> None:
+    """Until ROUTED_IN_A_ROW connections in a row reach a server that is (or is not) in
+    recovery."""
+    deadline, in_a_row = time.monotonic() + timeout_s, 0
+    while in_a_row < ROUTED_IN_A_ROW:
+        if time.monotonic() > deadline:
+            raise PartFailed(
+                f"{url} did not reach only {'replicas' if in_recovery else 'the primary'}"
+            )
+        try:
+            row = _sql(url, "SELECT pg_is_in_recovery() AS r")[0]
+            in_a_row = in_a_row + 1 if row["r"] == in_recovery else 0
+        except Exception:
+            in_a_row = 0
+        time.sleep(0.1)
 
 
 def post_batch(base: str, api_key: str, tally: Tally, answered: threading.Event) -> None:
@@ -352,13 +381,39 @@ class Faults:
         fault.new_leader = leader.name if leader else "?"
         say(f"  {fault.new_leader} leads {fault.leader_after_s:.1f} s after the {fault.name}")
 
+    def _lagging(self, leader: Member) -> list[int]:
+        """Stop the primary's WAL senders (SIGSTOP) for LAG_BEFORE_KILL_S before a kill: the
+        standbys fall behind, as over a congested link (stopping the receivers would not do:
+        what was sent waits in their sockets and arrives after the kill). A synchronous
+        primary then holds every commit until the standby has it (none is acknowledged that
+        it lacks); an asynchronous one goes on acknowledging what no standby has."""
+        paused = leader.walsenders()
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        time.sleep(LAG_BEFORE_KILL_S)
+        return paused
+
+    @staticmethod
+    def _resume(paused: list[int]) -> None:
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def kill_postmaster(self) -> None:
         leader = self.d.cluster.leader()
         assert leader is not None
-        fault = self._record("kill -9 of the primary's postmaster")
-        killed = leader.kill_postgres()
-        fault.stamp()  # from here on nothing can commit on the old primary
-        say(f"fault 1: kill -9 {leader.name}'s postmaster and children ({killed} processes)")
+        paused = self._lagging(leader)
+        try:
+            fault = self._record("kill -9 of the primary's postmaster")
+            killed = leader.kill_postgres()
+            fault.stamp()  # from here on nothing can commit on the old primary
+        finally:
+            self._resume(paused)
+        say(
+            f"fault 1: kill -9 {leader.name}'s postmaster and children ({killed} processes), "
+            f"its WAL senders stopped for the {LAG_BEFORE_KILL_S:.0f} s before"
+        )
         self._new_leader(fault)
         waited = self.d.cluster.wait_healthy(timeout_s=SWITCH_WAIT_S)
         say(
@@ -402,12 +457,17 @@ class Faults:
         leader = c.leader()
         if leader is None:
             raise PartFailed("batch kill: no leader")
-        fault = self._record("kill -9 of the primary's machine mid-batch")
-        killed = leader.kill_machine()
-        fault.stamp()
+        paused = self._lagging(leader)
+        try:
+            fault = self._record("kill -9 of the primary's machine mid-batch")
+            killed = leader.kill_machine()
+            fault.stamp()
+        finally:
+            self._resume(paused)
         say(
             f"fault 3: kill -9 {leader.name}'s machine (Patroni + PostgreSQL, {killed} "
-            f"processes) with {settling} batch payouts not yet final"
+            f"processes, its WAL senders stopped for the {LAG_BEFORE_KILL_S:.0f} s before) with "
+            f"{settling} batch payouts not yet final"
         )
         self._new_leader(fault)
         time.sleep(max(0.0, fault.at_mono + REJOIN_AFTER_S - time.monotonic()))
@@ -424,6 +484,19 @@ class Faults:
         time.sleep(PAUSE_S)
         self.kill_machine_during_batch()
         time.sleep(PAUSE_S)
+
+
+def forget_lost_pending(base: str, api_key: str, tally: Tally) -> int:
+    """A payout answered 202 that the database no longer has (asynchronous replication lost
+    it) would be waited for in vain: mark it lost, so that settle() waits only for the others.
+    check() counts it with every other acknowledged payout the database lacks."""
+    lost = 0
+    with httpx.Client(base_url=base, headers={"apikey": api_key}, timeout=10) as c:
+        for payout_id in tally.ledger.pending_ids():
+            if c.get(f"/api/v1/payouts/{payout_id}").status_code == 404:
+                tally.ledger.payouts[payout_id].status = "lost"
+                lost += 1
+    return lost
 
 
 def rewinds(d: HADeployment) -> dict[str, int]:
@@ -595,25 +668,50 @@ def check(d: HADeployment, api_key: str, tally: Tally, measure_only: bool) -> li
     return problems
 
 
-def measure(d: HADeployment, api_key: str, tally: Tally, seconds: float) -> None:
-    """No faults: payouts/s and the primary's CPU per payout, in this replication mode."""
+def read_loop(base: str, api_key: str, stop: threading.Event, counts: Counter[str]) -> None:
+    """A dashboard-like reader: the newest 50 payouts, again and again."""
+    with httpx.Client(base_url=base, headers={"apikey": api_key}, timeout=10) as c:
+        while not stop.is_set():
+            try:
+                r = c.get("/api/v1/payouts", params={"limit": 50})
+                counts[str(r.status_code)] += 1
+            except httpx.TransportError:
+                counts["transport"] += 1
+
+
+def measure(d: HADeployment, api_key: str, tally: Tally, seconds: float, readers: int) -> None:
+    """No faults: payouts/s and the CPU per payout of the primary and of the replicas, in
+    this replication mode, with `readers` list readers beside the 30 paying clients."""
     leader = d.cluster.leader()
     assert leader is not None
-    pid = leader.postmaster_pid()
-    assert pid is not None
-    before_n, before_cpu = len(tally.ledger.payouts), _cpu_s([pid])
+    primary = [leader.postmaster_pid()]
+    replicas = [m.postmaster_pid() for m in d.cluster.members if m is not leader]
+    assert None not in primary and None not in replicas
+    before_n = len(tally.ledger.payouts)
+    before = _cpu_s(primary), _cpu_s(replicas)  # type: ignore[arg-type]
     stop = threading.Event()
+    reads: Counter[str] = Counter()
     started = time.monotonic()
     threads = start_clients(d.base, api_key, tally, stop, offset=5_000)
+    reading = [
+        threading.Thread(target=read_loop, args=(d.base, api_key, stop, reads), daemon=True)
+        for _ in range(readers)
+    ]
+    for t in reading:
+        t.start()
     time.sleep(seconds)
-    stop_clients(stop, threads)
+    stop_clients(stop, threads + reading)
     elapsed = time.monotonic() - started
-    count = len(tally.ledger.payouts) - before_n
-    cpu_ms = (_cpu_s([pid]) - before_cpu) * 1000 / max(count, 1)
+    count = max(len(tally.ledger.payouts) - before_n, 1)
+    primary_ms = (_cpu_s(primary) - before[0]) * 1000 / count  # type: ignore[arg-type]
+    replicas_ms = (_cpu_s(replicas) - before[1]) * 1000 / count  # type: ignore[arg-type]
     mode = "synchronous" if d.cluster.synchronous else "asynchronous"
+    where = "replicas" if "PAYRAIL_READ_DATABASE_URL" in d.env else "primary"
     say(
-        f"measure ({mode}, no faults): {count} payouts in {elapsed:.0f} s = "
-        f"{count / elapsed:.1f} payouts/s; primary CPU {cpu_ms:.1f} ms per payout"
+        f"measure ({mode}, no faults, {readers} list readers on the {where}): {count} payouts "
+        f"in {elapsed:.0f} s = {count / elapsed:.1f} payouts/s, {sum(reads.values()) / elapsed:.1f}"
+        f" lists/s {dict(reads)}; CPU ms per payout: primary {primary_ms:.1f}, "
+        f"replicas {replicas_ms:.1f}"
     )
 
 
@@ -646,6 +744,17 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="no faults: payouts/s and the primary's CPU per payout for this many seconds",
     )
+    parser.add_argument(
+        "--readers",
+        type=int,
+        default=0,
+        help="with --measure-s: this many clients listing payouts beside the paying ones",
+    )
+    parser.add_argument(
+        "--reads-on-primary",
+        action="store_true",
+        help="no PAYRAIL_READ_DATABASE_URL: the lists read the primary too",
+    )
     args = parser.parse_args(argv)
     if args.asynchronous and args.strict:
         parser.error("--strict needs synchronous mode")
@@ -653,7 +762,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.alarm(RUN_DEADLINE_S)
     started_at = time.monotonic()
-    d = HADeployment(synchronous=not args.asynchronous, strict=args.strict)
+    d = HADeployment(
+        synchronous=not args.asynchronous,
+        strict=args.strict,
+        read_replica=not args.reads_on_primary,
+    )
     tally = Tally()
     codes = TimedCounter()
     tally.codes = codes
@@ -662,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
         d.up()
         api_key = setup_project(d.base, tally, faults=not args.measure_s)
         if args.measure_s:
-            measure(d, api_key, tally, min(args.measure_s, 120.0))
+            measure(d, api_key, tally, min(args.measure_s, 120.0), args.readers)
         else:
             say(f"load: {CLIENTS} clients through HAProxy, sandbox node faults {FAULTS}")
             stop = threading.Event()
@@ -677,6 +790,9 @@ def main(argv: list[str] | None = None) -> int:
                     faults.batch_thread.join(REQUEST_TIMEOUT_S * 3)
             load_s = time.monotonic() - load_started
             say(f"answers: {dict(codes)}; {len(tally.ledger.payouts)} payouts in {load_s:.0f} s")
+        forgotten = forget_lost_pending(d.base, api_key, tally)
+        if forgotten:
+            say(f"{forgotten} payouts answered pending are unknown to the database now")
         problems += settle(d.base, api_key, tally)
         say(f"final statuses: {tally.ledger.status_counts()}")
         if not args.measure_s:
