@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 
 import bolt11
 import httpx
@@ -601,3 +602,40 @@ async def test_charge_refusals_and_replays(zbd, client):
     hidden = await zbd.get(f"/charges/{first.json()['data']['id']}", headers={"apikey": other_key})
     assert_zbd_error(hidden, 404, "DEPOSIT_NOT_FOUND")
     assert await balance_of(client) == 100_000
+
+
+ODD_VALUES = [
+    None, "", "abc", 0, -1, 1.5, True, [], {}, "1000", "1500", "9" * 40, 10**30, "\u0000",
+    "x" * 5000, "١٠٠٠", {"nested": [1, 2]}, "02" + "ab" * 32, "lnbc1", "a@b", "player1",
+]  # fmt: skip
+ROUTE_FIELDS = {
+    "/gamertag/send-payment": ["amount", "gamertag", "description", "internalId"],
+    "/ln-address/send-payment": ["amount", "lnAddress", "comment", "internalId", "callbackUrl"],
+    "/payments": ["amount", "invoice", "description", "internalId", "callbackUrl"],
+    "/keysend-payment": ["amount", "pubkey", "metadata", "tlvRecords", "callbackUrl"],
+    "/charges": ["amount", "description", "expiresIn", "internalId"],
+    "/internal-transfer": ["amount", "receiverWalletId"],
+    "/decode-invoice": ["invoice"],
+}
+
+
+async def test_odd_bodies_never_get_a_500_and_a_refusal_moves_nothing(zbd, client, seed):
+    """Seeded (the `seed` fixture prints it): bodies whose every field is drawn from odd
+    values, sent to every /v0 POST route; each answer is ZBD's shape, never an undocumented
+    5xx, and an answer that is not a success leaves the balance as it was."""
+    rng = random.Random(seed)
+    for path, fields in ROUTE_FIELDS.items():
+        for _ in range(12):
+            body = {f: rng.choice(ODD_VALUES) for f in fields if rng.random() < 0.8}
+            before = await balance_of(client)
+            response = await zbd.post(path, json=body)
+            assert response.status_code < 500 or response.status_code in (502, 503, 504), (
+                path,
+                body,
+                response.text,
+            )
+            answer = response.json()
+            assert isinstance(answer["success"], bool) and isinstance(answer["message"], str)
+            if not answer["success"]:
+                assert answer["data"]["error"], (path, body, answer)
+                assert await balance_of(client) == before, (path, body, answer)
