@@ -55,7 +55,7 @@ async def test_expiry_and_sandbox_changes_are_audited_with_their_cause(client, r
     in_flight_id = pending.json()["data"]["id"]
     # A payout never sent (queued, no worker has picked it up): expire it through the sandbox.
     await set_faults(client, enabled=False)
-    await payouts._reserve(
+    await payouts.reserve(
         rt, parse_payout_request(payout_body(gamertag="exp")), payouts.PATH_QUEUE
     )
     async with rt.engine.connect() as conn:

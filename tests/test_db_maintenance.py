@@ -9,7 +9,8 @@ from sqlalchemy import text
 
 from payrail.db import maintenance
 from payrail.db.engine import make_engine
-from payrail.services.hot_path.postgres import LOOKUP_MANY_SQL
+from payrail.db.payout_store.postgres import LOAD_SQL, PostgresPayoutStore
+from payrail.domain import payout_engine
 
 
 def test_due_follows_autovacuum_thresholds() -> None:
@@ -127,30 +128,34 @@ async def test_run_once_leaves_the_work_to_the_process_that_holds_it(pg_url: str
 
 
 @pytest.mark.parametrize("planner", ["enable_nestloop", "enable_hashjoin"])
-async def test_lookups_stay_per_item_whatever_the_planner_prefers(
+async def test_engine_reads_stay_per_item_whatever_the_planner_prefers(
     pg_url: str, planner: str
 ) -> None:
-    """Each LATERAL lookup must stay a parameterized per-item index scan: with nested loops
-    priced out the plan must still be one (a flattened join would hash the whole index)."""
+    """Each LATERAL read of the payout engine's load must stay a per-item index scan: with
+    nested loops priced out the plan must still be one (a flattened join would hash a whole
+    index, a cost that grows with history)."""
+    store = PostgresPayoutStore(pg_url, {})
+    item = payout_engine.Item("p", "r", "R", 10, 1, 1_000_000, "k", "h" * 64, "i")
+    limits = payout_engine.Limits(10, payout_engine.Policy(3, 600, 600))
     conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute(f"SET {planner} = off")
         await conn.execute("SET enable_seqscan = off")
-        items = '[{"n": 0, "pid": "p", "k": "k", "r": "r"}]'
-        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {LOOKUP_MANY_SQL}", items))
+        params = store._load_params([item], limits)
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {LOAD_SQL}", *params))
         assert "Hash Join" not in plan and "Merge Join" not in plan, plan
-        assert plan.count("Nested Loop") == 2, plan
-        assert plan.count("Index Cond: ((project_id)::text = i") == 2, plan
+        assert "Seq Scan on payouts" not in plan, plan
+        assert plan.count("Nested Loop") == 5, plan  # keys, recent, failed, hashes, ids
     finally:
         await conn.close()
 
 
-async def test_hot_path_sessions_plan_generically_without_jit(pg_url: str) -> None:
-    """The hot path's own pool: generic plans (no planning per call), no seq scans, no JIT."""
+async def test_engine_sessions_plan_generically_without_jit(pg_url: str) -> None:
+    """The payout store's own pool: generic plans (no planning per call), no seq scans, no
+    JIT."""
     from payrail.db.engine import pg_server_settings
-    from payrail.services.hot_path.postgres import PostgresHotPath
 
-    hot = PostgresHotPath(pg_url, pg_server_settings())
+    hot = PostgresPayoutStore(pg_url, pg_server_settings())
     try:
         pool = await hot._connections()
         async with pool.acquire() as conn:

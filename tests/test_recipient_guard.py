@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from conftest import ADMIN_KEY, PROJECT, balance_of, payout_body
 
-from payrail.services.recipient_guard import Policy, blocked_until_ms
+from payrail.domain.payout_engine import Policy, blocked_until_ms
 from payrail.services.reconcile import reconcile
 
 ADMIN = {"apikey": ADMIN_KEY}

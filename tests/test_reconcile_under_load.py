@@ -188,7 +188,7 @@ async def test_reconcile_reads_one_snapshot_while_payouts_commit_between_its_que
 
     def reserve_mid_read(conn, cursor, statement, parameters, context, executemany):
         if not injected and "pending_id" in statement and "FROM transfers" in statement:
-            injected.append(await_only(payouts_service._reserve(rt, request, "queue")))
+            injected.append(await_only(payouts_service.reserve(rt, request, "queue")))
 
     event.listen(rt.engine.sync_engine, "before_cursor_execute", reserve_mid_read)
     try:

@@ -289,7 +289,7 @@ def spy_on_node(rt: Runtime) -> list[str]:
 
 async def reserve_queued(rt: Runtime, internal_id: str, **overrides: object) -> str:
     """tx1 of the queue path: a reserved payout that no worker has sent yet."""
-    return await payouts._reserve(rt, request(internal_id, **overrides), payouts.PATH_QUEUE)
+    return await payouts.reserve(rt, request(internal_id, **overrides), payouts.PATH_QUEUE)
 
 
 async def test_reserved_payout_never_sent_before_expires_at_is_expired_by_the_sweep(rt, clock):

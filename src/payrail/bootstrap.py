@@ -71,9 +71,11 @@ class Runtime:
     lock_timeouts_ms: collections.deque[int] = field(
         default_factory=lambda: collections.deque(maxlen=LOCK_TIMEOUTS_KEPT_MAX)
     )
-    # A payout's two transactions as one unit each (services/hot_path), or None: the general
-    # path, statement by statement.
-    hot_path: Any = None
+    # The payout engine's storage (db/payout_store) and the process's group commit of its
+    # reservations and final transitions (services/payouts.py `wire`).
+    payout_store: Any = None
+    reserving: Any = None
+    finalizing: Any = None
     # PAYRAIL_READ_DATABASE_URL's engine (a replica), or None: reads() is this runtime.
     read_engine: AsyncEngine | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -123,8 +125,8 @@ class Runtime:
         await self.drain()
         await self.node.aclose()
         await self.provider.aclose()
-        if self.hot_path is not None:
-            await self.hot_path.aclose()
+        if self.payout_store is not None:
+            await self.payout_store.aclose()
         await self.engine.dispose()
         if self.read_engine is not None:
             await self.read_engine.dispose()
@@ -156,10 +158,11 @@ def build_runtime(
     runtime = Runtime(settings, engine, clock, node, faults, new_worker_id(), provider)
     if settings.read_database_url:
         runtime.read_engine = make_engine(settings.read_database_url, settings.db_pool_size)
-    if settings.hot_path:
-        from payrail.services.hot_path import for_engine
+    from payrail.db import payout_store
+    from payrail.services import payouts
 
-        runtime.hot_path = for_engine(engine)
+    runtime.payout_store = payout_store.for_engine(engine)
+    payouts.wire(runtime)
     return runtime
 
 

@@ -90,8 +90,6 @@ class Settings:
     db_pool_size: int = 20
     sqlite_synchronous: str = SQLITE_SYNCHRONOUS_DEFAULT  # docs/operations.md, SQLite durability
     sim_seed: int | None = None
-    # A payout's two transactions as one unit each (services/hot_path); 0: statement by statement.
-    hot_path: bool = True
     run_worker: bool = True
     reconcile_interval_s: int = 60
     # ANALYZE/VACUUM of payrail's tables by the server: auto (when autovacuum is off) | on | off
@@ -190,7 +188,6 @@ class Settings:
                 "PAYRAIL_SQLITE_SYNCHRONOUS", SQLITE_SYNCHRONOUS_DEFAULT
             ).upper(),
             sim_seed=int(seed) if seed else None,
-            hot_path=env.get("PAYRAIL_HOT_PATH", "1") not in ("0", "false", "no"),
             run_worker=env.get("PAYRAIL_RUN_WORKER", "1") not in ("0", "false", "no"),
             reconcile_interval_s=_int(env, "PAYRAIL_RECONCILE_INTERVAL_S", 60, 0, 86_400),
             db_maintenance=env.get("PAYRAIL_DB_MAINTENANCE", "auto").lower(),

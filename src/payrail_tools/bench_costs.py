@@ -5,7 +5,7 @@ prints only these). Throughput on a shared 2-core machine is noisy; these counts
 they show what each change to the hot path bought:
 
 - statements: every statement payrail sends (SQLAlchemy's cursor-execute event, plus each call
-  of the hot path's units, services/hot_path: one statement each), BEGIN and COMMIT excluded;
+  of the payout engine's storage, db/payout_store: one statement each), BEGIN and COMMIT excluded;
 - commits, rows inserted, rows updated: PostgreSQL's own pg_stat_database deltas for the bench
   database (read once every backend has closed, so the counters are flushed).
 
@@ -118,14 +118,13 @@ async def _measure(
 
 
 def _hot_calls(rt: Any) -> int:
-    return rt.hot_path.calls if rt.hot_path is not None else 0
+    return rt.payout_store.calls
 
 
 async def _close_connections(rt: Any) -> None:
     """Every backend closed, so that PostgreSQL has flushed its statistics of them."""
     await rt.engine.dispose()
-    if rt.hot_path is not None:
-        await rt.hot_path.aclose()
+    await rt.payout_store.aclose()
 
 
 def _request(project_id: str, i: int) -> Any:

@@ -67,7 +67,7 @@ WITH g AS (
          'bench_' || lpad((n % $3)::text, 2, '0') AS project_id,
          'player' || (n % 100000) AS gamertag,
          10 + (n * 7919) % 491 AS amount,
-         $4::bigint - (($2::bigint - n) * $5::bigint) AS at,
+         $4::bigint - (($7::bigint - 1 - n) * $5::bigint) AS at,
          CASE WHEN n % 50 = 0 THEN 'failed' WHEN n % 97 = 0 THEN 'expired'
               ELSE 'completed' END AS state
     FROM generate_series($1::bigint, $2::bigint - 1) n
@@ -124,12 +124,6 @@ WITH g AS (
 SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM t), (SELECT count(*) FROM j)
 """
 
-LOCKS_SQL = """
-INSERT INTO gamertag_locks (project_id, gamertag, touched_at)
-SELECT project_id, lower(gamertag), max(created_at) FROM payouts GROUP BY 1, 2
-ON CONFLICT DO NOTHING
-"""
-
 # The accounts' four totals from the transfers (every payout of the fill is resolved).
 ACCOUNTS_SQL = """
 WITH moves AS (
@@ -179,11 +173,10 @@ async def fill(database_url: str, n: int, now_ms: int) -> float:
         done = 0
         for start in range(0, n, FILL_CHUNK_ROWS):
             end = min(n, start + FILL_CHUNK_ROWS)
-            await conn.fetchrow(FILL_SQL, start, end, PROJECTS, newest_ms, step_ms, jobs_after)
+            await conn.fetchrow(FILL_SQL, start, end, PROJECTS, newest_ms, step_ms, jobs_after, n)
             done = end
             rate = done / (time.perf_counter() - started)
             console.print(f"  fill: {done:,}/{n:,} payouts ({rate:,.0f}/s)")
-        await conn.execute(LOCKS_SQL)
         await conn.execute(ACCOUNTS_SQL)
         await conn.execute("VACUUM ANALYZE")
     finally:

@@ -13,7 +13,7 @@ default slow, so this module owns how payrail uses SQLite instead:
 - Reads (`engine.connect()`) take one of SQLITE_READERS_MAX read-only connections, each on
   its own aiosqlite thread, in a deferred transaction: a consistent snapshot of the WAL
   that the writer never blocks, and a long report (reconciliation) never stalls the loop.
-- A caller that wants no SQLAlchemy at all (the payout hot path, services/hot_path/sqlite.py)
+- A caller that wants no SQLAlchemy at all (the payout engine's storage, db/payout_store/sqlite.py)
   hands `run_write` a synchronous function of the raw sqlite3 connection: it runs as one
   member of the group, its statements with no await between them, under a SAVEPOINT. For
   reads, `read_inline` runs a synchronous function on a read-only connection on the loop's

@@ -97,6 +97,11 @@ projects = Table(
     Column("recipient_block_s", Integer, nullable=True),
 )
 
+# A payout that may still be or has been paid: not failed or expired without a charge.
+LIVE_PAYMENT_HASH = (
+    "payment_hash IS NOT NULL AND NOT (state IN ('failed', 'expired') AND NOT charge_posted)"
+)
+
 payouts = Table(
     "payouts",
     metadata,
@@ -139,6 +144,28 @@ payouts = Table(
         "project_id",
         "internal_id",
         postgresql_where=text("internal_id IS NOT NULL"),
+    ),
+    # One live payout per invoice, internal ids unique per project (migration 0014).
+    Index(
+        "ix_payouts_payment_hash",
+        "payment_hash",
+        postgresql_where=text("payment_hash IS NOT NULL"),
+        sqlite_where=text("payment_hash IS NOT NULL"),
+    ),
+    Index(
+        "uq_payouts_live_payment_hash",
+        "payment_hash",
+        unique=True,
+        postgresql_where=text(LIVE_PAYMENT_HASH),
+        sqlite_where=text(LIVE_PAYMENT_HASH),
+    ),
+    Index(
+        "uq_payouts_internal_id",
+        "project_id",
+        "internal_id",
+        unique=True,
+        postgresql_where=text("internal_id IS NOT NULL"),
+        sqlite_where=text("internal_id IS NOT NULL"),
     ),
     Index(
         "ix_payouts_state",
@@ -187,15 +214,6 @@ Index(
     payouts.c.project_id,
     func.lower(payouts.c.gamertag),
     payouts.c.created_at,
-)
-
-# One row per (project, gamertag): locking it serialises the rate-limit count, so it is exact.
-gamertag_locks = Table(
-    "gamertag_locks",
-    metadata,
-    Column("project_id", String(64), primary_key=True),
-    Column("gamertag", String(64), primary_key=True),
-    Column("touched_at", BigInteger, nullable=False),
 )
 
 # The durable queue (transactional outbox). A job is available when state='queued',

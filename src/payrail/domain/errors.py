@@ -221,6 +221,18 @@ class CardPaymentsDisabled(ServiceUnavailable):
     code = "CARD_PAYMENTS_DISABLED"
 
 
+class InvoiceAlreadyUsed(PayrailError):
+    """A live payout (not voided) already pays this payment hash (409)."""
+
+    code = "INVOICE_ALREADY_USED"
+
+
+class InternalIdTaken(PayrailError):
+    """internalId already names another payout of the project (409)."""
+
+    code = "INTERNAL_ID_TAKEN"
+
+
 # ---------------------------------------------------------------- deposits (money in)
 
 

@@ -130,7 +130,7 @@ def job_row(
     leased_by: str | None = None,
     lease_ms: int = 0,
 ) -> dict[str, Any]:
-    """A new job's row, as enqueue writes it (and the payout hot path, services/hot_path)."""
+    """A new job's row, as enqueue writes it (and the payout engine's storage)."""
     return dict(
         id=job_id,
         kind=kind,

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, String, bindparam, case, insert, literal, null, select, update
+from sqlalchemy import BigInteger, bindparam, case, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -213,22 +213,17 @@ async def transfer(conn: AsyncConnection, t: Transfer, now_ms: int) -> None:
 async def reserve(
     conn: AsyncConnection, linked: Sequence[Transfer], now_ms: int, timeout_at_ms: int | None
 ) -> None:
-    """Linked pending transfers from one account: all reserved, or none (InsufficientFunds)."""
-    await debit_pending(conn, linked)
-    await record_pending(conn, [(t, timeout_at_ms) for t in linked], now_ms)
-
-
-async def debit_pending(conn: AsyncConnection, linked: Sequence[Transfer]) -> None:
-    """Phase one of a reservation: hold the linked transfers' sum on their one debit account,
-    or raise InsufficientFunds having written nothing. record_pending must follow in the same
-    transaction (a batch may debit several groups first and record them all at once)."""
+    """Linked pending transfers from one account: all reserved, or none (InsufficientFunds).
+    What they write is `pending_writes`; the balance check is in the debit's UPDATE."""
+    rows, deltas = pending_writes(linked, timeout_at_ms, now_ms)
     debit_id = _single_debit_account(linked)
-    await _debit(conn, debit_id, sum(t.amount for t in linked), pending=True)
+    await _debit(conn, debit_id, deltas.pop(debit_id)[0], pending=True)
+    await bulk.insert_rows(conn, transfers, rows)
+    await _add(conn, _by_column(deltas))
 
 
 async def available_for_update(conn: AsyncConnection, account_id: str) -> int:
-    """The account's available balance, its row locked until COMMIT (a batch decides its
-    items in order on it, then debits their sum with debit_pending_sum)."""
+    """The account's available balance, its row locked until COMMIT."""
     query = select(_available()).where(A.id == account_id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
@@ -238,89 +233,47 @@ async def available_for_update(conn: AsyncConnection, account_id: str) -> int:
     return int(available)
 
 
-async def debit_pending_sum(conn: AsyncConnection, account_id: str, amount: int) -> None:
-    """Hold `amount` on the account (the balance check stays in the statement)."""
-    await _debit(conn, account_id, amount, pending=True)
-
-
-async def record_pending(
-    conn: AsyncConnection, held: Sequence[tuple[Transfer, int | None]], now_ms: int
-) -> None:
-    """Phase two: the pending transfer rows (each with its timeout) and their credits, in two
-    statements however many transfers (the credited accounts summed and locked in id order)."""
-    await bulk.insert_rows(
-        conn, transfers, [transfer_row(t, "pending", None, timeout, now_ms) for t, timeout in held]
-    )
-    await _credit(conn, _credits_by_account(t for t, _ in held), pending=True)
-
-
 async def post(conn: AsyncConnection, pending_ids: Sequence[str], now_ms: int) -> None:
     """Post pending transfers in full: pending columns move to posted, exactly once."""
-    await _resolve(conn, pending_ids, "post", now_ms)
+    await _resolve(conn, pending_ids, True, now_ms)
 
 
 async def void(conn: AsyncConnection, pending_ids: Sequence[str], now_ms: int) -> None:
     """Void pending transfers: the reservation is released, exactly once."""
-    await _resolve(conn, pending_ids, "void", now_ms)
+    await _resolve(conn, pending_ids, False, now_ms)
 
 
 async def _resolve(
-    conn: AsyncConnection, pending_ids: Sequence[str], kind: str, now_ms: int
+    conn: AsyncConnection, pending_ids: Sequence[str], post: bool, now_ms: int
 ) -> None:
-    # One statement copies the pending transfers into their resolutions and hands back what
-    # was resolved. The unique pending_id refuses a second resolution even if a caller's guard
-    # failed; the caller's transaction then rolls back whole.
-    params = {"b_ids": list(pending_ids), "b_suffix": f":{kind}", "b_kind": kind, "b_now": now_ms}
-    try:
-        rows = (await conn.execute(_RESOLVE, params)).all()
-    except IntegrityError:
-        raise AlreadyResolved(f"{kind}: already resolved: {sorted(pending_ids)}") from None
-    if len(rows) != len(pending_ids):
+    # What a resolution writes is `resolution_writes`. The unique pending_id refuses a second
+    # resolution even if a caller's guard failed; the caller's transaction then rolls back.
+    found = await conn.execute(_PENDING_AMONG, {"b_ids": list(pending_ids)})
+    pending = [Transfer(*row) for row in found]
+    if len(pending) != len(pending_ids):
         raise LedgerError(f"not pending transfers: {sorted(pending_ids)}")
-    pending = [Transfer("", r.debit_account_id, r.credit_account_id, r.amount) for r in rows]
-    debit_id = _single_debit_account(pending)
-    total = sum(t.amount for t in pending)
-    debit_values = {"debits_pending": -total}
-    if kind == "post":
-        debit_values["debits_posted"] = total
-    credits = _credits_by_account(pending)
-    credit_deltas = {"credits_pending": {a: -amount for a, amount in credits.items()}}
-    if kind == "post":
-        credit_deltas["credits_posted"] = credits
-    await _add(conn, {c: {debit_id: v} for c, v in debit_values.items()})
-    await _add(conn, credit_deltas)
+    rows, deltas = resolution_writes(pending, post, now_ms)
+    try:
+        await bulk.insert_rows(conn, transfers, rows)
+    except IntegrityError:
+        raise AlreadyResolved(f"already resolved: {sorted(pending_ids)}") from None
+    await _add(conn, _by_column(deltas))
 
 
-def _resolve_statement() -> Any:
-    T = transfers.c
-    resolving = select(
-        T.id + bindparam("b_suffix", type_=String),
-        T.debit_account_id,
-        T.credit_account_id,
-        T.amount,
-        T.id,
-        bindparam("b_kind", type_=String),
-        null(),
-        bindparam("b_now", type_=BigInteger),
-    ).where(InList(T.id, "b_ids"), T.kind == "pending")
-    columns = [
-        "id",
-        "debit_account_id",
-        "credit_account_id",
-        "amount",
-        "pending_id",
-        "kind",
-        "timeout_at",
-        "created_at",
-    ]
-    return (
-        insert(transfers)
-        .from_select(columns, resolving)
-        .returning(T.debit_account_id, T.credit_account_id, T.amount)
-    )
+def _by_column(deltas: Deltas) -> dict[str, dict[str, int]]:
+    """Deltas per account as `_add` takes them: per column, per account (zeros left out)."""
+    columns: dict[str, dict[str, int]] = {}
+    for account, change in deltas.items():
+        for column, value in zip(DELTA_COLUMNS, change, strict=True):
+            if value:
+                columns.setdefault(column, {})[account] = value
+    return columns
 
 
-_RESOLVE = _resolve_statement()
+_T = transfers.c
+_PENDING_AMONG = select(_T.id, _T.debit_account_id, _T.credit_account_id, _T.amount).where(
+    InList(_T.id, "b_ids"), _T.kind == "pending"
+)
 
 
 def transfer_row(
@@ -337,6 +290,57 @@ def transfer_row(
         "timeout_at": timeout_at,
         "created_at": now_ms,
     }
+
+
+# ---------------------------------------------------------------- pure: what a phase writes
+#
+# The payout engine's storage (db/payout_store) writes these rows and balance changes in its
+# own statements; the rules of a two-phase transfer are stated here once.
+
+DELTA_COLUMNS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+Deltas = dict[str, list[int]]  # account id -> a change per DELTA_COLUMNS
+
+
+def add_deltas(into: Deltas, more: Deltas) -> Deltas:
+    for account, change in more.items():
+        have = into.setdefault(account, [0, 0, 0, 0])
+        for i, value in enumerate(change):
+            have[i] += value
+    return into
+
+
+def pending_writes(
+    linked: Sequence[Transfer], timeout_at_ms: int | None, now_ms: int
+) -> tuple[list[dict[str, Any]], Deltas]:
+    """Phase one of linked transfers from one account: their pending rows and the balance
+    changes (debits_pending on the debit, credits_pending on each credit). The balance check
+    is the caller's, under the debited account's lock (domain/payout_engine.py)."""
+    assert linked and all(t.amount > 0 for t in linked)
+    debit_id = _single_debit_account(linked)
+    total = sum(t.amount for t in linked)
+    deltas: Deltas = {debit_id: [total, 0, 0, 0]}
+    for credit_id, amount in _credits_by_account(linked).items():
+        add_deltas(deltas, {credit_id: [0, 0, amount, 0]})
+    rows = [transfer_row(t, "pending", None, timeout_at_ms, now_ms) for t in linked]
+    return rows, deltas
+
+
+def resolution_writes(
+    pending: Sequence[Transfer], post: bool, now_ms: int
+) -> tuple[list[dict[str, Any]], Deltas]:
+    """Phase two: each pending transfer posted in full or voided, exactly once (the unique
+    pending_id refuses a second resolution: the writer's transaction then rolls back)."""
+    assert pending and all(t.amount > 0 for t in pending)
+    kind = "post" if post else "void"
+    deltas: Deltas = {}
+    rows = []
+    for t in pending:
+        posted = t.amount if post else 0
+        add_deltas(deltas, {t.debit_account_id: [-t.amount, posted, 0, 0]})
+        add_deltas(deltas, {t.credit_account_id: [0, 0, -t.amount, posted]})
+        resolution = Transfer(f"{t.id}:{kind}", t.debit_account_id, t.credit_account_id, t.amount)
+        rows.append(transfer_row(resolution, kind, t.id, None, now_ms))
+    return rows, deltas
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,12 @@
 Each item is what a single POST /payouts would be (own id, fee, idempotency key, rate limit,
 callbacks) and is answered as that call would have been. What the batch shares is the cost:
 
-- reservations: items are reserved in groups of RESERVE_GROUP_MAX per transaction; each item
-  runs the single payout's pre-reservation checks and its conditional debit in that
-  transaction, and the group's job rows, transfer rows and system-account credits are written
-  with one statement each. An item refused (rate limit, balance, a used key) writes nothing.
-  A group holds its project's account row from its balance read to its COMMIT, so a single
-  payout of the same project waits for it: 250 items per group is ~30–115 ms of that in
-  process, against 18–37 ms for 100. Each group is also a dozen round trips, which bound a
-  batch's speed at 100 items per group (`payrail bench --clients "" --batch-clients 1`,
-  batches of 1,000: 2,927–2,975 payouts/s at 100, 3,344–3,782 at 250, 3,756–3,998 at 500).
+- reservations: items are reserved in groups of RESERVE_GROUP_MAX per transaction, each group
+  one call of the payout engine (db/payout_store `reserve`, domain/payout_engine.py `decide`):
+  the same rules, in the same order, as a single payout, each item decided as if it had
+  arrived alone after the ones before it. An item refused (rate limit, balance, a used key,
+  invoice or internal id) writes nothing. A group holds its project's account row from its
+  load to its COMMIT, so a single payout of the same project waits for it.
 - settlement: the node is called for every reserved item concurrently, at most
   SETTLE_CONCURRENCY_MAX at a time, and the definite answers are recorded in one transaction.
 - recovery: a group reserved for inline settlement has ONE job (SETTLE_GROUP_JOB), written in
@@ -30,6 +27,7 @@ callbacks) and is answered as that call would have been. What the batch shares i
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import uuid
@@ -43,17 +41,15 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from payrail.bootstrap import Runtime, SimulatedCrash
-from payrail.db import bulk
+from payrail.db import payout_store
 from payrail.db.bulk import InList
 from payrail.db.tables import payout_batches, payouts, projects
-from payrail.domain import errors
+from payrail.domain import errors, payout_engine
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
 from payrail.domain.payouts import FINAL_STATES, PayoutRequest, State
 from payrail.domain.recipients import gamertag_key
 from payrail.jobs import queue
-from payrail.ledger import accounts as acct
-from payrail.ledger import ledger
-from payrail.services import destinations, flags, recipient_guard, recipients
+from payrail.services import destinations, flags, recipients
 from payrail.services import payouts as single
 from payrail.support import metrics
 
@@ -159,7 +155,7 @@ async def create_batch(
         group = valid[start : start + RESERVE_GROUP_MAX]
         try:
             reserved = await _reserve_group(rt, group, answers, path, resolved)
-        except IntegrityError:
+        except payout_store.DuplicateKey:
             # A concurrent request took one of these keys first: this group one item at a time.
             for index, req in group:
                 answers[index] = await _one_by_one(rt, req)
@@ -208,87 +204,47 @@ async def _reserve_group(
     path: str,
     resolved: dict[int, destinations.Resolved],
 ) -> list[tuple[int, dict[str, Any]]]:
-    """One transaction for a group of items, in set statements. Returns (index, payout row)
-    of those reserved; refusals and replays are written into `answers`.
-
-    What a single payout checks with a query each (key, rate window, balance) is read once
-    for the group, under the same locks (the gamertags sorted, then the project's account),
-    and decided item by item in order, so each item gets the answer it would have got as a
-    single POST sent in that order.
-    """
+    """One transaction of the payout engine for a group of items, decided in order as each
+    would be alone (services/payouts.py reservation_entry, domain/payout_engine.py). Returns
+    (index, payout row) of those reserved; refusals and replays are written into `answers`."""
     now = rt.clock.now_ms()
-    project_id = group[0][1].project_id
-    limit = rt.settings.rate_limit_per_hour
-    account = acct.project_account(project_id)
+    inline = path == single.PATH_INLINE
+    rows = {}
+    entries = []
+    for index, req in group:
+        row = single.payout_row(req, str(uuid.uuid4()), now, path, resolved[index])
+        rows[row["id"]] = row
+        entries.append(single.reservation_entry(rt, req, row, path, settle_job=not inline))
+    extra = functools.partial(_group_job, rt, now) if inline else None
+    decisions = await rt.payout_store.reserve(entries, single.engine_limits(rt), extra)
     reserved: list[tuple[int, dict[str, Any]]] = []
-    async with rt.engine.begin() as conn:
-        await single.lock_gamertags(conn, project_id, [req.gamertag for _, req in group], now)
-        keys = [req.idempotency_key for _, req in group if req.idempotency_key]
-        taken: dict[str, Any] = dict(await single.payouts_by_keys(conn, project_id, keys))
-        windows = await single.rate_windows(conn, project_id, [r.gamertag for _, r in group], now)
-        available = await ledger.available_for_update(conn, account)
-        blocks = await recipient_guard.block_refusals(
-            conn, rt.settings, project_id, [r.gamertag for _, r in group], now
-        )
-        for index, req in group:
-            # The pre-reservation decisions of single.pre_reservation_checks, in its order.
-            if req.idempotency_key in taken:
-                answers[index] = ItemAnswer(payout=taken[req.idempotency_key], replay=True)
-                continue
-            recipient = recipient_guard.recipient_key(req.gamertag)
-            window = windows.setdefault(recipient, [])
-            oldest_counted = window[limit - 1] if len(window) >= limit else None
-            refusal = blocks.get(recipient) or recipient_guard.rate_refusal(
-                limit, oldest_counted, now
-            )
-            if refusal is not None:
-                answers[index] = ItemAnswer(error=refusal)
-                continue
-            row = single.payout_row(req, str(uuid.uuid4()), now, path, resolved[index])
-            if row["amount"] + row["fee"] > available:
-                answers[index] = ItemAnswer(
-                    error=single.insufficient(req.amount_sats, row["fee"], available)
-                )
-                continue
-            available -= row["amount"] + row["fee"]
-            window.insert(0, now)
-            if req.idempotency_key:
-                taken[req.idempotency_key] = row
-            reserved.append((index, row))
-        if not reserved:
-            return []
-        rows = [row for _, row in reserved]
-        await ledger.debit_pending_sum(conn, account, sum(r["amount"] + r["fee"] for r in rows))
-        await bulk.insert_rows(conn, payouts, rows)
-        if path == single.PATH_INLINE:  # settled by this process now: one job, leased
-            await queue.enqueue(
-                conn,
-                SETTLE_GROUP_JOB,
-                {"payoutIds": [row["id"] for row in rows]},
-                now,
-                job_id=group_job_id(rows[0]["id"]),
-                max_attempts=GROUP_JOB_ATTEMPTS_MAX,
-                leased_by=rt.worker_id,
-                lease_ms=group_lease_ms(rt, len(rows)),
-            )
-        else:  # the worker settles each
-            await queue.enqueue_many(
-                conn,
-                single.SETTLE_JOB,
-                [(single.settle_job_id(row["id"]), {"payoutId": row["id"]}) for row in rows],
-                now,
-                max_attempts=single.SETTLE_ATTEMPTS_MAX,
-            )
-        for row in rows:
-            if row["callback_url"]:
-                await single.queue_created_callback(conn, row["id"], now)
-        await ledger.record_pending(
-            conn,
-            [(t, row["expires_at"]) for row in rows for t in single.payout_transfers(row)],
-            now,
-        )
+    for (index, _), entry, decision in zip(group, entries, decisions, strict=True):
+        if decision is payout_engine.RESERVE:
+            reserved.append((index, rows[entry.payout_id]))
+        elif isinstance(decision, payout_engine.Replay):
+            # A key reused within the batch replays the item reserved before it.
+            earlier = rows.get(decision.row["id"], decision.row)
+            answers[index] = ItemAnswer(payout=earlier, replay=True)
+        else:
+            answers[index] = ItemAnswer(error=decision.error)
     metrics.PAYOUTS_CREATED.labels(path=path).inc(len(reserved))
     return reserved
+
+
+def _group_job(rt: Runtime, now: int, reserved: list[payout_store.Entry]) -> payout_store.Writes:
+    """A group reserved for inline settlement has one job, leased by this process, which
+    settles it now (module docstring)."""
+    ids = [e.payout_id for e in reserved]
+    job = queue.job_row(
+        group_job_id(ids[0]),
+        SETTLE_GROUP_JOB,
+        {"payoutIds": ids},
+        now,
+        max_attempts=GROUP_JOB_ATTEMPTS_MAX,
+        leased_by=rt.worker_id,
+        lease_ms=group_lease_ms(rt, len(ids)),
+    )
+    return payout_store.Writes().insert("jobs", job)
 
 
 async def _settle(

@@ -20,7 +20,6 @@ whoever races for it: the inline path, a worker that found an expired lease, or 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections import Counter
@@ -29,19 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, false, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail.bootstrap import Runtime, SimulatedCrash
-from payrail.db import bulk
-from payrail.db.bulk import InList
+from payrail.db import payout_store
 from payrail.db.engine import single_statement
-from payrail.db.tables import gamertag_locks, insert_row, payouts, projects
-from payrail.domain import errors
+from payrail.db.tables import payouts
+from payrail.domain import errors, payout_engine
 from payrail.domain.flags import KNOWN_FLAGS, SETTLEMENT_QUEUE_PATH
 from payrail.domain.money import fee_sats
 from payrail.domain.payouts import (
@@ -69,12 +64,11 @@ from payrail.services import (
     callbacks,
     destinations,
     flags,
-    hot_path,
     pagination,
-    recipient_guard,
 )
 from payrail.support import metrics
 from payrail.support.clock import iso
+from payrail.support.grouping import Grouped
 
 log = structlog.get_logger("payrail.payouts")
 P = payouts.c
@@ -205,109 +199,27 @@ async def _by_key(conn: AsyncConnection, project_id: str, key: str) -> RowMappin
     )
 
 
-class ReplayInstead(Exception):
-    def __init__(self, row: RowMapping) -> None:
-        self.row = row
-
-
-async def lock_gamertags(
-    conn: AsyncConnection, project_id: str, gamertags: list[str], now: int
-) -> None:
-    """Take the (project, gamertag) row locks so concurrent rate-limit counts are serialised.
-
-    Several at once (a batch) are locked in sorted order, always before the project's account:
-    one order everywhere, so a batch and a single payout never deadlock.
-    """
-    keys = sorted({recipient_guard.recipient_key(g) for g in gamertags})  # one lock per recipient
-    rows = [{"project_id": project_id, "gamertag": key, "touched_at": now} for key in keys]
-    if conn.dialect.name == "postgresql" and len(rows) > 1:  # one execution, in key order
-        await conn.execute(_LOCK_GAMERTAGS_PG, {"rows": json.dumps(rows)})
-    else:
-        await conn.execute(_LOCK_GAMERTAG[conn.dialect.name], rows)
-
-
-def _lock_gamertag_statement(dialect_insert: Any) -> Any:
-    stmt = dialect_insert(gamertag_locks)
-    return stmt.on_conflict_do_update(
-        index_elements=["project_id", "gamertag"], set_={"touched_at": stmt.excluded.touched_at}
-    )
-
-
-_LOCK_GAMERTAG = {
-    "postgresql": _lock_gamertag_statement(pg_insert),
-    "sqlite": _lock_gamertag_statement(sqlite_insert),
-}
-# Many at once on PostgreSQL (a batch): the rows as one JSON parameter, inserted in key order,
-# so the locks are still taken in sorted order (executemany ran one statement per row).
-_LOCK_GAMERTAGS_PG = text(
-    f"INSERT INTO gamertag_locks {bulk.json_rows('gamertag_locks')} ORDER BY gamertag"
-    " ON CONFLICT (project_id, gamertag) DO UPDATE SET touched_at = excluded.touched_at"
-)
-
-
-async def rate_windows(
-    conn: AsyncConnection, project_id: str, gamertags: Sequence[str], now: int
-) -> dict[str, list[int]]:
-    """For a batch: created_at of each recipient's payouts in the window, newest first, keyed by
-    recipient_guard.recipient_key (read under the recipients' locks, like the single check)."""
-    params = {
-        "b_project": project_id,
-        "b_keys": sorted({recipient_guard.recipient_key(g) for g in gamertags}),
-        "b_since": now - recipient_guard.RATE_WINDOW_MS,
-    }
-    rows = await conn.execute(_RATE_WINDOWS, params)
-    windows: dict[str, list[int]] = {}
-    for gamertag, created_at in rows:
-        windows.setdefault(gamertag, []).append(created_at)
-    return windows
-
-
-_RATE_KEY = func.lower(P.gamertag)
-_RATE_WINDOWS = (
-    select(_RATE_KEY, P.created_at)
-    .where(
-        P.project_id == bindparam("b_project"),
-        InList(_RATE_KEY, "b_keys"),
-        P.created_at > bindparam("b_since"),
-    )
-    .order_by(P.created_at.desc())
-)
-
-
-async def payouts_by_keys(
-    conn: AsyncConnection, project_id: str, keys: Sequence[str]
-) -> dict[str, RowMapping]:
-    """For a batch: the payouts that already hold some of these idempotency keys."""
-    rows = await conn.execute(_BY_KEYS, {"b_project": project_id, "b_keys": list(keys)})
-    return {row["idempotency_key"]: row for row in rows.mappings()}
-
-
-_BY_KEYS = select(payouts).where(
-    P.project_id == bindparam("b_project"), InList(P.idempotency_key, "b_keys")
-)
-
-
 async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     """Reserve and settle a payout; answers a replay for a key already used in this project."""
     # The flag decides the settlement path before anything is written (a cached read).
     path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, req.project_id)
-    earlier, directory = await _lookup(rt, req)
+    gamertag = req.destination_kind == destinations.Kind.GAMERTAG
+    recipient = payout_engine.recipient_key(req.gamertag) if gamertag else None
+    earlier, directory = await rt.payout_store.lookup(
+        req.project_id, req.idempotency_key, recipient
+    )
     if earlier is not None:  # a replay answers without resolving (no second invoice fetched)
         return await replay_outcome(rt, earlier, req)
     # Where the money goes, invoice included: network calls, so before the reservation's tx.
     resolved = await destinations.resolve(rt, req, directory)
-    try:
-        row = await _reserve_row(rt, req, path, resolved)
-    except ReplayInstead as other:
-        return await replay_outcome(rt, other.row, req)
-    except (IntegrityError, hot_path.DuplicateKey):
-        # A concurrent request with the same key committed first: answer like a replay.
-        async with rt.engine.connect() as conn:
-            row = await _by_key(conn, req.project_id, req.idempotency_key or "")
-        if row is None:
-            raise
-        return await replay_outcome(rt, row, req)
+    row = payout_row(req, str(uuid.uuid4()), rt.clock.now_ms(), path, resolved)
+    decision = await _reserve_one(rt, req, row, path)
+    if isinstance(decision, payout_engine.Replay):
+        return await replay_outcome(rt, decision.row, req)
+    if isinstance(decision, payout_engine.Refuse):
+        raise decision.error
     payout_id = str(row["id"])
+    log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id, path=path)
     metrics.PAYOUTS_CREATED.labels(path=path).inc()
     rt.crashpoint("after_reserve")
     if path == PATH_QUEUE:  # a worker claims the job at once; wait for its outcome
@@ -323,125 +235,110 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     return CreateOutcome(await get_payout(rt, payout_id), replay=False)
 
 
-async def _lookup(rt: Runtime, req: PayoutRequest) -> tuple[Any, Any]:
-    """Before anything is resolved: the payout already holding the request's key, if any,
-    and for a gamertag its directory entry (destinations.UNREAD: resolve reads it itself).
-    One read on the hot path."""
-    gamertag = req.destination_kind == destinations.Kind.GAMERTAG
-    if rt.hot_path is not None:
-        key = recipient_guard.recipient_key(req.gamertag) if gamertag else None
-        return await rt.hot_path.lookup(req.project_id, req.idempotency_key, key)
-    earlier = None
-    if req.idempotency_key:
-        async with rt.engine.connect() as conn:
-            earlier = await _by_key(conn, req.project_id, req.idempotency_key)
-    return earlier, destinations.UNREAD
+async def reserve(rt: Runtime, req: PayoutRequest, path: str = PATH_INLINE) -> str:
+    """tx1 alone (no settlement started): the new payout's id, or the refusal raised. For
+    callers that settle it themselves (recovery tests, tools)."""
+    row = payout_row(req, str(uuid.uuid4()), rt.clock.now_ms(), path)
+    decision = await _reserve_one(rt, req, row, path)
+    if isinstance(decision, payout_engine.Refuse):
+        raise decision.error
+    if isinstance(decision, payout_engine.Replay):
+        return str(decision.row["id"])
+    return str(row["id"])
 
 
-async def _reserve(
-    rt: Runtime,
-    req: PayoutRequest,
-    path: str = PATH_INLINE,
-    resolved: destinations.Resolved | None = None,
-) -> str:
-    """_reserve_row, for callers that need only the new payout's id."""
-    return str((await _reserve_row(rt, req, path, resolved))["id"])
-
-
-async def _reserve_row(
-    rt: Runtime,
-    req: PayoutRequest,
-    path: str = PATH_INLINE,
-    resolved: destinations.Resolved | None = None,
-) -> dict[str, Any]:
-    """tx1: pre-reservation checks, payout row, its settle job, the reservation: all or nothing.
+async def _reserve_one(
+    rt: Runtime, req: PayoutRequest, row: dict[str, Any], path: str
+) -> payout_engine.Decision:
+    """tx1 of one payout through the engine, grouped with the process's concurrent ones.
 
     On the inline path the row is written in_flight: this commit is also the send intent, and
     this process, which holds the job's lease, calls the node right after it. The row carries
-    the destination and its one invoice, durable before anything is sent.
-    """
-    now = rt.clock.now_ms()
-    row = payout_row(req, str(uuid.uuid4()), now, path, resolved)
-    if rt.hot_path is not None:  # the same steps as below, as one unit (services/hot_path)
-        try:
-            await rt.hot_path.reserve(_reservation(rt, req, row, path))
-        except hot_path.Refused as refused:
-            raise await _refusal(rt, req, row, refused) from None
-        log.info("payout_reserved", payout_id=row["id"], project_id=req.project_id, path=path)
-        return row
-    async with rt.engine.begin() as conn:
-        await pre_reservation_checks(rt, conn, req, now)
-        # The payout row first: a same-key race fails here (unique index), before any lock on
-        # the shared system accounts is taken.
-        await conn.execute(INSERT_PAYOUT, row)
-        await conn.execute(queue.INSERT_JOB, _settle_job(rt, row["id"], now, path))
-        if req.callback_url:
-            await queue_created_callback(conn, row["id"], now)
-        # Last: the reservation. Its row locks (the project's account, then this payout's
-        # system-account shards) are held until COMMIT.
-        try:
-            await ledger.reserve(conn, payout_transfers(row), now, row["expires_at"])
-        except ledger.InsufficientFunds as refusal:
-            raise insufficient(req.amount_sats, row["fee"], refusal.available) from None
-    log.info("payout_reserved", payout_id=row["id"], project_id=req.project_id, path=path)
-    return row
+    the destination and its one invoice, durable before anything is sent."""
+    entry = reservation_entry(rt, req, row, path, settle_job=True)
+    try:
+        return await rt.reserving.submit(entry)  # type: ignore[no-any-return]
+    except payout_store.DuplicateKey as duplicate:
+        return await after_duplicate(rt, req, duplicate)
 
 
-INSERT_PAYOUT = insert_row(payouts)
+async def after_duplicate(
+    rt: Runtime, req: PayoutRequest, duplicate: payout_store.DuplicateKey
+) -> payout_engine.Decision:
+    """A unique index saw a concurrent commit that the engine's read could not (another
+    process's same-key request, another project's payout of the same invoice): nothing was
+    written; the answer that commit makes right."""
+    if duplicate.what == "payment_hash":
+        return payout_engine.Refuse(payout_engine.invoice_used(None))
+    if duplicate.what == "internal_id":
+        return payout_engine.Refuse(payout_engine.internal_id_taken(req.internal_id or "", None))
+    async with rt.engine.connect() as conn:
+        earlier = await _by_key(conn, req.project_id, req.idempotency_key or "")
+    if earlier is None:
+        raise duplicate
+    return payout_engine.Replay(earlier)
 
 
-def _reservation(
-    rt: Runtime, req: PayoutRequest, row: dict[str, Any], path: str
-) -> hot_path.Reservation:
-    """tx1 as the hot path's unit: the rows the general path below would write, built here."""
-    now, settings = row["created_at"], rt.settings
-    callback = callback_job = None
-    if row["callback_url"]:
-        callback, callback_job = callbacks.event_rows(row, view(row), now, 1)
-    return hot_path.Reservation(
-        row=row,
-        recipient_key=recipient_guard.recipient_key(req.gamertag),
-        job=_settle_job(rt, row["id"], now, path),
-        transfers=(
-            *(
-                ledger.transfer_row(t, "pending", None, row["expires_at"], now)
-                for t in payout_transfers(row)
-            ),
-        ),  # type: ignore[arg-type]
-        callback=callback,
-        callback_job=callback_job,
-        rate_limit=settings.rate_limit_per_hour,
-        rate_window_ms=recipient_guard.RATE_WINDOW_MS,
-        failures_max=settings.recipient_failures_max,
-        failure_window_s=settings.recipient_failure_window_s,
-        block_s=settings.recipient_block_s,
-        failures_scan_max=recipient_guard.FAILURES_SCAN_MAX,
-        failure_lookback_ms=recipient_guard.FAILURE_LOOKBACK_MS,
+def wire(rt: Runtime) -> None:
+    """The process's group commit of payout reservations and final transitions: calls that
+    arrive while one is on its way share the next transaction (support/grouping.py). Two
+    requests with one idempotency key never share one: the second replays the first."""
+    rt.reserving = Grouped(
+        lambda entries: rt.payout_store.reserve(entries, engine_limits(rt)), _group_key
+    )
+    rt.finalizing = Grouped(
+        lambda finals: rt.payout_store.finalize(finals, final_writes), lambda f: f.payout_id
     )
 
 
-async def _refusal(
-    rt: Runtime, req: PayoutRequest, row: dict[str, Any], refused: hot_path.Refused
-) -> Exception:
-    """The general path's answer to what the hot path's unit refused (nothing was written)."""
+def _group_key(entry: payout_store.Entry) -> Any:
+    key = entry.item.idempotency_key
+    return (entry.item.project_id, key) if key is not None else entry.payout_id
+
+
+def engine_limits(rt: Runtime) -> payout_engine.Limits:
+    """The server settings the engine's rules read."""
+    s = rt.settings
+    defaults = payout_engine.Policy(
+        s.recipient_failures_max, s.recipient_failure_window_s, s.recipient_block_s
+    )
+    return payout_engine.Limits(rate_limit=s.rate_limit_per_hour, defaults=defaults)
+
+
+def reservation_entry(
+    rt: Runtime, req: PayoutRequest, row: dict[str, Any], path: str, *, settle_job: bool
+) -> payout_store.Entry:
+    """What the engine decides on for one payout, and every row it writes if it reserves:
+    the payout, its settle job (unless a batch's group job settles it), its created
+    callback, its two pending transfers and their balance changes."""
     now = row["created_at"]
-    if refused.kind == "no_project":
-        return errors.ProjectNotFound(f"No project with id {req.project_id}.")
-    if refused.kind == "key_taken":
-        async with rt.engine.connect() as conn:
-            earlier = await _by_key(conn, req.project_id, req.idempotency_key or "")
-        return ReplayInstead(earlier) if earlier is not None else hot_path.DuplicateKey()
-    if refused.kind == "blocked":
-        assert refused.value is not None
-        return recipient_guard.blocked_error(
-            req.gamertag, refused.value, refused.failures_max, refused.window_s, now
-        )
-    if refused.kind == "rate_limited":
-        refusal = recipient_guard.rate_refusal(rt.settings.rate_limit_per_hour, refused.value, now)
-        assert refusal is not None
-        return refusal
-    assert refused.kind == "insufficient", refused.kind
-    return insufficient(row["amount"], row["fee"], refused.value or 0)
+    writes = payout_store.Writes().insert("payouts", row)
+    if settle_job:
+        writes.insert("jobs", _settle_job(rt, row["id"], now, path))
+    if row["callback_url"]:
+        event, job = callbacks.event_rows(row, view(row), now, CREATED_EVENT_SEQUENCE)
+        writes.insert("callbacks", event).insert("jobs", job)
+    pending, deltas = ledger.pending_writes(payout_transfers(row), row["expires_at"], now)
+    writes.insert("transfers", *pending)
+    ledger.add_deltas(writes.deltas, deltas)
+    item = payout_engine.Item(
+        project_id=req.project_id,
+        recipient=payout_engine.recipient_key(req.gamertag),
+        gamertag=req.gamertag,
+        amount_sats=row["amount"],
+        fee_sats=row["fee"],
+        now_ms=now,
+        idempotency_key=req.idempotency_key,
+        payment_hash=row["payment_hash"],
+        internal_id=req.internal_id,
+    )
+    return payout_store.Entry(item, row["id"], writes, tuple(sorted(deltas)))
+
+
+# A payout's callback events: created in tx1, then one final event (a payout makes one final
+# transition); the unique (payout_id, sequence) index backs that up.
+CREATED_EVENT_SEQUENCE = 1
+FINAL_EVENT_SEQUENCE = 2
 
 
 def payout_row(
@@ -484,7 +381,7 @@ CREATED_INLINE_CAUSE = "api: payout created; sending to the node"
 CREATED_QUEUED_CAUSE = "api: payout created"
 
 
-def payout_transfers(row: dict[str, Any]) -> list[ledger.Transfer]:
+def payout_transfers(row: Any) -> list[ledger.Transfer]:
     """The two linked pending transfers of a payout row: amount and fee, from its project."""
     account = acct.project_account(row["project_id"])
     amount_id, fee_id = transfer_ids(row["id"])
@@ -492,23 +389,6 @@ def payout_transfers(row: dict[str, Any]) -> list[ledger.Transfer]:
         ledger.Transfer(amount_id, account, acct.lightning_outbound(row["id"]), row["amount"]),
         ledger.Transfer(fee_id, account, acct.fees(row["id"]), row["fee"]),
     ]
-
-
-async def pre_reservation_checks(
-    rt: Runtime, conn: AsyncConnection, req: PayoutRequest, now: int, *, locked: bool = False
-) -> None:
-    """Every check before a payout may reserve, in tx1 (single and batch): the project exists
-    and the key is unused (else replay), then the gamertag's rate limit under its row lock
-    (`locked`: the caller, a batch, already holds it). A new check that refuses a payout
-    before any money moves belongs here."""
-    await _check_project_and_key(conn, req)
-    if not locked:
-        await lock_gamertags(conn, req.project_id, [req.gamertag], now)
-    try:  # the failed-payout block and the rate limit (a RateLimitExceeded each)
-        await recipient_guard.check(conn, rt.settings, req.project_id, req.gamertag, now)
-    except errors.RateLimitExceeded:
-        await _replay_if_key_taken(conn, req)
-        raise
 
 
 def _settle_job(rt: Runtime, payout_id: str, now: int, path: str) -> dict[str, Any]:
@@ -522,57 +402,6 @@ def _settle_job(rt: Runtime, payout_id: str, now: int, path: str) -> dict[str, A
         # Inline: this process holds the lease and settles right after COMMIT.
         leased_by=rt.worker_id if path == PATH_INLINE else None,
         lease_ms=rt.settings.lease_ms,
-    )
-
-
-async def queue_created_callback(conn: AsyncConnection, payout_id: str, now: int) -> None:
-    row = await load(conn, payout_id)
-    assert row is not None
-    await callbacks.on_status_change(conn, row, view(row), now)
-
-
-async def _check_project_and_key(conn: AsyncConnection, req: PayoutRequest) -> None:
-    """One query: the project exists (else 404) and the key is unused (else replay)."""
-    key_match = and_(
-        P.project_id == projects.c.id,
-        # Without a key nothing may match (`== None` would compile to IS NULL).
-        P.idempotency_key == req.idempotency_key if req.idempotency_key else false(),
-    )
-    row = (
-        (
-            await conn.execute(
-                select(projects.c.id.label("found_project_id"), *payouts.c)
-                .select_from(projects.outerjoin(payouts, key_match))
-                .where(projects.c.id == req.project_id)
-                .limit(1)
-            )
-        )
-        .mappings()
-        .first()
-    )
-    if row is None:
-        raise errors.ProjectNotFound(f"No project with id {req.project_id}.")
-    if row["id"] is not None:
-        raise ReplayInstead(row)
-
-
-async def _replay_if_key_taken(conn: AsyncConnection, req: PayoutRequest) -> None:
-    """A same-key request may have committed while we waited for the lock: replay wins."""
-    if req.idempotency_key:
-        row = await _by_key(conn, req.project_id, req.idempotency_key)
-        if row is not None:
-            raise ReplayInstead(row)
-
-
-def insufficient(amount: int, fee: int, available: int) -> errors.InsufficientBalance:
-    total = amount + fee
-    return errors.InsufficientBalance(
-        f"Insufficient balance: the payout of {amount} sats plus the {fee} sat fee needs "
-        f"{total} sats, and {max(available, 0)} sats are available.",
-        requiredAmount=amount,
-        fee=fee,
-        totalCost=total,
-        currentBalance=available,
     )
 
 
@@ -847,27 +676,28 @@ async def apply_outcomes(
         code = FailureCode.GATEWAY_TIMEOUT if timeout else FailureCode.PAYMENT_FAILED
         key = (State.FAILED, bool(timeout and legacy_charge), code, result.failure_reason)
         groups.setdefault(key, []).append(payout_id)
-    finals: dict[str, RowMapping] = {}
-    if not groups:
-        return finals
-    async with rt.engine.begin() as conn:
-        for (target, charge, code, reason), ids in groups.items():
-            cause = (
+    entries = [
+        final_entry(
+            payout_id,
+            State.IN_FLIGHT,
+            target,
+            now,
+            charge=charge,
+            cause=(
                 "node: payment succeeded"
                 if target == State.COMPLETED
                 else f"node: payment failed ({reason or 'failed'})"
-            )
-            for row in await finalize_many(
-                conn,
-                ids,
-                target,
-                now,
-                charge=charge,
-                cause=cause,
-                failure_code=code,
-                failure_reason=None if code is None else f"node: {reason or 'failed'}",
-            ):
-                finals[row["id"]] = row
+            ),
+            failure_code=code,
+            failure_reason=None if code is None else f"node: {reason or 'failed'}",
+        )
+        for (target, charge, code, reason), ids in groups.items()
+        for payout_id in ids
+    ]
+    if not entries:
+        return {}
+    rows = await rt.payout_store.finalize(entries, final_writes)  # one transaction for all
+    finals = {row["id"]: row for row in rows if row is not None}
     _observe_finals(list(finals.values()), now)
     return finals
 
@@ -954,6 +784,44 @@ def _final_values(
     return values
 
 
+def final_entry(
+    payout_id: str,
+    current: State,
+    target: State,
+    now: int,
+    *,
+    charge: bool,
+    cause: str,
+    failure_code: FailureCode | None = None,
+    failure_reason: str | None = None,
+    node_confirmed_unsent: bool = False,
+) -> payout_store.Final:
+    """One payout's final transition for the engine: legal by the table (else 409 now)."""
+    check_transition(current, target, node_confirmed_unsent=node_confirmed_unsent)
+    values = _final_values(target, now, charge, failure_code, failure_reason)
+    shards = (acct.fees(payout_id), acct.lightning_outbound(payout_id))
+    return payout_store.Final(
+        payout_id, current.value, target.value, now, audit.cause_text(cause), values, shards
+    )
+
+
+def final_writes(row: dict[str, Any], f: payout_store.Final) -> payout_store.Writes:
+    """What a payout's final row writes besides itself, in the same transaction: its settle
+    job done, its two pending transfers posted (charged) or voided, its final callback."""
+    assert row["state"] == f.target and bool(row["charge_posted"]) == bool(
+        f.values["charge_posted"]
+    )
+    rows, deltas = ledger.resolution_writes(
+        payout_transfers(row), bool(f.values["charge_posted"]), f.now_ms
+    )
+    writes = payout_store.Writes(deltas=deltas, jobs_done=[settle_job_id(row["id"])])
+    writes.insert("transfers", *rows)
+    if row["callback_url"]:
+        event, job = callbacks.event_rows(row, view(row), f.now_ms, FINAL_EVENT_SEQUENCE)
+        writes.insert("callbacks", event).insert("jobs", job)
+    return writes
+
+
 async def finalize(
     rt: Runtime,
     payout_id: str,
@@ -966,120 +834,21 @@ async def finalize(
     failure_code: FailureCode | None = None,
     failure_reason: str | None = None,
     node_confirmed_unsent: bool = False,
-) -> RowMapping | dict[str, Any] | None:
-    """tx2 in a transaction of its own: the hot path's unit where there is one (one round
-    trip), else `_finalize` statement by statement. The payout's new row, or None if it was
-    no longer in `current` (someone else won)."""
-    if rt.hot_path is not None:
-        check_transition(current, target, node_confirmed_unsent=node_confirmed_unsent)
-        unit = hot_path.Finalization(
-            payout_id=payout_id,
-            current=current.value,
-            target=target.value,
-            now=now,
-            cause=audit.cause_text(cause),
-            values=_final_values(target, now, charge, failure_code, failure_reason),
-            job_id=settle_job_id(payout_id),
-            transfer_ids=tuple(transfer_ids(payout_id)),  # type: ignore[arg-type]
-            post=charge,
-        )
-        try:
-            return await rt.hot_path.finalize(unit)
-        except hot_path.NeedsGeneralPath:
-            pass  # a callback to write: its payload is built from the final row, below
-    async with rt.engine.begin() as conn:
-        return await _finalize(
-            conn,
-            payout_id,
-            current,
-            target,
-            now,
-            charge=charge,
-            cause=cause,
-            failure_code=failure_code,
-            failure_reason=failure_reason,
-            node_confirmed_unsent=node_confirmed_unsent,
-        )
-
-
-async def _finalize(
-    conn: AsyncConnection,
-    payout_id: str,
-    current: State,
-    target: State,
-    now: int,
-    *,
-    charge: bool,
-    cause: str,
-    failure_code: FailureCode | None = None,
-    failure_reason: str | None = None,
-    node_confirmed_unsent: bool = False,
-) -> RowMapping | None:
-    """Final transition + ledger post (charge) or void + job done + callback, in one tx."""
-    values = _final_values(target, now, charge, failure_code, failure_reason)
-    final = await _transition(
-        conn,
+) -> dict[str, Any] | None:
+    """tx2 through the engine, grouped with the process's concurrent ones: the payout's new
+    row, or None if it was no longer in `current` (someone else won)."""
+    entry = final_entry(
         payout_id,
         current,
         target,
         now,
+        charge=charge,
         cause=cause,
+        failure_code=failure_code,
+        failure_reason=failure_reason,
         node_confirmed_unsent=node_confirmed_unsent,
-        **values,
     )
-    if final is None:
-        return None
-    await queue.complete(conn, settle_job_id(payout_id), now)
-    if final["callback_url"]:
-        await callbacks.on_status_change(conn, final, view(final), now)
-    # Last: the ledger, whose credit side locks the hot system accounts until COMMIT.
-    if charge:
-        await ledger.post(conn, transfer_ids(payout_id), now)
-    else:
-        await ledger.void(conn, transfer_ids(payout_id), now)
-    return final
-
-
-async def finalize_many(
-    conn: AsyncConnection,
-    payout_ids: Sequence[str],
-    target: State,
-    now: int,
-    *,
-    charge: bool,
-    cause: str,
-    failure_code: FailureCode | None = None,
-    failure_reason: str | None = None,
-) -> list[RowMapping]:
-    """`_finalize` for many in-flight payouts of ONE project, in set statements: one guarded
-    UPDATE (only those still in flight change, each audited by the trigger), one resolution
-    INSERT and two balance UPDATEs, however many payouts. Returns the rows that this call
-    made final. No job is completed: the batch's group job is done at its hand-off, and a
-    payout's own settle job, if one was handed to it, completes when it finds it final."""
-    check_transition(State.IN_FLIGHT, target)
-    values = _final_values(target, now, charge, failure_code, failure_reason)
-    params = {"b_ids": list(payout_ids), "b_from": State.IN_FLIGHT.value}
-    params |= {"state": target.value, "updated_at": now, "state_cause": audit.cause_text(cause)}
-    finals = list((await conn.execute(_TRANSITION_MANY, params | values)).mappings())
-    if not finals:
-        return []
-    assert len({row["project_id"] for row in finals}) == 1, "one project per call"
-    for row in finals:
-        if row["callback_url"]:
-            await callbacks.on_status_change(conn, row, view(row), now)
-    pending_ids = [t for row in finals for t in transfer_ids(row["id"])]
-    if charge:
-        await ledger.post(conn, pending_ids, now)
-    else:
-        await ledger.void(conn, pending_ids, now)
-    return finals
-
-
-_TRANSITION_MANY = (
-    update(payouts)
-    .where(InList(P.id, "b_ids"), P.state == bindparam("b_from"))
-    .returning(*payouts.c)
-)
+    return await rt.finalizing.submit(entry)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------- expiry and sandbox changes

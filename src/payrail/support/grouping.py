@@ -1,7 +1,7 @@
 """Group commit without a timer: calls that arrive while one is on its way share the next.
 
 Used where many concurrent requests of one process each need one write: the payout hot path
-(services/hot_path/postgres.py: its lookups, reservations and final transitions) and the
+(services/payouts.py: the payout engine's reservations and final transitions) and the
 simulated node's record of payments (lightning/simulated.py). A lone call goes out at once
 and waits for nothing; under load each call carries a group, one round trip and one commit.
 """

@@ -34,6 +34,8 @@ HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.MethodNotAllowed: 405,
     errors.ProjectExists: 409,
     errors.InvalidStatusTransition: 409,
+    errors.InvoiceAlreadyUsed: 409,
+    errors.InternalIdTaken: 409,
     errors.CallbackNotDead: 409,
     errors.JobNotDead: 409,
     errors.OrderNotPayable: 409,

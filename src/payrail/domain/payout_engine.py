@@ -1,0 +1,328 @@
+"""The payout engine's rules: which items of a group may reserve, decided in order, pure.
+
+TigerBeetle's shape: storage loads the rows a group of payout items touches (under the
+ledger's lock order, so nothing it read can change before it writes), hands them here as a
+`Snapshot`, and writes what `decide` answers. Every item gets exactly one `Decision`, as if it
+had arrived alone in that order: an item reserved earlier in the group counts against the
+ones after it (balance, rate limit, keys, invoices, internal ids). No I/O, no clock: `now`
+comes with each item.
+
+Every rule that can refuse a payout before money moves lives here, once, for every way a
+payout is made (a lone request, concurrent requests grouped, a batch's group; SQLite and
+PostgreSQL, behind PgBouncer or not). The order of the checks is the order of the answers a
+client sees when several apply:
+
+    project exists → key unused (else replay) → invoice not already paid by a live payout
+    → internal id unused → failed-payout block → rate limit → balance
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from payrail.domain import errors
+
+RATE_WINDOW_MS = 3_600_000  # the rate limit's rolling window
+FAILURES_SCAN_MAX = 200  # failed payouts read per recipient; more would already have blocked
+# A failure counts when its payout was created within this long before the window: a payout
+# ends at most a day after it was created in practice, and the index is on created_at.
+FAILURE_LOOKBACK_MS = 86_400_000
+POLICY_SECONDS_MAX = 86_400  # a policy's failure window and block, each at most
+POLICY_FAILURES_MAX = 1_000  # a policy's failures_max, at most
+GROUP_ITEMS_MAX = 1_000  # a batch's size; a concurrent group is smaller (grouping.GROUP_MAX)
+
+
+def recipient_key(gamertag: str) -> str:
+    """One spelling per recipient (gamertags are ASCII, so lower() is the whole folding)."""
+    return gamertag.lower()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The failed-payout block in force for a project: server defaults, project overrides."""
+
+    failures_max: int  # 0: the block is off
+    failure_window_s: int
+    block_s: int
+
+    def view(self) -> dict[str, int]:
+        return {
+            "failuresMax": self.failures_max,
+            "failureWindowS": self.failure_window_s,
+            "blockS": self.block_s,
+        }
+
+
+def policy(defaults: Policy, overrides: Sequence[int | None]) -> Policy:
+    """A project's policy: each override (failures_max, window_s, block_s) or its default."""
+    assert len(overrides) == 3
+    picked = [d if o is None else int(o) for d, o in zip(_fields(defaults), overrides, strict=True)]
+    return Policy(*picked)
+
+
+def _fields(p: Policy) -> tuple[int, int, int]:
+    return p.failures_max, p.failure_window_s, p.block_s
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The server's settings the rules read (one set per process)."""
+
+    rate_limit: int  # payouts per recipient per rolling hour
+    defaults: Policy
+
+
+@dataclass(frozen=True)
+class Item:
+    """One payout that asks to reserve: what the rules need of it (its row is built by the
+    caller, services/payouts.py payout_row)."""
+
+    project_id: str
+    recipient: str  # recipient_key of its gamertag (the rate-limit key)
+    gamertag: str  # as given (the block's message names it)
+    amount_sats: int
+    fee_sats: int
+    now_ms: int
+    idempotency_key: str | None = None
+    payment_hash: str | None = None  # the invoice it pays, where it pays one
+    internal_id: str | None = None
+
+    @property
+    def cost_sats(self) -> int:
+        return self.amount_sats + self.fee_sats
+
+
+@dataclass
+class Project:
+    policy: Policy
+    available_sats: int  # credits_posted - debits_posted - debits_pending, under its lock
+    allow_negative: bool = False
+
+
+@dataclass
+class Snapshot:
+    """What storage read for a group, under the locks it holds until it writes.
+
+    recent_ms: per (project, recipient), created_at of its newest payouts in the rate
+    window, newest first (at most rate_limit of them). failed: per (project, recipient),
+    (updated_at, created_at) of its failed payouts, newest first, from at least as far back
+    as any policy reads (failure_since_ms). keys / internal_ids: per project, the payout
+    rows (or ids) holding them. live_hashes: payment hashes of payouts that may still be or
+    have been paid (not voided), with the payout id."""
+
+    projects: dict[str, Project]
+    keys: dict[tuple[str, str], Any] = field(default_factory=dict)
+    recent_ms: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    failed: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
+    live_hashes: dict[str, str] = field(default_factory=dict)
+    internal_ids: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """The item reserves: storage writes its payout, jobs, transfers and balances."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The key is held by an earlier payout: the answer is that payout (row as loaded)."""
+
+    row: Any
+
+
+@dataclass(frozen=True)
+class Refuse:
+    error: errors.PayrailError
+
+
+Decision = Reserve | Replay | Refuse
+RESERVE = Reserve()
+
+
+def decide(
+    items: Sequence[Item], snap: Snapshot, limits: Limits, new_ids: Sequence[str]
+) -> list[Decision]:
+    """One decision per item, in order; `snap` is updated with what each reservation takes
+    (so it describes the state after the group). new_ids: each item's payout id."""
+    assert 1 <= len(items) <= GROUP_ITEMS_MAX
+    assert len(new_ids) == len(items)
+    assert limits.rate_limit >= 1
+    decisions = [
+        _decide_one(item, pid, snap, limits) for item, pid in zip(items, new_ids, strict=True)
+    ]
+    assert len(decisions) == len(items)
+    return decisions
+
+
+def _decide_one(item: Item, payout_id: str, snap: Snapshot, limits: Limits) -> Decision:
+    assert item.amount_sats > 0 and item.fee_sats >= 0
+    project = snap.projects.get(item.project_id)
+    if project is None:
+        return Refuse(errors.ProjectNotFound(f"No project with id {item.project_id}."))
+    key = (item.project_id, item.idempotency_key) if item.idempotency_key else None
+    if key is not None and key in snap.keys:
+        return Replay(snap.keys[key])
+    refusal = (
+        _invoice_refusal(item, snap)
+        or _internal_id_refusal(item, snap)
+        or _guard_refusal(item, project.policy, snap, limits)
+        or _balance_refusal(item, project)
+    )
+    if refusal is not None:
+        return Refuse(refusal)
+    _take(item, payout_id, project, snap, key)
+    return RESERVE
+
+
+def _take(
+    item: Item, payout_id: str, project: Project, snap: Snapshot, key: tuple[str, str] | None
+) -> None:
+    """What a reservation changes for the items after it."""
+    before = project.available_sats
+    project.available_sats -= item.cost_sats
+    assert project.allow_negative or project.available_sats >= 0
+    assert before - project.available_sats == item.cost_sats
+    snap.recent_ms.setdefault((item.project_id, item.recipient), []).insert(0, item.now_ms)
+    if key is not None:
+        snap.keys[key] = {"id": payout_id}
+    if item.payment_hash is not None:
+        snap.live_hashes[item.payment_hash] = payout_id
+    if item.internal_id is not None:
+        snap.internal_ids[(item.project_id, item.internal_id)] = payout_id
+
+
+def _invoice_refusal(item: Item, snap: Snapshot) -> errors.PayrailError | None:
+    """One payment hash, one live payout: a second would be charged for the same payment."""
+    if item.payment_hash is None or item.payment_hash not in snap.live_hashes:
+        return None
+    return invoice_used(snap.live_hashes[item.payment_hash])
+
+
+def invoice_used(payout_id: str | None) -> errors.InvoiceAlreadyUsed:
+    extra = {} if payout_id is None else {"payoutId": payout_id}
+    return errors.InvoiceAlreadyUsed(
+        "This invoice is already being paid or was paid by another payout; a second payout "
+        "would be charged for the same payment. Ask the recipient for a new invoice.",
+        **extra,
+    )
+
+
+def _internal_id_refusal(item: Item, snap: Snapshot) -> errors.PayrailError | None:
+    """internalId names one payout per project (GET /payouts/internal/{id} finds one)."""
+    if item.internal_id is None:
+        return None
+    existing = snap.internal_ids.get((item.project_id, item.internal_id))
+    return None if existing is None else internal_id_taken(item.internal_id, existing)
+
+
+def internal_id_taken(internal_id: str, payout_id: str | None) -> errors.InternalIdTaken:
+    named = "another payout" if payout_id is None else f"payout {payout_id}"
+    extra = {} if payout_id is None else {"payoutId": payout_id}
+    return errors.InternalIdTaken(
+        f"internalId {internal_id} already names {named} in this project; use a new "
+        "internalId, or the same idempotencyKey to retry that payout.",
+        **extra,
+    )
+
+
+def _guard_refusal(
+    item: Item, p: Policy, snap: Snapshot, limits: Limits
+) -> errors.PayrailError | None:
+    """The recipient guard: the failed-payout block first, then the rate limit."""
+    who = (item.project_id, item.recipient)
+    until = blocked_until_ms(_failures_counted(snap.failed.get(who, []), p, item.now_ms), p)
+    if until is not None and until > item.now_ms:
+        return blocked_error(item.gamertag, until, p, item.now_ms)
+    recent = snap.recent_ms.get(who, [])
+    oldest_counted = recent[limits.rate_limit - 1] if len(recent) >= limits.rate_limit else None
+    if oldest_counted is None or oldest_counted <= item.now_ms - RATE_WINDOW_MS:
+        return None
+    return rate_error(limits.rate_limit, oldest_counted, item.now_ms)
+
+
+def _balance_refusal(item: Item, project: Project) -> errors.PayrailError | None:
+    if project.allow_negative or item.cost_sats <= project.available_sats:
+        return None
+    return insufficient(item.amount_sats, item.fee_sats, project.available_sats)
+
+
+def _failures_counted(failed: Sequence[tuple[int, int]], p: Policy, now_ms: int) -> list[int]:
+    """updated_at of the failures that can block at now_ms, ascending: those after the
+    policy's horizon, of payouts created at most FAILURE_LOOKBACK_MS before it, the newest
+    FAILURES_SCAN_MAX."""
+    if p.failures_max <= 0:
+        return []
+    horizon = now_ms - (p.failure_window_s + p.block_s) * 1000
+    kept = [u for u, c in failed if u > horizon and c > horizon - FAILURE_LOOKBACK_MS]
+    return sorted(kept[:FAILURES_SCAN_MAX])
+
+
+def failure_since_ms(now_ms: int) -> tuple[int, int]:
+    """The widest window any policy reads failures from: (updated after, created after).
+    Storage loads that much; the rules cut it to the project's own horizon."""
+    updated_after = now_ms - 2 * POLICY_SECONDS_MAX * 1000
+    return updated_after, updated_after - FAILURE_LOOKBACK_MS
+
+
+def is_voided(state: str, charge_posted: bool) -> bool:
+    """A payout whose reservation was released: it ended failed or expired, not charged.
+    Only such a payout frees its invoice for another payout."""
+    return state in ("failed", "expired") and not charge_posted
+
+
+def blocked_until_ms(failed_at_ms: Sequence[int], p: Policy) -> int | None:
+    """When the block that `failed_at_ms` (ascending) started ends, or None for no block.
+    Any `failures_max` failures within the window start a block at the last of them."""
+    k = p.failures_max
+    if k <= 0 or len(failed_at_ms) < k:
+        return None
+    window_ms, until = p.failure_window_s * 1000, None
+    for i in range(k - 1, len(failed_at_ms)):
+        if failed_at_ms[i] - failed_at_ms[i - k + 1] <= window_ms:
+            until = failed_at_ms[i] + p.block_s * 1000
+    return until
+
+
+def retry_after_s(wait_ms: int) -> int:
+    return max(1, math.ceil(wait_ms / 1000))
+
+
+def blocked_error(
+    gamertag: str, until_ms: int, p: Policy, now_ms: int
+) -> errors.RecipientTemporarilyBlocked:
+    wait_s = retry_after_s(until_ms - now_ms)
+    return errors.RecipientTemporarilyBlocked(
+        f"Payouts to gamertag {gamertag} are blocked for {wait_s} s: "
+        f"{p.failures_max} payouts to it failed within "
+        f"{p.failure_window_s} s. Check the recipient before retrying.",
+        retryAfter=wait_s,
+        failuresMax=p.failures_max,
+    )
+
+
+def rate_error(limit: int, oldest_counted_ms: int, now_ms: int) -> errors.RateLimitExceeded:
+    """Refused while the limit-th newest payout to the recipient is in the window; the
+    answer says when that one leaves it (clamped: a concurrent request may have stamped its
+    created_at a moment after our `now`)."""
+    wait_s = retry_after_s(min(RATE_WINDOW_MS, oldest_counted_ms + RATE_WINDOW_MS - now_ms))
+    return errors.RateLimitExceeded(
+        f"Maximum {limit} payouts per gamertag per hour (gamertags count whatever their "
+        f"case); retry in {wait_s} s.",
+        retryAfter=wait_s,
+        limit=limit,
+    )
+
+
+def insufficient(amount: int, fee: int, available: int) -> errors.InsufficientBalance:
+    total = amount + fee
+    return errors.InsufficientBalance(
+        f"Insufficient balance: the payout of {amount} sats plus the {fee} sat fee needs "
+        f"{total} sats, and {max(available, 0)} sats are available.",
+        requiredAmount=amount,
+        fee=fee,
+        totalCost=total,
+        currentBalance=available,
+    )
