@@ -189,16 +189,20 @@ def full_audit(database_url: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYRAIL_")}
     env["PAYRAIL_DATABASE_URL"] = database_url
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "payrail.entrypoints.cli.app", "reconcile", "--full"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _, status, usage = os.wait4(process.pid, 0)
+    # Its output goes to files: a pipe nobody reads while it runs would fill and stop it.
+    REPORT_PATH.parent.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = REPORT_PATH.with_suffix(".full.out"), REPORT_PATH.with_suffix(".full.err")
+    with out_path.open("wb") as out_file, err_path.open("wb") as err_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "payrail.entrypoints.cli.app", "reconcile", "--full"],
+            env=env,
+            stdout=out_file,
+            stderr=err_file,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
-    out = (process.stdout.read() if process.stdout else b"").decode(errors="replace")
-    err = (process.stderr.read() if process.stderr else b"").decode(errors="replace")
+    out = out_path.read_text(errors="replace")
+    err = err_path.read_text(errors="replace")
     code = os.waitstatus_to_exitcode(status)
     return {
         "exit": code,
