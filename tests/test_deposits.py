@@ -459,3 +459,65 @@ async def test_a_second_credit_for_one_hash_is_refused_by_the_ledger(client, rt)
         await client.post(f"/deposits/{data['id']}/check")
     assert await balance_of(client) == before + 1_234
     assert len(await _credits(rt, data["paymentHash"])) == 1
+
+
+# ---------------------------------------------------------------- reconciliation
+
+
+async def test_reconcile_accounts_for_deposits_full_and_incremental(client, rt, clock):
+    from payrail.services.reconcile import reconcile, reconcile_incremental
+
+    paid = await _open(client, 1_000)
+    await client.post(f"/test/deposits/{paid['id']}/pay")
+    late = await _open(client, 2_000, expiresInS=60)
+    await _watch(rt, clock, 60_000)
+    await _pay_at_node(rt, late["paymentHash"])
+    await _watch(rt, clock, rt.settings.deposit_check_cap_ms)
+    await _open(client, 3_000)  # still open: the watcher's, no finding
+    full = await reconcile(rt, settle_window_ms=0)
+    assert full.clean, full.discrepancies
+    clock.advance(60_000)
+    unpaid = await _open(client, 4_000, expiresInS=60)
+    await _watch(rt, clock, 60_000)
+    await _watch(rt, clock, rt.settings.deposit_late_window_ms + 60_000)
+    assert (await client.get(f"/deposits/{unpaid['id']}")).json()["data"]["status"] == "expired"
+    incremental = await reconcile_incremental(rt, settle_window_ms=0)
+    assert incremental.clean, incremental.discrepancies
+
+
+async def test_reconcile_names_a_payment_never_credited_and_a_credit_never_paid(client, rt, clock):
+    from payrail.services.reconcile import reconcile
+
+    lost = await _open(client, 500, expiresInS=60)
+    await _watch(rt, clock, 60_000)
+    await _watch(rt, clock, rt.settings.deposit_late_window_ms + 60_000)  # watch over
+    await _pay_at_node(rt, lost["paymentHash"])  # paid after everyone stopped looking
+    credited = await _open(client, 600)
+    await client.post(f"/test/deposits/{credited['id']}/pay")
+    async with rt.engine.begin() as conn:  # the node forgets it was paid
+        await conn.execute(
+            update(sim_node_invoices)
+            .where(sim_node_invoices.c.payment_hash == credited["paymentHash"])
+            .values(state="open")
+        )
+    report = await reconcile(rt, settle_window_ms=0)
+    kinds = {(d.kind, tuple(d.ids)) for d in report.discrepancies}
+    assert ("deposit-paid-not-credited", (lost["id"],)) in kinds
+    assert ("deposit-credited-not-paid", (credited["id"],)) in kinds
+
+
+async def test_reconcile_names_a_completed_deposit_without_its_credit(client, rt):
+    from payrail.services.reconcile import reconcile
+
+    data = await _open(client, 700)
+    async with rt.engine.begin() as conn:  # completed by hand, no ledger transfer
+        await conn.execute(
+            update(deposits_table)
+            .where(deposits_table.c.id == data["id"])
+            .values(status="completed", transfer_id=transfer_id(data["paymentHash"]))
+        )
+    await _pay_at_node(rt, data["paymentHash"])
+    report = await reconcile(rt, settle_window_ms=0)
+    assert ("state-ledger-mismatch", (data["id"],)) in {
+        (d.kind, tuple(d.ids)) for d in report.discrepancies
+    }

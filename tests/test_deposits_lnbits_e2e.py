@@ -26,6 +26,7 @@ from payrail.entrypoints import worker
 from payrail.entrypoints.http.app import create_app
 from payrail.jobs import queue
 from payrail.services import projects
+from payrail.services.reconcile import reconcile
 from payrail.support.clock import ShiftableClock
 
 PROJECT = "studio_27"
@@ -200,6 +201,8 @@ async def test_a_deposit_paid_by_another_wallet_credits_exactly_the_amount_once(
     await world.watch()
     assert await world.balance() == balance + AMOUNT
     assert len(world.incoming(data["paymentHash"])) == 1
+    report = await reconcile(world.rt, settle_window_ms=0)  # asks LNbits about the deposit
+    assert report.clean, report.discrepancies
 
 
 async def test_lnbits_invoice_webhook_is_checked_with_lnbits_before_it_credits(world):
@@ -241,6 +244,9 @@ async def test_payrail_killed_between_lnbits_answer_and_the_credit_credits_once_
     await world.watch()
     assert await world.status(data["id"]) == "completed"
     assert await world.balance() == balance + AMOUNT
+    assert len(world.incoming(data["paymentHash"])) == 1
+    report = await reconcile(world.rt, settle_window_ms=0)
+    assert report.clean, report.discrepancies
 
 
 async def test_lnbits_down_changes_nothing_then_the_payment_is_credited_once(world):

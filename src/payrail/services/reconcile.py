@@ -66,7 +66,7 @@ from payrail.domain.payouts import FINAL_STATES, State
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
 from payrail.lightning.backend import NodeStatus
-from payrail.services import destinations
+from payrail.services import destinations, reconcile_deposits
 from payrail.services.payouts import transfer_ids
 from payrail.support.clock import wait_or_stop
 
@@ -160,6 +160,11 @@ async def reconcile(
         await _check_accounts(conn, check.found)
         order_reads = await _read_orders(conn)
         check.expected_balance = dict(await _funded(conn))
+        # Deposits: their credits are money from outside too (services/reconcile_deposits.py).
+        deposit_reads = await reconcile_deposits.read(conn, None)
+        check.expected_balance = reconcile_deposits.with_credits(
+            check.expected_balance, deposit_reads
+        )
         project_accounts = await _accounts_of(conn, acct.Code.PROJECT)
         for transfer_id, count in await _double_posts(conn, None):
             check.found.append(
@@ -191,6 +196,7 @@ async def reconcile(
         orders_checked = await _check_orders(rt, order_reads, check.found)
         watermark_ms = snapshot_ms - WATERMARK_LAG_MS
         balances = await _ledger_sums(conn, None, watermark_ms)
+    await reconcile_deposits.check(rt, deposit_reads, check.found)  # deposits (issue 27)
     report = await check.report(snapshot_ms, window_ms, orders_checked)
     await _save_checkpoint(rt, watermark_ms, balances, report)
     return report
@@ -207,7 +213,9 @@ async def reconcile_incremental(
     async with rt.engine.connect() as conn:
         checkpoint = await load_checkpoint(conn)
     if checkpoint is None:  # the first run: everything, in the small pages of a periodic run
-        return await reconcile(rt, settle_window_ms, node_answers=node_answers, page_rows=PAGE_ROWS)
+        return await reconcile(
+            rt, settle_window_ms, node_answers=node_answers, page_rows=PAGE_ROWS
+        )
     window_ms = _window(rt, settle_window_ms)
     since_ms = checkpoint.watermark_ms
     check = _Checks(rt, node_answers)
@@ -266,6 +274,8 @@ async def reconcile_incremental(
             await check.payouts(conn, again[start : start + PAGE_ROWS])
         order_reads = await _read_orders(conn, since_ms, checkpoint.carried)
         orders_checked = await _check_orders(rt, order_reads, check.found, revenue=False)
+        deposit_reads = await reconcile_deposits.read(conn, since_ms)  # deposits (issue 27)
+    await reconcile_deposits.check(rt, deposit_reads, check.found)
     report = await check.report(snapshot_ms, window_ms, orders_checked)
     await _save_checkpoint(rt, watermark_ms, balances, report)
     return report
