@@ -18,6 +18,7 @@ from lightning_kit import AddressServer, Behaviour, make_invoice
 
 from payrail.config import Settings, UnsafeSettings
 from payrail.entrypoints.http.app import create_app
+from payrail.entrypoints.http.zbd import payments as zbd_payments
 from payrail.lightning.backend import DestinationKind
 from payrail.services import reconcile
 
@@ -639,3 +640,22 @@ async def test_odd_bodies_never_get_a_500_and_a_refusal_moves_nothing(zbd, clien
             if not answer["success"]:
                 assert answer["data"]["error"], (path, body, answer)
                 assert await balance_of(client) == before, (path, body, answer)
+
+
+@pytest.mark.parametrize(("key", "advice"), [(None, "false"), ("k-500", "true")])
+async def test_an_unexpected_error_is_the_apps_500_with_retry_advice(
+    zbd, client, monkeypatch, key, advice
+):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(zbd_payments.payouts, "create_payout", broken)
+    headers = {"Idempotency-Key": key} if key else {}
+    response = await zbd.post(
+        "/gamertag/send-payment", json={"gamertag": "p", "amount": "1000"}, headers=headers
+    )
+    body = assert_zbd_error(response, 500, "INTERNAL_ERROR")
+    assert "a bug" not in body["message"]  # never the exception's text
+    # A resend is safe only with the key: then ZBD's Python SDK may retry by itself.
+    assert response.headers["x-should-retry"] == advice
+    assert await balance_of(client) == 100_000
