@@ -380,3 +380,12 @@ def test_python_sdk_charge_is_a_deposit_credited_once_paid(server):
     assert got["status"] == "completed"
     assert balance(server) == start + 5000
     assert wallet["balance"] == str((start + 5000) * 1000)
+
+
+def test_python_sdk_configured_by_its_environment_alone(server, monkeypatch):
+    """The SDK reads ZBD_PAYMENTS_BASE_URL and ZBD_PAYMENTS_API_KEY: no code changes."""
+    monkeypatch.setenv("ZBD_PAYMENTS_BASE_URL", server)
+    monkeypatch.setenv("ZBD_PAYMENTS_API_KEY", SANDBOX_KEY)
+    with zbdpay.ZbdPayments() as client:
+        wallet = client.wallet.with_raw_response.retrieve_balance().json()["data"]
+    assert wallet["balance"] == str(balance(server) * 1000)
