@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -80,7 +81,7 @@ def database_errors(settings: Settings) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if not is_database_unavailable(exc):
+        if not is_database_unavailable(exc) or not _about_the_database(settings, exc):
             raise
         reason = _root_cause(exc)
         fail(
@@ -88,6 +89,17 @@ def database_errors(settings: Settings) -> Iterator[None]:
             "Check that the database server is running and accepts connections there, "
             "or set PAYRAIL_DATABASE_URL."
         )
+
+
+def _about_the_database(settings: Settings, exc: BaseException) -> bool:
+    """A refused connection is the database's only if it was to the database: SQLite has no
+    server, and a PostgreSQL error naming another address (the Stripe simulator, a node) is
+    another service's."""
+    if settings.database_url.startswith("sqlite"):
+        return False
+    port = make_url(settings.database_url).port or 5432
+    addresses = re.findall(r"\('[^']*', (\d+)\)", _root_cause(exc))
+    return not addresses or str(port) in addresses
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -64,6 +64,7 @@ def install(
         **doc(
             ok={201: (Order, "payment_pending")},
             errors={
+                503: ("CARD_PAYMENTS_DISABLED",),
                 400: ("VALIDATION_ERROR", "INVALID_AMOUNT", "INVALID_CURRENCY"),
                 403: ("FORBIDDEN",),
                 404: ("PROJECT_NOT_FOUND",),
@@ -89,7 +90,11 @@ def install(
         "/orders",
         **doc(
             ok={200: (OrderPage, "Newest first")},
-            errors={400: ("VALIDATION_ERROR", "INVALID_STATUS"), 403: ("FORBIDDEN",)},
+            errors={
+                503: ("CARD_PAYMENTS_DISABLED",),
+                400: ("VALIDATION_ERROR", "INVALID_STATUS"),
+                403: ("FORBIDDEN",),
+            },
             query=[
                 query_param("status", "an order status"),
                 query_param("projectId", "Admin key: one project (default all)."),
@@ -115,7 +120,8 @@ def install(
     @api.get(
         "/orders/{order_id}",
         **doc(
-            ok={200: (OrderDetail, "The order and its history")}, errors={404: ("ORDER_NOT_FOUND",)}
+            ok={200: (OrderDetail, "The order and its history")},
+            errors={503: ("CARD_PAYMENTS_DISABLED",), 404: ("ORDER_NOT_FOUND",)},
         ),
     )
     async def get_order(order_id: str, request: Request) -> JSONResponse:
@@ -130,6 +136,7 @@ def install(
         **doc(
             ok={200: (Order, "payment_submitted (or already requested with this key)")},
             errors={
+                503: ("CARD_PAYMENTS_DISABLED",),
                 402: ("CARD_DECLINED",),
                 404: ("ORDER_NOT_FOUND",),
                 409: ("ORDER_NOT_PAYABLE",),
@@ -171,7 +178,10 @@ def install(
         "/webhooks/stripe",
         **doc(
             ok={200: (ReceivedEvent, "Stored (once per event id)")},
-            errors={400: ("INVALID_SIGNATURE", "VALIDATION_ERROR")},
+            errors={
+                503: ("CARD_PAYMENTS_DISABLED",),
+                400: ("INVALID_SIGNATURE", "VALIDATION_ERROR"),
+            },
             auth=False,
             headers=[header_param("Stripe-Signature", "t=…,v1=… (verified, 300 s tolerance)")],
             summary="Stripe's events (signed by Stripe, not by an apikey)",

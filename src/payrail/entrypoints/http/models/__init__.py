@@ -30,7 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 SECURITY_SCHEME = "apikey"
 # The codes every route with a body or a key may answer, whatever it documents itself.
-AUTH_ERRORS: dict[int, tuple[str, ...]] = {401: ("UNAUTHORIZED",)}
+# AUTH_THROTTLED: too many failed keys from one client or for one key prefix (auth.py).
+AUTH_ERRORS: dict[int, tuple[str, ...]] = {401: ("UNAUTHORIZED",), 429: ("AUTH_THROTTLED",)}
+# Every route that reads the database (all with a key) answers 503 while it is unreachable.
+DATABASE_ERRORS: dict[int, tuple[str, ...]] = {503: ("DATABASE_UNAVAILABLE",)}
 BODY_ERRORS: dict[int, tuple[str, ...]] = {
     400: ("VALIDATION_ERROR",),
     413: ("PAYLOAD_TOO_LARGE",),
@@ -175,7 +178,8 @@ def doc(
     for status, (model, description) in (other or {}).items():
         responses[status] = {"model": model, "description": description}  # not an error code
     merged: dict[int, tuple[str, ...]] = {}
-    for extra in (errors or {}, AUTH_ERRORS if auth else {}, BODY_ERRORS if body else {}):
+    platform = DATABASE_ERRORS if auth and 503 not in (other or {}) else {}
+    for extra in (errors or {}, AUTH_ERRORS if auth else {}, BODY_ERRORS if body else {}, platform):
         for status, codes in extra.items():
             merged[status] = tuple(dict.fromkeys(merged.get(status, ()) + codes))
     for status, codes in sorted(merged.items()):
