@@ -72,7 +72,9 @@ class Cards:
 
     async def faults(self, **knobs: object) -> None:
         response = await self.client.post(
-            "/test/failure-injection", json={"enabled": True, **knobs}
+            "/test/failure-injection",
+            json={"enabled": True, **knobs},
+            headers={"apikey": ADMIN_KEY},  # the card knobs are global: the admin key sets them
         )
         assert response.status_code == 200, response.text
 

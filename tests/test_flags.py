@@ -167,7 +167,8 @@ async def test_flag_change_names_the_actor_and_keeps_fields_not_sent(client):
 
 
 async def set_faults(client, **knobs):
-    response = await client.post("/test/failure-injection", json=knobs)
+    """The global knobs (admin key): these tests pay from projects of their own too."""
+    response = await client.post("/test/failure-injection", json=knobs, headers=ADMIN)
     assert response.status_code == 200, response.text
 
 

@@ -51,7 +51,8 @@ def between(before: dict, after: dict):
 
 
 async def set_faults(client, **knobs):
-    response = await client.post("/test/failure-injection", json=knobs)
+    """The global knobs (admin key): these tests pay from projects of their own too."""
+    response = await client.post("/test/failure-injection", json=knobs, headers=ADMIN)
     assert response.status_code == 200, response.text
 
 

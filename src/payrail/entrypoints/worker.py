@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from payrail.bootstrap import Runtime, SimulatedCrash
 from payrail.db.tables import worker_heartbeats
 from payrail.jobs import queue
-from payrail.services import batches, callbacks, deposits, order_events, payouts, sweeps
+from payrail.services import batches, callbacks, deposits, faults, order_events, payouts, sweeps
 from payrail.support import metrics
 from payrail.support.clock import wait_or_stop
 
@@ -73,6 +73,10 @@ async def _run_job(rt: Runtime, job: queue.Job) -> None:
     try:
         if handler is None:
             raise LookupError(f"no handler for job kind {job.kind!r}")
+        if rt.settings.sandbox:  # this job's task: its payout's project's knobs apply
+            faults.ACTING_PROJECT.set(
+                await faults.project_of_job(rt.engine, rt.faults, job.payload)
+            )
         await handler(rt, job)
         if job.kind not in SELF_COMPLETING:
             async with rt.engine.begin() as conn:

@@ -125,14 +125,17 @@ class Api:
         return int(data["balance"]), int(data["reserved"])
 
     def faults(self) -> dict[str, Any] | None:
-        """The failure-injection knobs, or None when the server has no sandbox endpoints."""
-        answer = self.call("GET", "/test/failure-injection", key=self.control_key)
+        """The global failure-injection knobs, or None when the server has no sandbox endpoints.
+
+        The admin key's: they apply to the run's own projects (which have no knobs of their
+        own); a project key would read and set only its own project's knobs."""
+        answer = self.call("GET", "/test/failure-injection", key=self.admin_key)
         if answer.status == 404:
             return None
         return self._need(answer, "reading failure injection")
 
     def set_faults(self, knobs: dict[str, Any]) -> dict[str, Any]:
-        answer = self.call("POST", "/test/failure-injection", key=self.control_key, json=knobs)
+        answer = self.call("POST", "/test/failure-injection", key=self.admin_key, json=knobs)
         return self._need(answer, "setting failure injection")
 
     # ------------------------------------------------------------ checks

@@ -11,6 +11,7 @@ from payrail.config import Settings
 from payrail.domain import errors
 from payrail.entrypoints.http.auth import KeyCache, Principal, authenticate
 from payrail.services.auth_throttle import FailedAuthThrottle
+from payrail.services.faults import ACTING_PROJECT
 
 
 @dataclass
@@ -24,7 +25,10 @@ class ApiContext:
     async def principal(self, request: Request) -> Principal:
         """The caller, from its `apikey` header (401 without a valid one; 429 after too many
         failures from its address or for its key prefix)."""
-        return await authenticate(self.rt, self.keys, request, self.throttle)
+        who = await authenticate(self.rt, self.keys, request, self.throttle)
+        # Whose sandbox knobs apply for the rest of this request (services/faults.py).
+        ACTING_PROJECT.set(who.project_id)
+        return who
 
     def sandbox_only(self) -> None:
         """Test endpoints answer 404 outside the sandbox, as if they did not exist."""
