@@ -26,6 +26,7 @@ function init(args)
   statuses = {}
   charged = {}
   created = 0
+  pending = {}
 end
 
 request = function()
@@ -33,14 +34,17 @@ request = function()
   local p = projects[(counter + tid) % #projects + 1]
   local body = string.format('{"gamertag":"%s_t%d_%d","amount":%d,"projectId":"%s"}',
     run_tag, tid, counter, math.random(amount_min, amount_max), p.id)
+  local key = string.format("%s-t%d-%d", run_tag, tid, counter)
+  pending[key] = p.id .. "\t" .. p.key .. "\t" .. body
   return wrk.format("POST", "/api/v1/payouts", {["Content-Type"] = "application/json",
-    ["apikey"] = p.key, ["Idempotency-Key"] = string.format("%s-t%d-%d", run_tag, tid, counter)},
-    body)
+    ["apikey"] = p.key, ["Idempotency-Key"] = key}, body)
 end
 
 response = function(status, headers, body)
   local key = tostring(status)
   statuses[key] = (statuses[key] or 0) + 1
+  local sent_key = string.match(body, '"idempotencyKey":"([^"]+)"')
+  if sent_key then pending[sent_key] = nil end
   if status == 201 then
     local project = string.match(body, '"projectId":"([^"]+)"')
     local cost = tonumber(string.match(body, '"totalCost":(%d+)'))
@@ -63,6 +67,9 @@ done = function(summary, latency, requests)
     for k, v in pairs(thread:get("statuses")) do all_statuses[k] = (all_statuses[k] or 0) + v end
     for k, v in pairs(thread:get("charged")) do all_charged[k] = (all_charged[k] or 0) + v end
     all_created = all_created + thread:get("created")
+  end
+  for _, thread in ipairs(threads) do
+    for k, v in pairs(thread:get("pending")) do io.write("wrk-pending " .. k .. "\t" .. v .. "\n") end
   end
   local e = summary.errors
   io.write(string.format(

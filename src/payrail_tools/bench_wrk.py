@@ -7,7 +7,9 @@ its CPU is reported beside the figures (`loadgen` cores), so a reader can still 
 
 The script reads each 201's projectId and totalCost from the answer, so what every project
 was charged is known to the client, as with the Python generator, and checked against the
-server's balances afterwards. A warm-up run (its charges counted too) precedes the measured
+server's balances afterwards. wrk stops mid-flight: the requests unanswered at the cut are
+sent again with their own keys (a client's retry), so what they charged is seen as well. A
+warm-up run (its charges counted too) precedes the measured
 one; CPU is sampled around the measured run only.
 """
 
@@ -21,10 +23,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from payrail_tools.bench_load import LoadSpec
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench" / "bench_payouts.lua"
 RESULT_PREFIX = "wrk-result "
+PENDING_PREFIX = "wrk-pending "
+CHARGED_STATUSES = (200, 201)  # 200: the replay of a payout made before the cut
 TIMEOUT_S = 30  # per request, as the Python generator's: a timeout is a real stall
 THREADS_MAX = 2
 RUN_MARGIN_S = 60.0
@@ -76,7 +82,30 @@ def run_wrk(spec: LoadSpec, seconds: float, tag: str) -> tuple[dict[str, Any], f
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-500:] or done.stdout}")
-    return json.loads(lines[-1].removeprefix(RESULT_PREFIX)), cpu_s
+    result = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+    result["charged"] = dict(Counter(result["charged"]) + _resend_pending(spec, done.stdout))
+    return result, cpu_s
+
+
+def _resend_pending(spec: LoadSpec, stdout: str) -> Counter[str]:
+    """What the requests in flight at wrk's cut charged: each sent again, same key and body."""
+    charged: Counter[str] = Counter()
+    pending = [line for line in stdout.splitlines() if line.startswith(PENDING_PREFIX)]
+    with httpx.Client(base_url=spec.base_url, timeout=TIMEOUT_S, trust_env=False) as http:
+        for line in pending:
+            key, project_id, api_key, body = line.removeprefix(PENDING_PREFIX).split("\t", 3)
+            answer = http.post(
+                "/api/v1/payouts",
+                content=body,
+                headers={
+                    "apikey": api_key,
+                    "idempotency-key": key,
+                    "content-type": "application/json",
+                },
+            )
+            if answer.status_code in CHARGED_STATUSES:
+                charged[project_id] += answer.json()["data"]["totalCost"]
+    return charged
 
 
 def merge(warmup: dict[str, Any], measured: dict[str, Any], cpu_s: float) -> dict[str, Any]:
