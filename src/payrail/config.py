@@ -11,6 +11,9 @@ from payrail.domain.fx import FX_FIXED_SANDBOX, parse_fixed
 
 DEFAULT_SANDBOX_API_KEY = "test_api_key_12345"
 DEFAULT_ADMIN_KEY = "sandbox_admin_key_change_me"
+# Claim links' secrets are HMACs of their ids under this key (a replay can answer the same
+# link; only the secret's hash is stored). Production must set its own.
+DEFAULT_CLAIM_LINK_KEY = "sandbox_claim_link_key_change_me_0000"
 DEFAULT_DATABASE_URL = "sqlite:///" + str(Path("var") / "payrail.db")
 SANDBOX_PROJECT_ID = "project_test_001"
 SANDBOX_PROJECT_FUNDING_SATS = 100_000
@@ -133,6 +136,10 @@ class Settings:
     deposit_late_window_ms: int = 600_000
     deposit_checks_max: int = 8
     deposit_webhook_url: str = ""
+    # Claim links (docs/claim-links.md): the base of the links payrail hands out (never
+    # fetched by payrail), and the key their secrets are derived with.
+    public_url: str = "http://127.0.0.1:3000"
+    claim_link_key: str = DEFAULT_CLAIM_LINK_KEY
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -245,9 +252,16 @@ class Settings:
             ),
             deposit_checks_max=_int(env, "PAYRAIL_DEPOSIT_CHECKS_MAX", 8, 1, 1_000),
             deposit_webhook_url=env.get("PAYRAIL_DEPOSIT_WEBHOOK_URL", ""),
+            public_url=env.get("PAYRAIL_PUBLIC_URL", "http://127.0.0.1:3000").rstrip("/"),
+            claim_link_key=env.get("PAYRAIL_CLAIM_LINK_KEY", DEFAULT_CLAIM_LINK_KEY),
         )
         settings.check()
         return settings
+
+    @property
+    def claim_links(self) -> bool:
+        """False in production until PAYRAIL_CLAIM_LINK_KEY is set: the routes answer 503."""
+        return self.sandbox or self.claim_link_key != DEFAULT_CLAIM_LINK_KEY
 
     @property
     def card_payments(self) -> bool:
@@ -315,6 +329,8 @@ class Settings:
             ("https://", "http://")
         ):
             raise UnsafeSettings("PAYRAIL_DEPOSIT_WEBHOOK_URL must be an http(s) URL")
+        if not self.public_url.startswith(("https://", "http://")):
+            raise UnsafeSettings("PAYRAIL_PUBLIC_URL must be an http(s) URL")
         if self.mode != "production":
             return
         problems = []
@@ -345,5 +361,11 @@ class Settings:
                 "PAYRAIL_LND_PREIMAGE_SECRET (32+ chars) is required: payout ids map to payment "
                 "hashes through it, and a changed secret could pay an unresolved payout twice"
             )
+        # Claim links are off in production until the operator sets their key (503 until
+        # then), so a deployment that does not use them needs neither setting.
+        if self.claim_links and not self.public_url.startswith("https://"):
+            problems.append("PAYRAIL_PUBLIC_URL must be https (wallets open claim links)")
+        if self.claim_links and len(self.claim_link_key) < 32:
+            problems.append("PAYRAIL_CLAIM_LINK_KEY must be a secret of 32+ characters")
         if problems:
             raise UnsafeSettings("refusing to start in production: " + "; ".join(problems))
