@@ -88,6 +88,9 @@ def _refusal(
                 for name in re.findall(r"{(\w+)}", path)
             ]
             or None,
-            summary=f"ZBD, not offered: {why[:60]}",
+            summary="ZBD: not built in payrail yet (501)"
+            if code == NOT_BUILT
+            else "ZBD: not offered by payrail (501)",
         ),
+        description=why,
     )(zbd_route(refuse))
