@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import structlog.testing
 from conftest import ADMIN_KEY, PROJECT, SANDBOX_KEY, balance_of, payout_body
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
@@ -68,9 +69,13 @@ async def test_after_too_many_wrong_keys_an_address_is_refused_even_with_the_rig
 ):
     attacker = from_address("10.0.0.1")
     before_throttled = _sample("payrail_auth_throttled_total", surface="api", by="address")
-    for i in range(AUTH_FAILURES_MAX):
-        wrong = await attacker.get(BALANCE, headers={"apikey": f"guess-{i:04d}-xxxxxxxx"})
-        assert wrong.status_code == 401, wrong.text
+    with structlog.testing.capture_logs() as logged:
+        for i in range(AUTH_FAILURES_MAX):
+            wrong = await attacker.get(BALANCE, headers={"apikey": f"{i:04d}-guess-xxxxxxxx"})
+            assert wrong.status_code == 401, wrong.text
+    engaged = [e for e in logged if e["event"] == "auth_throttle_engaged"]
+    assert [(e["by"], e["address"]) for e in engaged] == [("address", "10.0.0.1")]
+    assert "guess" not in repr(engaged)  # neither the key nor its prefix is logged
     start, count = await balance_of(client), await _payouts(rt)
 
     _throttled(await attacker.get(BALANCE, headers={"apikey": "guess-last"}))

@@ -19,8 +19,12 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+import structlog
+
 from payrail.domain import errors
 from payrail.support import metrics
+
+log = structlog.get_logger("payrail.auth")
 
 AUTH_FAILURES_MAX = 20  # failures per identity (an address, a key prefix) within the window
 AUTH_FAILURE_WINDOW_MS = 60_000
@@ -80,6 +84,15 @@ class FailedAuthThrottle:
                     self._failures.popitem(last=False)
             self._failures.move_to_end(identity)
             times.append(now_ms)
+            if len(times) == self.failures_max:  # one line when it starts, not one per refusal
+                log.warning(
+                    "auth_throttle_engaged",
+                    surface=surface,
+                    by=identity[0],
+                    address=caller.address,  # never the key, nor its prefix
+                    failures=len(times),
+                    window_s=self.window_ms // 1000,
+                )
 
     def _recent(self, identity: tuple[str, str], now_ms: int) -> deque[int] | None:
         times = self._failures.get(identity)
