@@ -521,3 +521,38 @@ async def test_reconcile_names_a_completed_deposit_without_its_credit(client, rt
     assert ("state-ledger-mismatch", (data["id"],)) in {
         (d.kind, tuple(d.ids)) for d in report.discrepancies
     }
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+async def test_callbacks_say_deposit_expired_then_completed_signed_and_in_order(client, rt, clock):
+    url = "https://studio.example/payrail/deposits"  # sandbox: recorded, never sent
+    data = await _open(client, 1_100, expiresInS=60, callbackUrl=url)
+    assert data["callbackUrl"] == url
+    await _watch(rt, clock, 60_000)
+    await _pay_at_node(rt, data["paymentHash"])
+    await _watch(rt, clock, rt.settings.deposit_check_cap_ms)
+    log = (await client.get("/test/callbacks")).json()["data"]["callbacks"]
+    events = sorted(
+        (c["payload"] for c in log if c["payload"]["data"]["id"] == data["id"]),
+        key=lambda p: p["sequence"],
+    )
+    assert [(e["event"], e["sequence"], e["data"]["status"]) for e in events] == [
+        ("deposit.expired", 1, "expired"),
+        ("deposit.completed", 2, "completed"),
+    ]
+    assert events[1]["data"]["late"] is True and events[1]["data"]["amount"] == 1_100
+    mine = [c for c in log if c["payload"]["data"]["id"] == data["id"]]
+    assert {(c["status"], c["simulated"]) for c in mine} == {("delivered", True)}
+
+
+async def test_a_deposit_without_callback_url_sends_nothing_and_a_bad_one_is_a_400(client, rt):
+    data = await _open(client, 10)
+    await client.post(f"/test/deposits/{data['id']}/pay")
+    log = (await client.get("/test/callbacks")).json()["data"]["callbacks"]
+    assert [c for c in log if c["payload"]["data"].get("id") == data["id"]] == []
+    bad = await client.post(
+        f"/projects/{PROJECT}/deposits", json={"amount": 10, "callbackUrl": "ftp://x"}
+    )
+    assert bad.status_code == 400 and bad.json()["data"]["error"] == "INVALID_CALLBACK_URL"

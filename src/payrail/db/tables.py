@@ -565,13 +565,6 @@ Index("ix_transfers_debit", transfers.c.debit_account_id)
 Index("ix_payouts_updated", payouts.c.updated_at, payouts.c.id)
 Index("ix_payouts_created", payouts.c.created_at, payouts.c.id)
 Index("ix_payouts_state_created", payouts.c.state, payouts.c.created_at, payouts.c.id)
-Index(
-    "ix_payouts_project_state",
-    payouts.c.project_id,
-    payouts.c.state,
-    payouts.c.created_at,
-    payouts.c.id,
-)
 Index("ix_payouts_gamertag", func.lower(payouts.c.gamertag), payouts.c.created_at, payouts.c.id)
 Index("ix_orders_updated", orders.c.updated_at, orders.c.id)
 Index("ix_payout_batches_created", payout_batches.c.created_at)
@@ -644,6 +637,8 @@ deposits = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger, nullable=True),
     Column("expired_at", BigInteger, nullable=True),
+    # deposit.completed / deposit.expired go here (services/callbacks.py delivers them).
+    Column("callback_url", Text, nullable=True),
     CheckConstraint("amount > 0", name="positive_amount"),
     CheckConstraint("status IN ('open','completed','expired')", name="status"),
     UniqueConstraint("project_id", "idempotency_key"),

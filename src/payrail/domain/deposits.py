@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from payrail.domain import errors
+from payrail.domain.payouts import validate_callback_url
 from payrail.domain.text import check_text
 
 DEPOSIT_AMOUNT_MIN_SATS = 1
@@ -56,11 +57,12 @@ class DepositRequest:
     description: str | None
     expires_in_s: int
     idempotency_key: str | None
+    callback_url: str | None = None
 
     def fingerprint(self) -> str:
         """What a replay with the same Idempotency-Key must repeat exactly."""
         body = {"amount": self.amount, "description": self.description,
-                "expiresInS": self.expires_in_s}  # fmt: skip
+                "expiresInS": self.expires_in_s, "callbackUrl": self.callback_url}  # fmt: skip
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -69,8 +71,15 @@ def _int_in(value: Any, low: int, high: int) -> bool:
 
 
 def parse_request(
-    body: Any, project_id: str, idempotency_key: str | None, default_expiry_s: int
+    body: Any,
+    project_id: str,
+    idempotency_key: str | None,
+    default_expiry_s: int,
+    *,
+    callback_url_refusal: str | None = None,
 ) -> DepositRequest:
+    """callback_url_refusal: the services layer's verdict on where callbackUrl resolves
+    (production), as for payouts."""
     if not isinstance(body, dict):
         raise errors.ValidationError("Request body must be a JSON object.")
     amount = body.get("amount")
@@ -107,7 +116,12 @@ def parse_request(
                 field="Idempotency-Key",
             )
         check_text(idempotency_key, "Idempotency-Key")
-    return DepositRequest(project_id, amount, description, expires_in_s, idempotency_key)
+    callback_url = validate_callback_url(body.get("callbackUrl"))
+    if callback_url is not None and callback_url_refusal is not None:
+        raise errors.InvalidCallbackUrl(callback_url_refusal)
+    return DepositRequest(
+        project_id, amount, description, expires_in_s, idempotency_key, callback_url
+    )
 
 
 def parse_status(value: Any) -> DepositStatus:

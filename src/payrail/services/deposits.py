@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payrail.bootstrap import Runtime
+from payrail.db.tables import callbacks as callbacks_table
 from payrail.db.tables import deposits, projects
 from payrail.domain import errors
 from payrail.domain.deposits import (
@@ -56,7 +57,7 @@ from payrail.lightning.backend import (
     UnknownOutcome,
     is_payment_hash,
 )
-from payrail.services import pagination
+from payrail.services import callbacks, pagination
 from payrail.support import metrics
 from payrail.support.clock import iso
 
@@ -117,6 +118,7 @@ class DepositTx:
         )
         if row is not None:
             self.moves.append((str(before), target.value, int(row["amount"])))
+            await _callback(self.conn, row, now)
         return row
 
 
@@ -129,6 +131,31 @@ async def deposit_tx(rt: Runtime) -> AsyncIterator[DepositTx]:
         metrics.DEPOSIT_TRANSITIONS.labels(from_status=from_status, to_status=to_status).inc()
         if to_status == DepositStatus.COMPLETED.value:
             metrics.DEPOSIT_CREDITED_SATS.inc(amount)
+
+
+CALLBACK_EVENTS = {
+    DepositStatus.COMPLETED.value: "deposit.completed",
+    DepositStatus.EXPIRED.value: "deposit.expired",
+}
+
+
+async def _callback(conn: AsyncConnection, row: RowMapping, now: int) -> None:
+    """In the transition's transaction: the signed event to the deposit's callbackUrl and its
+    delivery job (services/callbacks.py delivers, retries and logs it like a payout's; the
+    callbacks row's payout_id column holds the deposit id). Sequence 1, 2: an expired
+    deposit paid late sends deposit.expired, then deposit.completed."""
+    event_name = CALLBACK_EVENTS.get(row["status"])
+    if not row["callback_url"] or event_name is None:
+        return
+    C = callbacks_table.c
+    previous = await conn.scalar(
+        select(func.coalesce(func.max(C.sequence), 0)).where(C.payout_id == row["id"])
+    )
+    event, job = callbacks.event_rows(row, view(row), now, int(previous or 0) + 1)
+    payload = json.loads(event["payload"]) | {"event": event_name}
+    event["payload"] = json.dumps(payload, separators=(",", ":"))
+    await conn.execute(insert(callbacks_table).values(**event))
+    await conn.execute(queue.INSERT_JOB, job)
 
 
 # ---------------------------------------------------------------- reads
@@ -177,6 +204,7 @@ def view(row: RowMapping) -> dict[str, Any]:
         "expiredAt": iso(row["expired_at"]),
         # Completed after it had been expired: the payment arrived late and was credited.
         "late": row["status"] == DepositStatus.COMPLETED.value and row["expired_at"] is not None,
+        "callbackUrl": row["callback_url"],
     }
 
 
@@ -235,6 +263,7 @@ async def create_deposit(rt: Runtime, req: DepositRequest) -> Created:
                             idempotency_key=req.idempotency_key,
                             request_hash=req.fingerprint(),
                             expires_at=now + req.expires_in_s * 1000,
+                            callback_url=req.callback_url,
                             checks=0,
                             created_at=now,
                             updated_at=now,

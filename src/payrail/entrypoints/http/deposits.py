@@ -19,7 +19,7 @@ from payrail.entrypoints.http.models.deposits import (
     LnbitsPush,
     PushChecked,
 )
-from payrail.services import deposits
+from payrail.services import callback_urls, deposits
 
 LIST_LIMIT_MAX = deposits.LIST_LIMIT_MAX
 LIST_LIMIT_DEFAULT = deposits.LIST_LIMIT_DEFAULT
@@ -33,7 +33,12 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         **doc(
             ok={201: (Deposit, "open: pay its invoice"), 200: (Deposit, "Idempotent replay")},
             errors={
-                400: ("VALIDATION_ERROR", "INVALID_AMOUNT", "DESCRIPTION_TOO_LONG"),
+                400: (
+                    "VALIDATION_ERROR",
+                    "INVALID_AMOUNT",
+                    "DESCRIPTION_TOO_LONG",
+                    "INVALID_CALLBACK_URL",
+                ),
                 403: ("FORBIDDEN",),
                 404: ("PROJECT_NOT_FOUND",),
                 422: ("IDEMPOTENCY_KEY_REUSED",),
@@ -41,7 +46,12 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
                 503: ("LIGHTNING_BACKEND_UNAVAILABLE",),
             },
             body=DepositRequest,
-            body_example={"amount": 5000, "description": "Top-up", "expiresInS": 3600},
+            body_example={
+                "amount": 5000,
+                "description": "Top-up",
+                "expiresInS": 3600,
+                "callbackUrl": "https://studio.example/payrail",
+            },  # fmt: skip
             headers=[
                 header_param(
                     "Idempotency-Key",
@@ -55,11 +65,16 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
     async def create_deposit(project_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         who.require(project_id)
+        body = await read_json(request)
+        refusal = await callback_urls.refusal_at_creation(  # production: DNS, not in domain
+            settings, body.get("callbackUrl") if isinstance(body, dict) else None
+        )
         req = parse_request(
-            await read_json(request),
+            body,
             project_id,
             request.headers.get("idempotency-key"),
             settings.deposit_expiry_s_default,
+            callback_url_refusal=refusal,
         )
         created = await deposits.create_deposit(rt, req)
         if created.replay:

@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
         sa.Column("completed_at", sa.BigInteger(), nullable=True),
         sa.Column("expired_at", sa.BigInteger(), nullable=True),
+        sa.Column("callback_url", sa.Text(), nullable=True),
         sa.CheckConstraint("amount > 0", name=op.f("ck_deposits_positive_amount")),
         sa.CheckConstraint(
             "status IN ('open','completed','expired')", name=op.f("ck_deposits_status")

@@ -27,6 +27,9 @@ class DepositRequest(Body):
         le=EXPIRES_IN_S_MAX,
         description="The invoice's lifetime (default PAYRAIL_DEPOSIT_EXPIRY_S_DEFAULT, 3600).",
     )
+    callbackUrl: str | None = Field(
+        None, description="Signed deposit.completed / deposit.expired events go here."
+    )
 
 
 class Deposit(Model):
@@ -42,6 +45,7 @@ class Deposit(Model):
     completedAt: str | None
     expiredAt: str | None
     late: bool = Field(description="Paid after it had expired, and credited.")
+    callbackUrl: str | None
 
 
 class DepositPage(Model):
