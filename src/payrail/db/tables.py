@@ -565,6 +565,13 @@ Index("ix_transfers_debit", transfers.c.debit_account_id)
 Index("ix_payouts_updated", payouts.c.updated_at, payouts.c.id)
 Index("ix_payouts_created", payouts.c.created_at, payouts.c.id)
 Index("ix_payouts_state_created", payouts.c.state, payouts.c.created_at, payouts.c.id)
+Index(
+    "ix_payouts_project_state",
+    payouts.c.project_id,
+    payouts.c.state,
+    payouts.c.created_at,
+    payouts.c.id,
+)
 Index("ix_payouts_gamertag", func.lower(payouts.c.gamertag), payouts.c.created_at, payouts.c.id)
 Index("ix_orders_updated", orders.c.updated_at, orders.c.id)
 Index("ix_payout_batches_created", payout_batches.c.created_at)
