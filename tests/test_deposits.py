@@ -556,3 +556,38 @@ async def test_a_deposit_without_callback_url_sends_nothing_and_a_bad_one_is_a_4
         f"/projects/{PROJECT}/deposits", json={"amount": 10, "callbackUrl": "ftp://x"}
     )
     assert bad.status_code == 400 and bad.json()["data"]["error"] == "INVALID_CALLBACK_URL"
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+async def test_the_dashboard_lists_a_projects_deposits_with_their_status(settings, rt, client):
+    import re
+
+    from conftest import SANDBOX_KEY
+
+    paid = await _open(client, 1_234, description="Gem pack")
+    await client.post(f"/test/deposits/{paid['id']}/pay")
+    waiting = await _open(client, 55)
+    other = await projects.create_project(rt, "studio_hidden", "Hidden")
+    hidden = await client.post(
+        "/projects/studio_hidden/deposits", json={"amount": 9}, headers={"apikey": other.api_key}
+    )
+    app = create_app(settings, runtime=rt, migrate_db=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as dash:
+        form = await dash.get("/dashboard/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+        await dash.post(
+            "/dashboard/login", data={"key": SANDBOX_KEY, "name": "alice", "csrf": token}
+        )
+        page = await dash.get("/dashboard/deposits")
+        assert page.status_code == 200
+        assert paid["id"] in page.text and waiting["id"] in page.text
+        assert "1,234" in page.text and "Gem pack" in page.text
+        assert hidden.json()["data"]["id"] not in page.text  # another project's
+        done = await dash.get("/dashboard/deposits", params={"status": "completed"})
+        assert paid["id"] in done.text and waiting["id"] not in done.text
+        bad = await dash.get("/dashboard/deposits", params={"status": "paid"})
+        assert bad.status_code == 400

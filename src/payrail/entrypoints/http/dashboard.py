@@ -30,6 +30,7 @@ from payrail.entrypoints.http.errors import status_for
 from payrail.jobs import queue
 from payrail.services import callbacks, flags
 from payrail.services.auth_throttle import Caller
+from payrail.services.dashboard import deposits as dashboard_deposits
 from payrail.services.dashboard import pages, reconcile_runs, sessions
 from payrail.services.dashboard.sessions import Viewer
 from payrail.support.wording import plural
@@ -79,10 +80,15 @@ templates.filters["counted"] = lambda v, noun: plural(int(v or 0), noun)  # "1 d
 templates.filters["when"] = lambda v: "—" if not v else v[:19].replace("T", " ")
 
 
-# The two filtered lists: how to read the filters, how to fetch a page, the statuses offered.
+# The filtered lists: how to read the filters, how to fetch a page, the statuses offered.
 LISTS = {
     "payouts": (pages.parse_payout_filter, pages.payout_page, [s.value for s in Status]),
     "orders": (pages.parse_order_filter, pages.order_page, [s.value for s in OrderStatus]),
+    "deposits": (
+        dashboard_deposits.parse_filter,
+        dashboard_deposits.page,
+        dashboard_deposits.STATUSES,
+    ),
 }
 
 
@@ -320,6 +326,10 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
     @router.get("/orders")
     async def order_list(request: Request) -> Response:
         return await list_page(request, "orders")
+
+    @router.get("/deposits")
+    async def deposit_list(request: Request) -> Response:
+        return await list_page(request, "deposits")
 
     @router.get("/payouts/{payout_id}")
     async def payout_detail(payout_id: str, request: Request) -> Response:
