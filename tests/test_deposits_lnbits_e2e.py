@@ -217,14 +217,15 @@ async def test_lnbits_invoice_webhook_is_checked_with_lnbits_before_it_credits(w
     while not world.pushes_for(data["paymentHash"]) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     # LNbits' own webhook for the paid invoice, as it sent it: the Payment encoded twice, a
-    # JSON string (receive_push reads both forms). One push, however many were sent before.
-    (push,) = world.pushes_for(data["paymentHash"])
-    assert isinstance(push, str)
-    answer = await world.client.post("/webhooks/lnbits/deposits", json=push, headers={})
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["data"]["status"] == "completed"
-    again = await world.client.post("/webhooks/lnbits/deposits", json=push, headers={})
-    assert again.json()["data"]["status"] == "completed"
+    # JSON string (receive_push reads both forms). LNbits may send it more than once (it
+    # retries); every copy is handed on, and the deposit is credited once all the same.
+    pushes = world.pushes_for(data["paymentHash"])
+    assert pushes, f"LNbits sent no webhook within {PUSH_WAIT_S} s"
+    assert all(isinstance(push, str) for push in pushes)
+    for push in [*pushes, pushes[0]]:
+        answer = await world.client.post("/webhooks/lnbits/deposits", json=push, headers={})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["data"]["status"] == "completed"
     assert await world.balance() == balance + 1_000
 
 

@@ -127,11 +127,13 @@ def error_code_is_documented(ctx: Any, response: Any, case: Any) -> None:
     status = str(response.status_code)
     if status[0] not in "45":
         return None
-    documented = case.operation.definition.raw.get("responses", {}).get(status, {})
+    documented = case.operation.definition.raw.get("responses", {}).get(status)
+    code = response.json().get("data", {}).get("error")
+    if documented is None:
+        raise AssertionError(f"answered {status} {code}: the status is not documented")
     codes = documented.get(ERROR_CODES_KEY)
     if documented and codes is None:
         return None  # a documented non-error answer (503 of /ready): its schema is checked
-    code = response.json().get("data", {}).get("error")
     if code not in codes:
         raise AssertionError(f"answered {status} {code}; documented: {codes or 'none'}")
     return None
