@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from payrail.config import Settings, UnsafeSettings
@@ -118,3 +121,13 @@ def test_sqlite_durability_is_full_unless_normal_is_asked_for():
     assert normal.sqlite_synchronous == "NORMAL"
     with pytest.raises(UnsafeSettings, match="PAYRAIL_SQLITE_SYNCHRONOUS"):
         Settings.from_env({"PAYRAIL_SQLITE_SYNCHRONOUS": "OFF"})
+
+
+def test_every_variable_the_settings_read_is_in_docs_configuration_md():
+    """docs/configuration.md says it lists every PAYRAIL_* variable: each one config.py reads."""
+    root = Path(__file__).resolve().parents[1]
+    name = re.compile(r"PAYRAIL_[A-Z0-9_]+")
+    read = set(name.findall((root / "src/payrail/config.py").read_text()))
+    documented = set(name.findall((root / "docs/configuration.md").read_text()))
+    assert read, "config.py reads no PAYRAIL_* variable?"
+    assert sorted(read - documented) == []
