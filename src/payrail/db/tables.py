@@ -668,6 +668,31 @@ sim_node_invoices = Table(
     Column("paid_at", BigInteger, nullable=True),
 )
 
+# Claim links (migration 0017; services/withdrawals.py, docs/claim-links.md): a payout the
+# engine reserved before it has a destination. open → claimed | revoked, each once (a guarded
+# UPDATE); only the secret's SHA-256 is kept; payment_hash is the claim's invoice.
+withdrawals = Table(
+    "withdrawals",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("payout_id", String(36), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # sats
+    Column("description", String(144), nullable=True),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("payment_hash", String(64), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("claimed_at", BigInteger, nullable=True),
+    Column("revoked_at", BigInteger, nullable=True),
+    CheckConstraint("amount > 0", name="positive_amount"),
+    CheckConstraint("status IN ('open','claimed','revoked')", name="status"),
+    Index("ix_withdrawals_list", "project_id", "created_at", "id"),
+    Index("ix_withdrawals_all", "created_at", "id"),
+)
+
 # A rotated-out project API key that still authenticates until expires_at (migration 0016;
 # services/project_keys.py): at most one per project.
 project_previous_keys = Table(
