@@ -145,7 +145,10 @@ async def test_engine_reads_stay_per_item_whatever_the_planner_prefers(
         plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {LOAD_SQL}", *params))
         assert "Hash Join" not in plan and "Merge Join" not in plan, plan
         assert "Seq Scan on payouts" not in plan, plan
-        assert plan.count("Nested Loop") == 5, plan  # keys, recent, failed, hashes, ids
+        # keys, recent (per recipient), recent_p (per player), failed, hashes, ids, and the
+        # daily caps' sums: spent (projects), spent_r and spent_p (two each: the project's
+        # limits row, then the payouts)
+        assert plan.count("Nested Loop") == 11, plan
     finally:
         await conn.close()
 

@@ -6,8 +6,9 @@ no incremental state, no SQL. A history is a random sequence of reservation grou
 over two projects and a missing one, shared recipients, reused idempotency keys, invoices
 and internal ids), final transitions (charged, voided) and time steps. Each step runs
 through the real engine and storage (db/payout_store) on SQLite and PostgreSQL; each answer
-must be the model's, and after each history every payout's state and charge, every
-project's balance and the ledger's conservation must be the model's too.
+must be the model's (amount caps and player ids included), and after each history every
+payout's state and charge, every project's balance and the ledger's conservation must be
+the model's too.
 
 The seed is printed; rerun one with PAYRAIL_MODEL_SEED=<seed>.
 """
@@ -30,20 +31,30 @@ from payrail.domain.money import fee_sats
 from payrail.domain.payouts import FailureCode, PayoutRequest, State
 from payrail.ledger import accounts as acct
 from payrail.ledger import ledger
+from payrail.services import limits, projects
 from payrail.services import payouts as service
-from payrail.services import projects
 
 HISTORIES = 6
 STEPS = 40
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 REFUSALS = {
     "PROJECT_NOT_FOUND",
     "INVOICE_ALREADY_USED",
     "INTERNAL_ID_TAKEN",
     "RECIPIENT_TEMPORARILY_BLOCKED",
     "RATE_LIMIT_EXCEEDED",
+    "PAYOUT_LIMIT_EXCEEDED",
+    "PLAYER_DAILY_LIMIT",
+    "PROJECT_DAILY_LIMIT",
     "INSUFFICIENT_BALANCE",
 }
+# The caps of each history's first project, by history (the second has none): a player's
+# cap often full, a project's sometimes, a payout above its cap now and then.
+CAPS = [
+    {"perPayoutMaxSats": 5_000, "perPlayerDailyMaxSats": 3_000, "projectDailyMaxSats": 8_000},
+    {"perPayoutMaxSats": None, "perPlayerDailyMaxSats": 12_000, "projectDailyMaxSats": 20_000},
+]
 
 
 @dataclass
@@ -56,6 +67,8 @@ class ModelPayout:
     payment_hash: str | None
     internal_id: str | None
     created_at: int
+    amount: int = 0
+    player: str | None = None
     state: str = "in_flight"
     updated_at: int = 0
     charged: bool = False
@@ -68,6 +81,7 @@ class Model:
         self.rate_limit, self.failures_max = rate_limit, failures_max
         self.window_ms, self.block_ms = window_s * 1000, block_s * 1000
         self.balances: dict[str, int] = {}
+        self.caps: dict[str, dict[str, int | None]] = {}
         self.payouts: list[ModelPayout] = []
 
     def reserve(self, p: ModelPayout) -> str:
@@ -88,13 +102,36 @@ class Model:
             return "INTERNAL_ID_TAKEN"
         theirs = [q for q in mine if q.recipient == p.recipient]
         failures = sorted(q.updated_at for q in theirs if q.state == "failed")
+        # A player: its playerId when given, else its recipient; each payout counts as one.
+        same_player = [q for q in mine if _player(q) == _player(p)]
         k = self.failures_max
         for i in range(k - 1, len(failures)):
             in_window = k > 0 and failures[i] - failures[i - k + 1] <= self.window_ms
             if in_window and failures[i] + self.block_ms > p.created_at:
                 return "RECIPIENT_TEMPORARILY_BLOCKED"
-        if sum(1 for q in theirs if q.created_at > p.created_at - HOUR_MS) >= self.rate_limit:
+        if sum(1 for q in same_player if q.created_at > p.created_at - HOUR_MS) >= self.rate_limit:
             return "RATE_LIMIT_EXCEEDED"
+        caps = self.caps.get(p.project, {})
+        per_payout = caps.get("perPayoutMaxSats")
+        if per_payout is not None and p.amount > per_payout:
+            return "PAYOUT_LIMIT_EXCEEDED"
+        for name, counted, code in (
+            ("perPlayerDailyMaxSats", same_player, "PLAYER_DAILY_LIMIT"),
+            ("projectDailyMaxSats", mine, "PROJECT_DAILY_LIMIT"),
+        ):
+            cap = caps.get(name)
+            if cap is None:
+                continue
+            if p.amount > cap:
+                return "PAYOUT_LIMIT_EXCEEDED"
+            day = sum(
+                q.amount
+                for q in counted
+                if q.created_at > p.created_at - DAY_MS
+                and not (q.state in ("failed", "expired") and not q.charged)
+            )
+            if day + p.amount > cap:
+                return code
         if p.cost > self.balances[p.project]:
             return "INSUFFICIENT_BALANCE"
         self.balances[p.project] -= p.cost
@@ -109,6 +146,10 @@ class Model:
         if not charge:
             self.balances[p.project] += p.cost
         return True
+
+
+def _player(p: ModelPayout) -> tuple[str, str]:
+    return ("player", p.player) if p.player is not None else ("recipient", p.recipient)
 
 
 def _answer(decision: payout_engine.Decision) -> str:
@@ -127,7 +168,9 @@ async def _available(rt, project: str) -> int:
     return balance.available
 
 
-async def _run_history(rt, rng: random.Random, tag: str, seen: Counter[str]) -> None:
+async def _run_history(
+    rt, rng: random.Random, tag: str, seen: Counter[str], caps: dict[str, int | None]
+) -> None:
     s = rt.settings
     model = Model(
         s.rate_limit_per_hour,
@@ -138,9 +181,11 @@ async def _run_history(rt, rng: random.Random, tag: str, seen: Counter[str]) -> 
     names = [f"m{tag}a", f"m{tag}b"]
     for name in names:
         await projects.create_project(rt, name, name)
-        funded = rng.choice([5_000, 20_000, 60_000])
+        funded = 60_000 if name == names[0] else rng.choice([5_000, 20_000, 60_000])
         await projects.fund(rt, name, funded)
         model.balances[name] = funded
+    model.caps[names[0]] = caps
+    await limits.set_limits(rt, names[0], caps, "model test")
     invoices = [uuid.uuid4().hex * 2, uuid.uuid4().hex * 2]  # this history's payment hashes
     now = rt.clock.now_ms()
     for step in range(STEPS):
@@ -162,6 +207,7 @@ async def _run_history(rt, rng: random.Random, tag: str, seen: Counter[str]) -> 
                 None,
                 300,
                 rng.choice([*[None] * 6, "k1", f"k{step}"]),
+                player_id=rng.choice([None, None, "p1", "p2"]),
             )
             row = service.payout_row(req, str(uuid.uuid4()), now, service.PATH_INLINE)
             row["payment_hash"] = rng.choice([*[None] * 8, *invoices])
@@ -177,6 +223,8 @@ async def _run_history(rt, rng: random.Random, tag: str, seen: Counter[str]) -> 
                     row["payment_hash"],
                     req.internal_id,
                     now,
+                    amount,
+                    req.player_id,
                 )
             )
         decisions = await rt.payout_store.reserve(entries, service.engine_limits(rt))
@@ -238,7 +286,7 @@ async def test_the_engine_answers_every_random_history_as_the_model_does(rt):
     rt.settings = dataclasses.replace(rt.settings, rate_limit_per_hour=4)
     seen: Counter[str] = Counter()
     for n in range(HISTORIES):
-        await _run_history(rt, rng, f"{n}{uuid.uuid4().hex[:6]}", seen)
+        await _run_history(rt, rng, f"{n}{uuid.uuid4().hex[:6]}", seen, CAPS[n % len(CAPS)])
     print(f"answers: {dict(seen)}")
     # Every rule answered at least once, or the histories did not test it.
     assert set(seen) == {"reserved", "replay", *REFUSALS}, seen
@@ -260,6 +308,17 @@ def test_the_model_fails_a_wrong_rule():
     assert model.reserve(ModelPayout("5", "p", "cy", 99_000, None, None, None, 4)) == (
         "INSUFFICIENT_BALANCE"
     )
+    model.caps["p"] = {"perPlayerDailyMaxSats": 1_500, "projectDailyMaxSats": 2_500}
+    pay = ModelPayout("6", "p", "dee", 1_000, None, None, None, 5, 1_000, "P")
+    assert model.reserve(pay) == "reserved"
+    again = dataclasses.replace(pay, id="7", recipient="eve")  # another gamertag, one player
+    assert model.reserve(again) == "PLAYER_DAILY_LIMIT"
+    other = dataclasses.replace(pay, id="8", recipient="fay", player="Q")
+    assert model.reserve(other) == "reserved"  # 2,000 of the project's 2,500 today
+    third = dataclasses.replace(pay, id="9", recipient="gil", player="R")
+    assert model.reserve(third) == "PROJECT_DAILY_LIMIT"
+    later = dataclasses.replace(third, id="10", created_at=5 + DAY_MS)  # the day has passed
+    assert model.reserve(later) == "reserved"
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -135,6 +135,12 @@ payouts = Table(
     Column("destination", Text, nullable=True),
     Column("invoice", Text, nullable=True),
     Column("payment_hash", String(64), nullable=True),
+    # Payout controls (migration 0018): the studio's stable player id (the rate limit and
+    # the daily player cap count by it when given), and an approval hold ("required",
+    # "approved", "rejected") with who decided it.
+    Column("player_id", String(128), nullable=True),
+    Column("approval", String(16), nullable=True),
+    Column("decided_by", String(120), nullable=True),
     UniqueConstraint("project_id", "idempotency_key"),
     Index("ix_payouts_list", "project_id", "created_at", "id"),
     # PostgreSQL indexes only the rows these are for (migration 0012): most payouts have no
@@ -189,6 +195,7 @@ recipients = Table(
     Column("suspended", Boolean, nullable=False, default=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    Column("player_id", String(128), nullable=True),  # migration 0018: payouts' default
     UniqueConstraint("project_id", "gamertag_key"),
     Index("ix_recipients_list", "project_id", "created_at", "id"),
 )
@@ -715,6 +722,67 @@ project_key_events = Table(
     Column("previous_expires_at", BigInteger, nullable=True),
     Column("at_ms", BigInteger, nullable=False),
     Index("ix_project_key_events_project", "project_id", "at_ms"),
+)
+
+
+# A player's recent payouts (migration 0018): the rate limit and the daily player cap.
+Index(
+    "ix_payouts_player",
+    payouts.c.project_id,
+    payouts.c.player_id,
+    payouts.c.created_at,
+    postgresql_where=text("player_id IS NOT NULL"),
+    sqlite_where=text("player_id IS NOT NULL"),
+)
+
+# Amount caps per project (migration 0018; services/limits.py, the rules in
+# domain/payout_engine.py). NULL: no cap.
+project_limits = Table(
+    "project_limits",
+    metadata,
+    Column("project_id", String(64), primary_key=True),
+    Column("per_payout_max_sats", BigInteger, nullable=True),
+    Column("per_player_daily_max_sats", BigInteger, nullable=True),
+    Column("project_daily_max_sats", BigInteger, nullable=True),
+    Column("approval_above_sats", BigInteger, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Every change of a project's limits: who, from what, to what (JSON), when.
+project_limit_changes = Table(
+    "project_limit_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", String(64), nullable=False),
+    Column("actor", String(120), nullable=False),
+    Column("old", Text, nullable=True),
+    Column("new", Text, nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Index("ix_project_limit_changes_project", "project_id", "at_ms"),
+)
+
+# A fiat amount priced in sats (services/quotes.py): amount and rate are decimal strings.
+quotes = Table(
+    "quotes",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", String(32), nullable=False),
+    Column("rate", String(48), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("sats", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)
+
+# The payout that spent a quote, written in its reservation: one use per quote (the key).
+quote_uses = Table(
+    "quote_uses",
+    metadata,
+    Column("quote_id", String(36), primary_key=True),
+    Column("payout_id", String(36), nullable=False),
+    Column("used_at", BigInteger, nullable=False),
 )
 
 

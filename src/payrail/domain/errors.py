@@ -250,3 +250,21 @@ class LightningBackendRefused(PayrailError):
     """The backend answered and made no invoice: no deposit was made."""
 
     code = "LIGHTNING_BACKEND_REFUSED"
+
+
+class PayoutLimitExceeded(PayrailError):
+    """A payout above one of its project's caps that no retry can fit (403)."""
+
+    code = "PAYOUT_LIMIT_EXCEEDED"
+
+
+class PlayerDailyLimit(PayrailError):
+    """A player's rolling-day cap is full (429, with retryAt and retryAfter)."""
+
+    code = "PLAYER_DAILY_LIMIT"
+
+
+class ProjectDailyLimit(PayrailError):
+    """A project's rolling-day cap is full (429, with retryAt and retryAfter)."""
+
+    code = "PROJECT_DAILY_LIMIT"

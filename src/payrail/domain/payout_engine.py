@@ -13,7 +13,15 @@ PostgreSQL, behind PgBouncer or not). The order of the checks is the order of th
 client sees when several apply:
 
     project exists → key unused (else replay) → invoice not already paid by a live payout
-    → internal id unused → failed-payout block → rate limit → balance
+    → internal id unused → failed-payout block → rate limit → the project's amount caps
+    (per payout, per player per rolling day, per project per rolling day) → balance
+
+A player is the studio's stable `playerId` when the payout gives one, else its recipient
+(`recipient_key`): the rate limit and the player's daily cap count per player
+(`Item.counter`); the failed-payout block stays per recipient (it is about a destination).
+What a daily cap counts: the amounts (sats the players receive, fee excluded) of the
+project's or player's payouts created in the last 24 h that are not voided (`is_voided`:
+reserved, in flight, completed, or failed with a charge), the group's own included.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from payrail.domain import errors
@@ -33,6 +42,13 @@ FAILURE_LOOKBACK_MS = 86_400_000
 POLICY_SECONDS_MAX = 86_400  # a policy's failure window and block, each at most
 POLICY_FAILURES_MAX = 1_000  # a policy's failures_max, at most
 GROUP_ITEMS_MAX = 1_000  # a batch's size; a concurrent group is smaller (grouping.GROUP_MAX)
+DAY_MS = 86_400_000  # the daily caps' rolling window
+# Storage hands the window's payouts summed per bucket of their created_at (one row per
+# minute at most, however many payouts a day has); a bucket frees its sats once its last
+# possible payout has left the window, so retryAt is at most a bucket late, never early.
+SPENT_BUCKET_MS = 60_000
+PLAYER_ID_MAX_CHARS = 128
+PLAYER_PREFIX = "#"  # a player's counter key; no recipient key holds a '#'
 
 
 def recipient_key(gamertag: str) -> str:
@@ -68,6 +84,28 @@ def _fields(p: Policy) -> tuple[int, int, int]:
 
 
 @dataclass(frozen=True)
+class Caps:
+    """A project's amount caps in sats (project_limits; None: no cap)."""
+
+    per_payout_max_sats: int | None = None
+    per_player_daily_max_sats: int | None = None
+    project_daily_max_sats: int | None = None
+    approval_above_sats: int | None = None
+
+    def view(self) -> dict[str, int | None]:
+        return {
+            "perPayoutMaxSats": self.per_payout_max_sats,
+            "perPlayerDailyMaxSats": self.per_player_daily_max_sats,
+            "projectDailyMaxSats": self.project_daily_max_sats,
+            "approvalAboveSats": self.approval_above_sats,
+        }
+
+
+NO_CAPS = Caps()
+CAP_FIELDS = tuple(Caps().view())  # the API's names, in the columns' order
+
+
+@dataclass(frozen=True)
 class Limits:
     """The server's settings the rules read (one set per process)."""
 
@@ -89,10 +127,21 @@ class Item:
     idempotency_key: str | None = None
     payment_hash: str | None = None  # the invoice it pays, where it pays one
     internal_id: str | None = None
+    player_id: str | None = None  # the studio's stable player id, when given
 
     @property
     def cost_sats(self) -> int:
         return self.amount_sats + self.fee_sats
+
+    @property
+    def counter(self) -> str:
+        """Who the rate limit and the daily player cap count by: the player, else the
+        recipient (a payout counts under exactly one)."""
+        return player_counter(self.player_id) if self.player_id else self.recipient
+
+
+def player_counter(player_id: str) -> str:
+    return PLAYER_PREFIX + player_id
 
 
 @dataclass
@@ -100,6 +149,7 @@ class Project:
     policy: Policy
     available_sats: int  # credits_posted - debits_posted - debits_pending, under its lock
     allow_negative: bool = False
+    caps: Caps = NO_CAPS
 
 
 @dataclass
@@ -111,7 +161,10 @@ class Snapshot:
     (updated_at, created_at) of its failed payouts, newest first, from at least as far back
     as any policy reads (failure_since_ms). keys / internal_ids: per project, the payout
     rows (or ids) holding them. live_hashes: payment hashes of payouts that may still be or
-    have been paid (not voided), with the payout id."""
+    have been paid (not voided), with the payout id. recent_ms is keyed by `Item.counter`.
+    spent: per (project, None) and per (project, counter), (bucket start, sats) of the
+    payouts a daily cap counts (not voided, created in the last DAY_MS), oldest first; only
+    where the project has that cap."""
 
     projects: dict[str, Project]
     keys: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -119,6 +172,7 @@ class Snapshot:
     failed: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
     live_hashes: dict[str, str] = field(default_factory=dict)
     internal_ids: dict[tuple[str, str], str] = field(default_factory=dict)
+    spent: dict[tuple[str, str | None], list[tuple[int, int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,6 +223,7 @@ def _decide_one(item: Item, payout_id: str, snap: Snapshot, limits: Limits) -> D
         _invoice_refusal(item, snap)
         or _internal_id_refusal(item, snap)
         or _guard_refusal(item, project.policy, snap, limits)
+        or _cap_refusal(item, project.caps, snap)
         or _balance_refusal(item, project)
     )
     if refusal is not None:
@@ -185,7 +240,10 @@ def _take(
     project.available_sats -= item.cost_sats
     assert project.allow_negative or project.available_sats >= 0
     assert before - project.available_sats == item.cost_sats
-    snap.recent_ms.setdefault((item.project_id, item.recipient), []).insert(0, item.now_ms)
+    snap.recent_ms.setdefault((item.project_id, item.counter), []).insert(0, item.now_ms)
+    spent = (spent_bucket(item.now_ms), item.amount_sats)
+    for scope in (None, item.counter):
+        snap.spent.setdefault((item.project_id, scope), []).append(spent)
     if key is not None:
         snap.keys[key] = {"id": payout_id}
     if item.payment_hash is not None:
@@ -236,11 +294,51 @@ def _guard_refusal(
     until = blocked_until_ms(_failures_counted(snap.failed.get(who, []), p, item.now_ms), p)
     if until is not None and until > item.now_ms:
         return blocked_error(item.gamertag, until, p, item.now_ms)
-    recent = snap.recent_ms.get(who, [])
+    recent = snap.recent_ms.get((item.project_id, item.counter), [])
     oldest_counted = recent[limits.rate_limit - 1] if len(recent) >= limits.rate_limit else None
     if oldest_counted is None or oldest_counted <= item.now_ms - RATE_WINDOW_MS:
         return None
     return rate_error(limits.rate_limit, oldest_counted, item.now_ms)
+
+
+def _cap_refusal(item: Item, caps: Caps, snap: Snapshot) -> errors.PayrailError | None:
+    """The project's amount caps: one payout's amount, then the player's and the project's
+    rolling-day totals with this payout added. An amount that no day could ever hold is a
+    403 (retrying cannot help); a day that is full now, a 429 saying when it frees."""
+    amount = item.amount_sats
+    if caps.per_payout_max_sats is not None and amount > caps.per_payout_max_sats:
+        return payout_limit_error("perPayoutMaxSats", caps.per_payout_max_sats, amount)
+    daily = (
+        ("perPlayerDailyMaxSats", caps.per_player_daily_max_sats, item.counter),
+        ("projectDailyMaxSats", caps.project_daily_max_sats, None),
+    )
+    for name, cap, scope in daily:
+        if cap is None:
+            continue
+        if amount > cap:
+            return payout_limit_error(name, cap, amount)
+        spent = snap.spent.get((item.project_id, scope), [])
+        used = sum(sats for _, sats in spent)
+        if used + amount > cap:
+            at = frees_at_ms(spent, used + amount - cap)
+            return daily_limit_error(name, cap, used, amount, max(at, item.now_ms), item.now_ms)
+    return None
+
+
+def spent_bucket(created_at_ms: int) -> int:
+    return created_at_ms // SPENT_BUCKET_MS * SPENT_BUCKET_MS
+
+
+def frees_at_ms(spent: Sequence[tuple[int, int]], needed: int) -> int:
+    """When at least `needed` sats of `spent` have left the rolling day: the end of the
+    bucket that completes it, plus a day (a payout leaves DAY_MS after its created_at)."""
+    assert needed > 0
+    freed = 0
+    for bucket, sats in sorted(spent):
+        freed += sats
+        if freed >= needed:
+            return bucket + SPENT_BUCKET_MS + DAY_MS
+    raise AssertionError("a payout within the cap always fits once the day has passed")
 
 
 def _balance_refusal(item: Item, project: Project) -> errors.PayrailError | None:
@@ -314,6 +412,43 @@ def rate_error(limit: int, oldest_counted_ms: int, now_ms: int) -> errors.RateLi
         retryAfter=wait_s,
         limit=limit,
     )
+
+
+def payout_limit_error(cap_name: str, cap: int, amount: int) -> errors.PayoutLimitExceeded:
+    return errors.PayoutLimitExceeded(
+        f"The payout of {amount} sats is above this project's {cap_name} of {cap} sats; "
+        "it can never be sent as one payout. Send a smaller amount.",
+        limit=cap_name,
+        limitSats=cap,
+        amount=amount,
+    )
+
+
+def daily_limit_error(
+    cap_name: str, cap: int, used: int, amount: int, at_ms: int, now_ms: int
+) -> errors.PlayerDailyLimit | errors.ProjectDailyLimit:
+    """A rolling-day cap is full: how much it holds, how much is used, when enough frees."""
+    whose = "this player's" if cap_name == "perPlayerDailyMaxSats" else "this project's"
+    wait_s = retry_after_s(at_ms - now_ms)
+    player = cap_name == "perPlayerDailyMaxSats"
+    cls = errors.PlayerDailyLimit if player else errors.ProjectDailyLimit
+    return cls(
+        f"The payout of {amount} sats would take {whose} payouts of the last 24 h to "
+        f"{used + amount} sats, above its {cap_name} of {cap} sats; enough frees up at "
+        f"{_iso(at_ms)}.",
+        limit=cap_name,
+        limitSats=cap,
+        usedSats=used,
+        amount=amount,
+        retryAt=_iso(at_ms),
+        retryAfter=wait_s,
+    )
+
+
+def _iso(ms: int) -> str:
+    """ISO 8601 UTC with milliseconds, as the API shows times (support/clock.py iso)."""
+    stamp = datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{ms % 1000:03d}Z"
 
 
 def insufficient(amount: int, fee: int, available: int) -> errors.InsufficientBalance:

@@ -15,6 +15,7 @@ from payrail.domain.recipients import parse_gamertag, parse_lightning_address, r
 
 DESCRIPTION_MAX_CHARS = 144
 INTERNAL_ID_MAX_CHARS = 128
+PLAYER_ID_MAX_CHARS = 128  # payout_engine.PLAYER_ID_MAX_CHARS, payouts.player_id
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 CALLBACK_URL_MAX_CHARS = 2048
 EXPIRES_IN_DEFAULT_S = 300
@@ -111,6 +112,7 @@ class PayoutRequest:
     # `destination` holds the address or the BOLT11 text and `gamertag` the rate-limit key.
     destination_kind: str = "gamertag"
     destination: str | None = None
+    player_id: str | None = None  # the studio's stable player id (caps, rate limit)
 
     def fingerprint(self) -> str:
         """Hash of everything but the key, so a reused key with another body is detected."""
@@ -125,6 +127,8 @@ class PayoutRequest:
         }
         if self.destination_kind != "gamertag":  # gamertag payouts keep their old fingerprint
             body |= {"destinationKind": self.destination_kind, "destination": self.destination}
+        if self.player_id is not None:  # so do payouts without a playerId
+            body["playerId"] = self.player_id
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -234,7 +238,24 @@ def parse_payout_request(
         idempotency_key=key,
         destination_kind=kind,
         destination=destination,
+        player_id=parse_player_id(body.get("playerId")),
     )
+
+
+def parse_player_id(value: Any) -> str | None:
+    """playerId: the studio's own stable id of the player, 1-128 characters, optional."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= PLAYER_ID_MAX_CHARS
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
+        raise errors.ValidationError(
+            f"playerId must be 1-{PLAYER_ID_MAX_CHARS} characters, none a control character.",
+            field="playerId",
+        )
+    return value
 
 
 def _destination(field: str, value: Any) -> tuple[str, str | None, str]:

@@ -149,11 +149,14 @@ async def list_payouts(
     status: Status | None,
     limit: int = LIST_LIMIT_DEFAULT,
     cursor: str | None = None,
+    player_id: str | None = None,
 ) -> tuple[list[RowMapping], str | None]:
     """Newest first; the cursor is (created_at, id) so pages never skip or repeat a payout."""
     where = []
     if project_id is not None:
         where.append(P.project_id == project_id)
+    if player_id is not None:
+        where.append(P.player_id == player_id)
     if status is not None:
         where.append(P.state.in_([s.value for s in states_for(status)]))
     return await pagination.newest_first(rt.engine, payouts, limit, cursor, *where)
@@ -180,6 +183,7 @@ def view(row: RowMapping) -> dict[str, Any]:
         "updatedAt": iso(row["updated_at"]),
         "settledAt": iso(row["settled_at"]),
         "failureReason": row["failure_reason"],
+        "playerId": row.get("player_id"),
         **destinations.view(row),
     }
 
@@ -331,6 +335,7 @@ def reservation_entry(
         idempotency_key=req.idempotency_key,
         payment_hash=row["payment_hash"],
         internal_id=req.internal_id,
+        player_id=row.get("player_id"),
     )
     return payout_store.Entry(item, row["id"], writes, tuple(sorted(deltas)))
 
@@ -372,6 +377,9 @@ def payout_row(
         updated_at=now,
         settle_path=path,
         state_cause=CREATED_INLINE_CAUSE if inline else CREATED_QUEUED_CAUSE,  # audit trigger
+        player_id=req.player_id,
+        approval=None,
+        decided_by=None,
         # Where the money goes, with its one invoice (services/destinations.py).
         **(resolved or destinations.sandbox_gamertag(req.gamertag)).columns(),
     )

@@ -26,7 +26,7 @@ from payrail.domain import payout_engine
 from payrail.ledger import ledger
 
 # The tables a `Writes` inserts into, in this order.
-TABLES = ("payouts", "jobs", "callbacks", "transfers")
+TABLES = ("payouts", "jobs", "callbacks", "transfers", "quote_uses")
 
 
 @dataclass
@@ -147,17 +147,23 @@ def snapshot(
     failed: dict[tuple[str, str], list[tuple[int, int]]],
     hashes: dict[str, list[tuple[str, str, bool]]],
     internal_ids: dict[tuple[str, str], str],
+    caps: dict[str, Sequence[int | None]] | None = None,
+    spent: dict[tuple[str, str | None], list[tuple[int, str, bool, int]]] | None = None,
 ) -> payout_engine.Snapshot:
     """The engine's Snapshot from what a store read (shared by both stores). projects: id ->
     its three policy overrides; accounts: project account -> (available, allow_negative);
-    failed: (updated_at, created_at) newest first; hashes: (payout id, state, charged)."""
+    failed: (updated_at, created_at) newest first; hashes: (payout id, state, charged);
+    caps: project -> its four caps (project_limits, in CAP_FIELDS order); spent: (project,
+    None or counter) -> (bucket start, state, charged, sats) of its payouts in the day."""
     from payrail.ledger.accounts import project_account
 
     snap = payout_engine.Snapshot(projects={})
     for pid, overrides in projects.items():
         available, allow_negative = accounts[project_account(pid)]
         policy = payout_engine.policy(limits.defaults, overrides)
-        snap.projects[pid] = payout_engine.Project(policy, available, allow_negative)
+        found = (caps or {}).get(pid)
+        project_caps = payout_engine.NO_CAPS if found is None else payout_engine.Caps(*found)
+        snap.projects[pid] = payout_engine.Project(policy, available, allow_negative, project_caps)
     snap.keys = dict(keys)
     snap.recent_ms = {who: sorted(times, reverse=True) for who, times in recent.items()}
     snap.failed = {who: sorted(rows, reverse=True) for who, rows in failed.items()}
@@ -166,4 +172,10 @@ def snapshot(
             if not payout_engine.is_voided(state, charged):
                 snap.live_hashes[payment_hash] = payout_id
     snap.internal_ids = dict(internal_ids)
+    for scope, rows in (spent or {}).items():
+        kept: dict[int, int] = {}
+        for bucket, state, charged, sats in rows:
+            if not payout_engine.is_voided(state, charged):
+                kept[bucket] = kept.get(bucket, 0) + int(sats)
+        snap.spent[scope] = sorted(kept.items())
     return snap

@@ -55,7 +55,8 @@ LOOKUP_SQL = (
     "   WHERE $3::text IS NOT NULL AND re.project_id = $1 AND re.gamertag_key = $3 LIMIT 1)"
 )
 
-LOAD_SQL = """
+LOAD_SQL = (
+    """
 SELECT json_build_object(
  'projects', (SELECT json_agg(json_build_array(p.id, p.recipient_failures_max,
                 p.recipient_failure_window_s, p.recipient_block_s))
@@ -67,10 +68,40 @@ SELECT json_build_object(
           CROSS JOIN LATERAL (SELECT row_to_json(po) AS j FROM payouts po
             WHERE po.project_id = i.pid AND po.idempotency_key = i.k LIMIT 1) x),
  'recent', (SELECT json_agg(json_build_array(i.pid, i.rk, x.created_at))
-            FROM json_to_recordset($4::json) AS i(pid text, rk text)
+            FROM json_to_recordset($13::json) AS i(pid text, rk text)
             CROSS JOIN LATERAL (SELECT po.created_at FROM payouts po
-              WHERE po.project_id = i.pid AND lower(po.gamertag) = i.rk AND po.created_at > $5
+              WHERE po.project_id = i.pid AND lower(po.gamertag) = i.rk
+                AND po.player_id IS NULL AND po.created_at > $5
               ORDER BY po.created_at DESC LIMIT $6) x),
+ 'recent_p', (SELECT json_agg(json_build_array(i.pid, i.pl, x.created_at))
+            FROM json_to_recordset($14::json) AS i(pid text, pl text)
+            CROSS JOIN LATERAL (SELECT po.created_at FROM payouts po
+              WHERE po.project_id = i.pid AND po.player_id = i.pl AND po.created_at > $5
+              ORDER BY po.created_at DESC LIMIT $6) x),
+ 'caps', (SELECT json_agg(json_build_array(l.project_id, l.per_payout_max_sats,
+            l.per_player_daily_max_sats, l.project_daily_max_sats, l.approval_above_sats))
+          FROM project_limits l WHERE l.project_id = ANY($1::text[])),
+ 'spent', (SELECT json_agg(json_build_array(l.project_id, x.b, x.state, x.charge_posted, x.s))
+           FROM project_limits l CROSS JOIN LATERAL (SELECT BUCKET AS b, po.state,
+             po.charge_posted, sum(po.amount) AS s FROM payouts po
+             WHERE po.project_id = l.project_id AND po.created_at > $15 GROUP BY 1, 2, 3) x
+           WHERE l.project_id = ANY($1::text[]) AND l.project_daily_max_sats IS NOT NULL),
+ 'spent_r', (SELECT json_agg(json_build_array(i.pid, i.rk, x.b, x.state, x.charge_posted, x.s))
+           FROM json_to_recordset($13::json) AS i(pid text, rk text)
+           CROSS JOIN LATERAL (SELECT 1 FROM project_limits l WHERE l.project_id = i.pid
+             AND l.per_player_daily_max_sats IS NOT NULL LIMIT 1) l
+           CROSS JOIN LATERAL (SELECT BUCKET AS b, po.state, po.charge_posted,
+             sum(po.amount) AS s FROM payouts po
+             WHERE po.project_id = i.pid AND lower(po.gamertag) = i.rk
+               AND po.player_id IS NULL AND po.created_at > $15 GROUP BY 1, 2, 3) x),
+ 'spent_p', (SELECT json_agg(json_build_array(i.pid, i.pl, x.b, x.state, x.charge_posted, x.s))
+           FROM json_to_recordset($14::json) AS i(pid text, pl text)
+           CROSS JOIN LATERAL (SELECT 1 FROM project_limits l WHERE l.project_id = i.pid
+             AND l.per_player_daily_max_sats IS NOT NULL LIMIT 1) l
+           CROSS JOIN LATERAL (SELECT BUCKET AS b, po.state, po.charge_posted,
+             sum(po.amount) AS s FROM payouts po
+             WHERE po.project_id = i.pid AND po.player_id = i.pl AND po.created_at > $15
+             GROUP BY 1, 2, 3) x),
  'failed', (SELECT json_agg(json_build_array(i.pid, i.rk, x.updated_at, x.created_at))
             FROM json_to_recordset($4::json) AS i(pid text, rk text)
             CROSS JOIN LATERAL (SELECT po.updated_at, po.created_at FROM payouts po
@@ -87,6 +118,7 @@ SELECT json_build_object(
             WHERE po.project_id = i.pid AND po.internal_id = i.iid LIMIT 1) x)
 )::text
 """
+).replace("BUCKET", f"po.created_at / {engine.SPENT_BUCKET_MS} * {engine.SPENT_BUCKET_MS}")
 
 WRITE_SQL = """
 WITH p AS (INSERT INTO payouts SELECT * FROM jsonb_populate_recordset(NULL::payouts, $1::jsonb)),
@@ -225,6 +257,8 @@ class PostgresPayoutStore:
         pids = sorted({i.project_id for i in items})
         keys = {(i.project_id, i.idempotency_key) for i in items if i.idempotency_key}
         who = sorted({(i.project_id, i.recipient) for i in items})
+        by_recipient = sorted({(i.project_id, i.recipient) for i in items if not i.player_id})
+        by_player = sorted({(i.project_id, i.player_id) for i in items if i.player_id})
         hashes = sorted({i.payment_hash for i in items if i.payment_hash})
         iids = {(i.project_id, i.internal_id) for i in items if i.internal_id}
         return [
@@ -240,6 +274,9 @@ class PostgresPayoutStore:
             _json([{"h": h} for h in hashes]),
             _json([{"pid": p, "iid": i} for p, i in sorted(iids)]),
             HASH_ROWS_MAX,
+            _json([{"pid": p, "rk": r} for p, r in by_recipient]),
+            _json([{"pid": p, "pl": pl} for p, pl in by_player]),
+            now_ms - engine.DAY_MS,
         ]
 
     # ------------------------------------------------------------ finalize
@@ -364,6 +401,16 @@ def _parsed(loaded: dict[str, Any]) -> dict[str, Any]:
     recent: dict[tuple[str, str], list[int]] = {}
     for pid, rk, created_at in loaded["recent"] or []:
         recent.setdefault((pid, rk), []).append(created_at)
+    for pid, pl, created_at in loaded["recent_p"] or []:
+        recent.setdefault((pid, engine.player_counter(pl)), []).append(created_at)
+    spent: dict[tuple[str, str | None], list[tuple[int, str, bool, int]]] = {}
+    for pid, b, state, charged, sats in loaded["spent"] or []:
+        spent.setdefault((pid, None), []).append((int(b), state, bool(charged), int(sats)))
+    for pid, rk, b, state, charged, sats in loaded["spent_r"] or []:
+        spent.setdefault((pid, rk), []).append((int(b), state, bool(charged), int(sats)))
+    for pid, pl, b, state, charged, sats in loaded["spent_p"] or []:
+        key = (pid, engine.player_counter(pl))
+        spent.setdefault(key, []).append((int(b), state, bool(charged), int(sats)))
     failed: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for pid, rk, updated_at, created_at in loaded["failed"] or []:
         failed.setdefault((pid, rk), []).append((updated_at, created_at))
@@ -378,6 +425,8 @@ def _parsed(loaded: dict[str, Any]) -> dict[str, Any]:
         failed=failed,
         hashes=hashes,
         internal_ids={(p, i): payout_id for p, i, payout_id in loaded["iids"] or []},
+        caps={c[0]: tuple(c[1:]) for c in loaded["caps"] or []},
+        spent=spent,
     )
 
 

@@ -48,8 +48,25 @@ ACCOUNT_SQL = (
 )
 RECENT_SQL = (
     "SELECT created_at FROM payouts WHERE project_id = ? AND lower(gamertag) = ?"
+    " AND player_id IS NULL AND created_at > ? ORDER BY created_at DESC LIMIT ?"
+)
+RECENT_PLAYER_SQL = (
+    "SELECT created_at FROM payouts WHERE project_id = ? AND player_id = ?"
     " AND created_at > ? ORDER BY created_at DESC LIMIT ?"
 )
+CAPS_SQL = (
+    "SELECT per_payout_max_sats, per_player_daily_max_sats, project_daily_max_sats,"
+    " approval_above_sats FROM project_limits WHERE project_id = ?"
+)
+# The payouts a daily cap may count, summed per bucket of created_at (the rules drop the
+# voided ones): a project's, a recipient's without a player id, a player's.
+_SPENT = (
+    "SELECT created_at / {b} * {b}, state, charge_posted, sum(amount) FROM payouts"
+    " WHERE project_id = ? {where} AND created_at > ? GROUP BY 1, 2, 3"
+).replace("{b}", str(engine.SPENT_BUCKET_MS))
+SPENT_PROJECT_SQL = _SPENT.replace("{where}", "")
+SPENT_RECIPIENT_SQL = _SPENT.replace("{where}", "AND lower(gamertag) = ? AND player_id IS NULL")
+SPENT_PLAYER_SQL = _SPENT.replace("{where}", "AND player_id = ?")
 FAILED_SQL = (
     "SELECT updated_at, created_at FROM payouts WHERE project_id = ? AND lower(gamertag) = ?"
     " AND created_at > ? AND state = 'failed' AND updated_at > ?"
@@ -202,12 +219,20 @@ def _load(conn: sqlite3.Connection, entries: Sequence[Entry], limits: engine.Lim
     updated_after, created_after = engine.failure_since_ms(now_ms)
     projects: dict[str, Any] = {}
     accounts: dict[str, tuple[int, bool]] = {}
+    caps: dict[str, tuple[int | None, ...]] = {}
+    spent: dict[tuple[str, str | None], list[tuple[int, str, bool, int]]] = {}
+    day_since = now_ms - engine.DAY_MS
     for pid in sorted({i.project_id for i in items}):
         row = execute(PROJECT_SQL, (pid,)).fetchone()
         account = execute(ACCOUNT_SQL, (project_account(pid),)).fetchone()
         if row is not None and account is not None:
             projects[pid] = tuple(row)
             accounts[project_account(pid)] = (int(account[0]), bool(account[1]))
+            found = execute(CAPS_SQL, (pid,)).fetchone()
+            if found is not None:
+                caps[pid] = tuple(found)
+                if found[2] is not None:  # projectDailyMaxSats
+                    spent[(pid, None)] = _spent(execute(SPENT_PROJECT_SQL, (pid, day_since)))
     keys: dict[tuple[str, str], Any] = {}
     hashes: dict[str, list[tuple[str, str, bool]]] = {}
     internal_ids: dict[tuple[str, str], str] = {}
@@ -227,13 +252,22 @@ def _load(conn: sqlite3.Connection, entries: Sequence[Entry], limits: engine.Lim
             if row is not None:
                 internal_ids[(i.project_id, i.internal_id)] = row[0]
         who = (i.project_id, i.recipient)
-        if who not in recent:
-            since = now_ms - engine.RATE_WINDOW_MS
-            params = (*who, since, limits.rate_limit)
-            recent[who] = [r[0] for r in execute(RECENT_SQL, params).fetchall()]
+        if who not in failed:
             params = (*who, created_after, updated_after, engine.FAILURES_SCAN_MAX)
             failed[who] = [(r[0], r[1]) for r in execute(FAILED_SQL, params).fetchall()]
+        counted = (i.project_id, i.counter)
+        if counted not in recent:
+            since = now_ms - engine.RATE_WINDOW_MS
+            by, sql = (i.player_id, RECENT_PLAYER_SQL) if i.player_id else (i.recipient, RECENT_SQL)
+            params = (i.project_id, by, since, limits.rate_limit)
+            recent[counted] = [r[0] for r in execute(sql, params).fetchall()]
+            project_caps = caps.get(i.project_id)
+            if project_caps is not None and project_caps[1] is not None:  # perPlayerDaily
+                sql = SPENT_PLAYER_SQL if i.player_id else SPENT_RECIPIENT_SQL
+                spent[counted] = _spent(execute(sql, (i.project_id, by, day_since)))
     return dict(
+        caps=caps,
+        spent=spent,
         projects=projects,
         accounts=accounts,
         keys=keys,
@@ -242,6 +276,10 @@ def _load(conn: sqlite3.Connection, entries: Sequence[Entry], limits: engine.Lim
         hashes=hashes,
         internal_ids=internal_ids,
     )
+
+
+def _spent(cursor: sqlite3.Cursor) -> list[tuple[int, str, bool, int]]:
+    return [(int(b), state, bool(charged), int(sats)) for b, state, charged, sats in cursor]
 
 
 def _finalize(finals: Sequence[Final], on_final: OnFinal, conn: sqlite3.Connection) -> list[Any]:

@@ -53,6 +53,9 @@ HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.RecipientInvoiceInvalid: 502,
     errors.DestinationUnsupported: 422,
     errors.LightningBackendRefused: 502,
+    errors.PayoutLimitExceeded: 403,
+    errors.PlayerDailyLimit: 429,
+    errors.ProjectDailyLimit: 429,
 }
 
 

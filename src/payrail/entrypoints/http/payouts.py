@@ -15,6 +15,7 @@ from payrail.domain.payouts import (
     PayoutRequest,
     State,
     parse_payout_request,
+    parse_player_id,
     parse_status,
 )
 from payrail.entrypoints.http.auth import Principal
@@ -76,11 +77,16 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
                     "IDEMPOTENCY_KEY_MISMATCH",
                 ),
                 402: ("INSUFFICIENT_BALANCE",),
-                403: ("FORBIDDEN", "RECIPIENT_SUSPENDED"),
+                403: ("FORBIDDEN", "RECIPIENT_SUSPENDED", "PAYOUT_LIMIT_EXCEEDED"),
                 404: ("PROJECT_NOT_FOUND", "RECIPIENT_NOT_FOUND"),
                 409: ("INVOICE_ALREADY_USED", "INTERNAL_ID_TAKEN"),
                 422: ("IDEMPOTENCY_KEY_REUSED", "DESTINATION_UNSUPPORTED"),
-                429: ("RATE_LIMIT_EXCEEDED", "RECIPIENT_TEMPORARILY_BLOCKED"),
+                429: (
+                    "RATE_LIMIT_EXCEEDED",
+                    "RECIPIENT_TEMPORARILY_BLOCKED",
+                    "PLAYER_DAILY_LIMIT",
+                    "PROJECT_DAILY_LIMIT",
+                ),
                 502: ("PAYMENT_FAILED", "RECIPIENT_INVOICE_INVALID", "RECIPIENT_UNREACHABLE"),
                 504: ("GATEWAY_TIMEOUT",),
             },
@@ -192,6 +198,7 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             query=[
                 query_param("projectId", "Admin key: one project (default all)."),
                 query_param("status", "pending, completed, expired or error"),
+                query_param("playerId", "Only this player's payouts (the payouts' playerId)."),
                 limit_param(payouts.LIST_LIMIT_MAX, payouts.LIST_LIMIT_DEFAULT),
                 query_param("cursor", "data.nextCursor of the previous page"),
             ],
@@ -205,8 +212,9 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         limit = int_param(
             q.get("limit"), "limit", payouts.LIST_LIMIT_DEFAULT, 1, payouts.LIST_LIMIT_MAX
         )
+        player_id = parse_player_id(q.get("playerId"))
         page, cursor = await payouts.list_payouts(
-            rt.reads(), project_id, status, limit, q.get("cursor")
+            rt.reads(), project_id, status, limit, q.get("cursor"), player_id
         )
         data = page_data("payouts", [payouts.view(r) for r in page], cursor)
         return envelope(True, "Payouts", data, 200)

@@ -1,5 +1,6 @@
 """HTTP routes of projects: create and list (admin), balance, fund, API key and webhook-secret
-rotation (admin), the recipient guard's per-project settings (admin)."""
+rotation (admin), the recipient guard's per-project settings (admin), amount caps (the
+project reads, the admin sets)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from payrail.entrypoints.http.models.projects import (
     FundRequest,
     KeyHistory,
     KeyRotation,
+    Limits,
+    LimitsChange,
     NewProject,
     ProjectPage,
     RotatedKey,
@@ -23,7 +26,7 @@ from payrail.entrypoints.http.models.projects import (
     Rotation,
 )
 from payrail.entrypoints.http.models.recipients import GuardOverrides, RecipientGuard
-from payrail.services import project_keys, projects, recipient_guard, webhook_secrets
+from payrail.services import limits, project_keys, projects, recipient_guard, webhook_secrets
 from payrail.support.clock import iso
 
 
@@ -224,3 +227,34 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         async with rt.engine.begin() as conn:
             data = await recipient_guard.set_overrides(conn, settings, project_id, changes)
         return envelope(True, "Recipient guard updated", data, 200)
+
+    @api.get(
+        "/projects/{project_id}/limits",
+        **doc(
+            ok={200: (Limits, "The project's caps (null: no cap) and their latest changes")},
+            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            summary="A project's amount caps (the project's key or the admin key)",
+        ),
+    )
+    async def get_limits(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require(project_id)
+        return envelope(True, "Limits", await limits.view(rt, project_id), 200)
+
+    @api.put(
+        "/projects/{project_id}/limits",
+        **doc(
+            ok={200: (Limits, "Updated; the change is audited")},
+            errors={400: ("VALIDATION_ERROR",), 403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            body=LimitsChange,
+            body_example={"perPayoutMaxSats": 5000, "projectDailyMaxSats": 1000000},
+            summary="Admin: set a project's amount caps (the fields named; null: no cap)",
+        ),
+    )
+    async def put_limits(project_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        changes = limits.parse_limits(await read_json(request))
+        actor = "admin:" + (request.client.host if request.client else "unknown")
+        data = await limits.set_limits(rt, project_id, changes, actor)
+        return envelope(True, "Limits updated", data, 200)

@@ -14,9 +14,12 @@ from payrail.domain.payouts import (
     EXPIRES_IN_MIN_S,
     IDEMPOTENCY_KEY_MAX_CHARS,
     INTERNAL_ID_MAX_CHARS,
+    PLAYER_ID_MAX_CHARS,
 )
 from payrail.domain.recipients import LIGHTNING_ADDRESS_MAX_CHARS
 from payrail.entrypoints.http.models import EXTRA_SCHEMAS, Body, Model
+
+PLAYER_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control character (domain/payouts.py)
 
 GAMERTAG_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 # LUD-16 as payrail parses it (domain/recipients.py): the name a-z0-9-_.+ (any case: it is
@@ -66,6 +69,14 @@ class PayoutFields(Body):
     expiresIn: int | None = Field(None, ge=EXPIRES_IN_MIN_S, le=EXPIRES_IN_MAX_S)
     description: str | None = Field(None, max_length=DESCRIPTION_MAX_CHARS)
     internalId: str | None = Field(None, max_length=INTERNAL_ID_MAX_CHARS)
+    playerId: str | None = Field(
+        None,
+        min_length=1,
+        max_length=PLAYER_ID_MAX_CHARS,
+        pattern=PLAYER_ID_PATTERN,
+        description="The studio's stable player id: the rate limit and the daily player cap "
+        "count per playerId when given, else per recipient.",
+    )
 
 
 def with_one_destination(fields: type[Body], title: str, description: str) -> dict[str, Any]:
@@ -126,6 +137,7 @@ class Payout(Model):
     updatedAt: str | None
     settledAt: str | None
     failureReason: str | None
+    playerId: str | None = Field(None, description="The studio's stable player id, if given")
 
 
 class PayoutPage(Model):
@@ -166,6 +178,14 @@ class BatchItemFields(Body):
     description: str | None = Field(None, max_length=DESCRIPTION_MAX_CHARS)
     callbackUrl: str | None = Field(None, max_length=CALLBACK_URL_MAX_CHARS)
     expiresIn: int | None = Field(None, ge=EXPIRES_IN_MIN_S, le=EXPIRES_IN_MAX_S)
+    playerId: str | None = Field(
+        None,
+        min_length=1,
+        max_length=PLAYER_ID_MAX_CHARS,
+        pattern=PLAYER_ID_PATTERN,
+        description="The studio's stable player id: the rate limit and the daily player cap "
+        "count per playerId when given, else per recipient.",
+    )
 
 
 BatchItem = with_one_destination(

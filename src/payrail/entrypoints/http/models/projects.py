@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from payrail.entrypoints.http.models import Body, Model, StrictBody
+from payrail.services.limits import CAP_MAX_SATS
 from payrail.services.project_keys import KEY_GRACE_DEFAULT_S, KEY_GRACE_MAX_S, REASON_MAX_CHARS
 from payrail.services.projects import FUND_MAX_SATS, PROJECT_NAME_MAX_CHARS
 
@@ -100,3 +101,41 @@ class KeyHistory(Model):
     projectId: str
     rotations: list[KeyEvent]
     previousKeyExpiresAt: str | None
+
+
+_CAP = {"ge": 0, "le": CAP_MAX_SATS}
+
+
+class LimitsChange(StrictBody):
+    """Any of the four caps (sats; null: no cap); the fields not named keep their value."""
+
+    perPayoutMaxSats: int | None = Field(None, **_CAP, description="One payout's amount, at most")
+    perPlayerDailyMaxSats: int | None = Field(
+        None,
+        **_CAP,
+        description="One player's payouts in a rolling 24 h (playerId, else the recipient)",
+    )
+    projectDailyMaxSats: int | None = Field(
+        None, **_CAP, description="The project's payouts in a rolling 24 h"
+    )
+    approvalAboveSats: int | None = Field(
+        None, **_CAP, description="A payout above this waits for an approver"
+    )
+
+
+class LimitsEvent(Model):
+    actor: str
+    old: dict[str, int | None] | None
+    new: dict[str, int | None]
+    at: str
+
+
+class Limits(Model):
+    """A project's caps (amounts in sats, null: no cap) and their latest changes."""
+
+    projectId: str
+    perPayoutMaxSats: int | None
+    perPlayerDailyMaxSats: int | None
+    projectDailyMaxSats: int | None
+    approvalAboveSats: int | None
+    changes: list[LimitsEvent] = Field(description="Newest first, the latest 50")
