@@ -193,6 +193,17 @@ async def test_the_project_cap_answers_each_batch_item_as_alone(client, rt):
     assert [i["data"]["playerId"] for i in got[:2]] == ["bp0", "bp1"]
     assert await balance_of(client) == before - 2 * (2_000 + fee_sats(2_000))
     assert await charged(rt) == 4_000
+    # A replay of the batch answers the same items, refusals included, and charges nothing.
+    replay = await client.post(
+        "/payouts/batch",
+        json={"projectId": PROJECT, "items": items},
+        headers={"Idempotency-Key": "capped-batch"},
+    )
+    assert replay.status_code == 200, replay.text
+    again = replay.json()["data"]["items"]
+    assert [i["httpStatus"] for i in again] == [200, 200, 429, 429], again  # 200: replayed
+    assert again[3]["data"]["error"] == "PROJECT_DAILY_LIMIT"
+    assert await charged(rt) == 4_000
     assert (await reconcile(rt)).clean
 
 

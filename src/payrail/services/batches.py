@@ -81,6 +81,11 @@ ITEM_ERRORS: dict[str, type[errors.PayrailError]] = {
         errors.RecipientUnreachable,
         errors.RecipientInvoiceInvalid,
         errors.DestinationUnsupported,
+        errors.InvoiceAlreadyUsed,
+        errors.InternalIdTaken,
+        errors.PayoutLimitExceeded,
+        errors.PlayerDailyLimit,
+        errors.ProjectDailyLimit,
     )
 }
 
