@@ -11,6 +11,8 @@
   output. An example that cannot run here says why, right above it:
   `<!-- not run by the docs test: REASON -->`.
 - Every curl that sends a body to the API sends it as JSON (else the API answers 415).
+- Shell examples are fenced ```sh (a ```bash block would escape this test); every docs/*.md
+  page is linked from README.md, which stays a front door (at most README_LINES_MAX lines).
 - docs/api.md's generated parts (the path count, the error-code table, the routes) are what
   the OpenAPI document says, and every error code payrail can answer is in that document.
 """
@@ -104,6 +106,18 @@ def test_every_docs_page_is_linked_from_the_readme() -> None:
     pages = {str(page.relative_to(ROOT)) for page in DOCS_PAGES}
     missing = sorted(pages - linked)
     assert not missing, f"link these from README.md ('Where to read on'): {missing}"
+
+
+def test_shell_examples_are_fenced_sh() -> None:
+    """A ```bash (or shell, console, zsh) block would escape this test: shell is ```sh."""
+    other = re.compile(r"^\s*```(bash|shell|console|zsh|shell-session)\b", re.M)
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for match in other.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            found.append(f"{page.relative_to(ROOT)}:{line}")
+    assert not found, f"fence these ```sh (and make them run, or say why not): {found}"
 
 
 def test_every_example_runs_or_says_why_not() -> None:
