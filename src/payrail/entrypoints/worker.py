@@ -23,7 +23,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from payrail.bootstrap import Runtime, SimulatedCrash
 from payrail.db.tables import worker_heartbeats
 from payrail.jobs import queue
-from payrail.services import batches, callbacks, deposits, faults, order_events, payouts, sweeps
+from payrail.services import (
+    batches,
+    callbacks,
+    deposits,
+    faults,
+    order_events,
+    payouts,
+    sweeps,
+    withdrawals,
+)
 from payrail.support import metrics
 from payrail.support.clock import wait_or_stop
 
@@ -194,7 +203,8 @@ class Dispatcher:
 
 
 async def _sweep(rt: Runtime) -> int:
-    await payouts.expire_due(rt)
+    await payouts.expire_due(rt)  # claim links past expiresAt too: their payouts are reserved
+    await withdrawals.sweep(rt)
     return await order_events.sweep_due(rt)
 
 

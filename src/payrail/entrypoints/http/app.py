@@ -30,6 +30,7 @@ from payrail.entrypoints.http import payouts as payout_routes
 from payrail.entrypoints.http import projects as project_routes
 from payrail.entrypoints.http import recipients as recipient_routes
 from payrail.entrypoints.http import sandbox as sandbox_routes
+from payrail.entrypoints.http import withdrawals as withdrawal_routes
 from payrail.entrypoints.http import zbd as zbd_routes
 from payrail.entrypoints.http.context import ApiContext
 from payrail.entrypoints.http.limits import BodyLimit, RequestLineText
@@ -106,8 +107,10 @@ def create_app(
     health_routes.install(app, api, ctx)
     sandbox_routes.install(api, ctx)
     deposit_routes.install(api, ctx)
+    withdrawal_routes.install(api, ctx)
 
     app.include_router(api)
+    withdrawal_routes.install_public(app, ctx)  # LNURL-withdraw and the claim page
     zbd_routes.install(app, ctx)  # ZBD's API at /v0 (docs/zbd.md), same services
     dashboard_routes.install(app, ctx)  # HTML at /dashboard, outside /api/v1 and its schema
     install_openapi(app)
