@@ -211,6 +211,11 @@ STYLE = (
 )
 
 
+def _when(ms: int) -> str:
+    """2026-12-08 11:55 UTC"""
+    return (iso(ms) or "")[:16].replace("T", " ") + " UTC"
+
+
 def _page(message: str, body: str = "") -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -230,10 +235,12 @@ def _claim_page(rt: object, link: withdrawals.Link, status: Status) -> str:
         return _page(
             f"This link is {status.value}", amount + f"<p>{STATUS_DESCRIPTIONS[status]}</p>"
         )
-    qr = segno.make(lnurl, error="m").svg_inline(scale=6, title="LNURL-withdraw QR code")
+    qr = segno.make(lnurl, error="m").svg_inline(
+        scale=6, omitsize=True, title="LNURL-withdraw QR code"
+    )
     body = (
         amount
-        + f'<p class="status">Open until {escape(iso(row["expires_at"]) or "")}</p>'
+        + f'<p class="status">Open until {escape(_when(row["expires_at"]))}</p>'
         + f'<div class="qr">{qr}</div>'
         + f'<p><a class="open" href="lightning:{escape(lnurl)}">Open in a wallet</a></p>'
         + f'<p class="lnurl">{escape(lnurl)}</p>'
