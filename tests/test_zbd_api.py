@@ -317,8 +317,6 @@ async def test_decode_invoice_reads_what_payrail_checks_before_paying(zbd):
 @pytest.mark.parametrize(
     ("method", "path", "code"),
     [
-        ("POST", "/withdrawal-requests", "ZBD_ENDPOINT_NOT_BUILT"),
-        ("GET", "/withdrawal-requests/abc", "ZBD_ENDPOINT_NOT_BUILT"),
         ("GET", "/prod-ips", "ZBD_ENDPOINT_NOT_OFFERED"),
         ("GET", "/is-supported-region/1.2.3.4", "ZBD_ENDPOINT_NOT_OFFERED"),
         ("POST", "/gamertag/charges", "ZBD_ENDPOINT_NOT_OFFERED"),
@@ -330,6 +328,46 @@ async def test_endpoints_payrail_does_not_offer_say_so(zbd, client, method, path
     assert_zbd_error(response, 501, code)
     assert response.headers["x-should-retry"] == "false"
     assert await balance_of(client) == 100_000
+
+
+async def test_a_withdrawal_request_is_a_claim_link_paid_once_to_the_wallet_that_claims_it(
+    zbd, client, rt
+):
+    from payrail.domain.recipients import decode_lnurl
+
+    made = await zbd.post(
+        "/withdrawal-requests",
+        json={"amount": "3000000", "expiresIn": 3600, "description": "Quest", "internalId": "q1"},
+    )
+    assert made.status_code == 200, made.text
+    data = made.json()["data"]
+    assert (data["status"], data["amount"], data["unit"]) == ("pending", "3000000", "msats")
+    assert data["fee"] == "60000" and data["internalId"] == "q1"
+    assert data["invoice"]["request"].startswith("LNURL1")
+    assert data["invoice"]["uri"] == "lightning:" + data["invoice"]["request"]
+    assert await balance_of(client) == 100_000 - cost(3_000)  # reserved at once
+    url = decode_lnurl(data["invoice"]["request"].lower())
+    async with httpx.AsyncClient(transport=zbd._transport, base_url="http://test") as wallet:
+        offer = (await wallet.get(url.split("3000", 1)[1])).json()
+        assert offer["maxWithdrawable"] == 3_000_000
+        callback = offer["callback"].split("3000", 1)[1]
+        answer = await wallet.get(
+            callback, params={"k1": offer["k1"], "pr": make_invoice(3_000_000)}
+        )
+        assert answer.json() == {"status": "OK"}
+    for _ in range(500):
+        fetched = (await zbd.get(f"/withdrawal-requests/{data['id']}")).json()["data"]
+        if fetched["status"] == "completed":
+            break
+        await asyncio.sleep(0.01)
+    assert fetched["status"] == "completed"
+    assert await balance_of(client) == 100_000 - cost(3_000)
+    fraction = await zbd.post("/withdrawal-requests", json={"amount": "1500"})
+    assert_zbd_error(fraction, 400, "INVALID_AMOUNT")
+    missing = await zbd.get("/withdrawal-requests/nope")
+    assert_zbd_error(missing, 404, "WITHDRAWAL_NOT_FOUND")
+    assert await balance_of(client) == 100_000 - cost(3_000)
+    assert (await reconcile.reconcile(rt, settle_window_ms=0)).clean
 
 
 async def test_malformed_bodies_get_zbds_shape(zbd):

@@ -350,11 +350,13 @@ def test_node_sdk_scenario_against_payrail(server, address_server):
     assert out["insufficient"]["message"].startswith("You do not have enough funds")
     assert out["fraction"]["status"] == 400 and "whole number of sats" in out["fraction"]["message"]
     assert out["transferWithoutReceiverKey"]["status"] == 403  # this SDK cannot send it
-    assert out["withdrawal"]["status"] == 501
+    withdrawal = out["withdrawal"]["answer"]["data"]  # a claim link: reserved at once
+    assert (withdrawal["status"], withdrawal["amount"]) == ("pending", "1000000")
+    assert withdrawal["invoice"]["request"].startswith("LNURL1")
     charge = out["charge"]["answer"]["data"]
     assert (charge["status"], charge["amount"]) == ("pending", "7000000")
     assert out["chargeFetched"]["answer"]["data"]["invoice"] == charge["invoice"]
-    spent = cost(2000) + cost(4000) + cost(3000)
+    spent = cost(2000) + cost(4000) + cost(3000) + cost(1000)  # the link's reservation too
     assert balance(server) == start - spent
     assert out["walletAfter"]["answer"]["data"]["balance"] == str((start - spent) * 1000)
     assert balance(server, "node_studio_b") == 0

@@ -9,7 +9,15 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from payrail.entrypoints.http.context import ApiContext
-from payrail.entrypoints.http.zbd import charges, payments, refusals, transfers, utils, wallet
+from payrail.entrypoints.http.zbd import (
+    charges,
+    payments,
+    refusals,
+    transfers,
+    utils,
+    wallet,
+    withdrawals,
+)
 from payrail.entrypoints.http.zbd.common import ZBD_PREFIX
 
 TAG = "ZBD-compatible (/v0)"
@@ -22,5 +30,6 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
     utils.install(router, ctx)
     transfers.install(router, ctx)
     charges.install(router, ctx)
+    withdrawals.install(router, ctx)
     refusals.install(router, ctx)
     app.include_router(router)

@@ -188,3 +188,31 @@ class Charge(Model):
     confirmedAt: str | None
     status: str = Field(description="pending, completed or expired")
     invoice: ChargeInvoice
+
+
+class ZbdWithdrawalRequestBody(Body):
+    amount: str = AMOUNT
+    expiresIn: int | None = Field(None, description="seconds (payrail's claim-link expiresInS)")
+    description: str | None = Field(None, max_length=DESCRIPTION_MAX_CHARS)
+    internalId: str | None = Field(None, description="kept (payrail's internalId)")
+    callbackUrl: str | None = Field(None, description="not used: claim links send no callbacks")
+
+
+class ZbdWithdrawalInvoice(Model):
+    request: str = Field(description="The LNURL-withdraw (LUD-01 bech32, upper case)")
+    uri: str = Field(description="lightning:<request>")
+
+
+class ZbdWithdrawalRequest(Model):
+    id: str
+    unit: str
+    amount: str
+    fee: str
+    createdAt: str | None
+    expiresAt: str | None
+    internalId: str | None
+    description: str
+    callbackUrl: str | None
+    status: str = Field(description="pending, processing, completed, error or expired")
+    invoice: ZbdWithdrawalInvoice
+    url: str = Field(description="payrail extension: the claim page")

@@ -46,19 +46,6 @@ ENDPOINTS: list[tuple[str, str, str, str]] = [
     ("POST", "/email/send-payment", NOT_OFFERED, "E-mail payments: " + _NO_MEANING),
     ("POST", "/vouchers", NOT_OFFERED, "ZBD vouchers: " + _NO_MEANING),
     ("GET", "/vouchers/{voucher_id}", NOT_OFFERED, "ZBD vouchers: " + _NO_MEANING),
-    (
-        "POST",
-        "/withdrawal-requests",
-        NOT_BUILT,
-        "Withdrawal requests (claim links, LNURL-withdraw) are not built in payrail yet; "
-        "nothing was created and nothing was charged.",
-    ),
-    (
-        "GET",
-        "/withdrawal-requests/{withdrawal_id}",
-        NOT_BUILT,
-        "Withdrawal requests (claim links) are not built in payrail yet.",
-    ),
 ]
 
 
