@@ -106,7 +106,8 @@ def test_document_has_the_apikey_scheme_and_no_fastapi_422(settings: Settings) -
         "413", "415", "422", "429", "502", "504",
     }  # fmt: skip
     body = create["requestBody"]["content"]["application/json"]["schema"]
-    assert body["required"] == ["amount", "projectId"]
+    assert body["required"] == ["projectId"]  # amount, or quoteId (a quote's sats)
+    assert {"amount", "quoteId", "playerId"} <= set(body["properties"])
     # exactly one destination: one variant per field the API accepts, each refusing the others
     assert [v["required"] for v in body["oneOf"]] == [
         ["gamertag"],

@@ -40,6 +40,8 @@ HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 REFUSALS = {
     "PROJECT_NOT_FOUND",
+    "QUOTE_USED",
+    "QUOTE_EXPIRED",
     "INVOICE_ALREADY_USED",
     "INTERNAL_ID_TAKEN",
     "RECIPIENT_TEMPORARILY_BLOCKED",
@@ -69,6 +71,7 @@ class ModelPayout:
     created_at: int
     amount: int = 0
     player: str | None = None
+    quote: tuple[str, int] | None = None  # (quote id, its expiresAt)
     state: str = "in_flight"
     updated_at: int = 0
     charged: bool = False
@@ -92,6 +95,11 @@ class Model:
         for q in mine:
             if p.key is not None and q.key == p.key:
                 return f"replay:{q.id}"
+        if p.quote is not None:  # a quote pays one payout (whatever its end), before expiry
+            if any(q.quote is not None and q.quote[0] == p.quote[0] for q in self.payouts):
+                return "QUOTE_USED"
+            if p.created_at >= p.quote[1]:
+                return "QUOTE_EXPIRED"
         if p.payment_hash is not None and any(
             q.payment_hash == p.payment_hash
             and not (q.state in ("failed", "expired") and not q.charged)
@@ -188,6 +196,12 @@ async def _run_history(
     await limits.set_limits(rt, names[0], caps, "model test")
     invoices = [uuid.uuid4().hex * 2, uuid.uuid4().hex * 2]  # this history's payment hashes
     now = rt.clock.now_ms()
+    # Quotes of each project (the engine reads only their ids and expiry): some soon gone.
+    quoted = {
+        (name, n): (f"{name}-q{n}", now + rng.choice([60_000, 3_600_000, 86_400_000]))
+        for name in [*names, f"m{tag}missing"]
+        for n in range(3)
+    }
     for step in range(STEPS):
         now += rng.choice([0, 1, 1_000, 30_000, 60_000, 120_000, 2_400_000])
         open_ids = [p.id for p in model.payouts if p.state == "in_flight"]
@@ -209,6 +223,9 @@ async def _run_history(
                 rng.choice([*[None] * 6, "k1", f"k{step}"]),
                 player_id=rng.choice([None, None, "p1", "p2"]),
             )
+            quote = quoted.get((project, rng.randrange(12)))  # a quote now and then
+            if quote is not None:
+                req = dataclasses.replace(req, quote_id=quote[0], quote_expires_at_ms=quote[1])
             row = service.payout_row(req, str(uuid.uuid4()), now, service.PATH_INLINE)
             row["payment_hash"] = rng.choice([*[None] * 8, *invoices])
             entry = service.reservation_entry(rt, req, row, service.PATH_INLINE, settle_job=True)
@@ -225,6 +242,7 @@ async def _run_history(
                     now,
                     amount,
                     req.player_id,
+                    quote,
                 )
             )
         decisions = await rt.payout_store.reserve(entries, service.engine_limits(rt))

@@ -117,6 +117,15 @@ class Settings:
     # US dollars per bitcoin, the fixed rate GET /v0/btcusd answers (domain/fx.py); "": no
     # rate (production's default: set it, or /v0/btcusd answers 503).
     fx_fixed: str = FX_FIXED_SANDBOX
+    # Where quotes' rates come from (services/quotes.py): "fixed" (fx_fixed) or "http" (a
+    # JSON document at fx_http_url, the rate at the dotted fx_http_field, its time in Unix
+    # seconds at fx_http_time_field if set); a rate older than fx_max_age_s is refused.
+    fx_source: str = "fixed"
+    fx_http_url: str = ""
+    fx_http_field: str = ""
+    fx_http_time_field: str = ""
+    fx_max_age_s: int = 60
+    quote_ttl_s: int = 300  # how long a quote's sats may be paid
     # Card payments (docs/card-payments.md).
     stripe_backend: str = "simulator"  # simulator | stripe
     stripe_api_key: str = DEFAULT_SANDBOX_STRIPE_API_KEY
@@ -227,6 +236,12 @@ class Settings:
             zbd_internal_id_idempotent=env.get("PAYRAIL_ZBD_INTERNAL_ID_IDEMPOTENT", "0")
             in ("1", "true", "yes"),
             fx_fixed=env.get("PAYRAIL_FX_FIXED", FX_FIXED_SANDBOX if mode == "sandbox" else ""),
+            fx_source=env.get("PAYRAIL_FX_SOURCE", "fixed"),
+            fx_http_url=env.get("PAYRAIL_FX_HTTP_URL", ""),
+            fx_http_field=env.get("PAYRAIL_FX_HTTP_FIELD", ""),
+            fx_http_time_field=env.get("PAYRAIL_FX_HTTP_TIME_FIELD", ""),
+            fx_max_age_s=_int(env, "PAYRAIL_FX_MAX_AGE_S", 60, 1, 86_400),
+            quote_ttl_s=_int(env, "PAYRAIL_QUOTE_TTL_S", 300, 1, 86_400),
             stripe_api_key=env.get(
                 "PAYRAIL_STRIPE_API_KEY",
                 DEFAULT_SANDBOX_STRIPE_API_KEY if mode == "sandbox" else "",
@@ -292,6 +307,15 @@ class Settings:
             parse_fixed(self.fx_fixed)
         except ValueError as exc:
             raise UnsafeSettings(f"PAYRAIL_FX_FIXED: {exc}") from None
+        if self.fx_source not in ("fixed", "http"):
+            raise UnsafeSettings("PAYRAIL_FX_SOURCE must be fixed or http")
+        if self.fx_source == "http" and not (
+            self.fx_http_url.startswith(("http://", "https://")) and self.fx_http_field
+        ):
+            raise UnsafeSettings(
+                "PAYRAIL_FX_SOURCE=http needs PAYRAIL_FX_HTTP_URL (http or https) and "
+                "PAYRAIL_FX_HTTP_FIELD (the rate's dotted path in the JSON answer)"
+            )
         if self.stripe_backend not in ("simulator", "stripe", "disabled"):
             raise UnsafeSettings("PAYRAIL_STRIPE_BACKEND must be simulator, stripe or disabled")
         if self.lightning_backend not in ("simulated", "lnd", "lnbits"):

@@ -268,3 +268,28 @@ class ProjectDailyLimit(PayrailError):
     """A project's rolling-day cap is full (429, with retryAt and retryAfter)."""
 
     code = "PROJECT_DAILY_LIMIT"
+
+
+# ---------------------------------------------------------------- quotes (fiat-priced payouts)
+
+
+class QuoteNotFound(NotFound):
+    code = "QUOTE_NOT_FOUND"
+
+
+class QuoteExpired(PayrailError):
+    """The quote's expiresAt has passed: its sats may no longer be paid (409)."""
+
+    code = "QUOTE_EXPIRED"
+
+
+class QuoteUsed(PayrailError):
+    """The quote already paid a payout (409): one quote, one payout."""
+
+    code = "QUOTE_USED"
+
+
+class RateUnavailable(ServiceUnavailable):
+    """No fresh rate (the source failed, or its rate is older than the bound): no quote."""
+
+    code = "RATE_UNAVAILABLE"

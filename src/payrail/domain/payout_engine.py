@@ -12,9 +12,10 @@ payout is made (a lone request, concurrent requests grouped, a batch's group; SQ
 PostgreSQL, behind PgBouncer or not). The order of the checks is the order of the answers a
 client sees when several apply:
 
-    project exists → key unused (else replay) → invoice not already paid by a live payout
-    → internal id unused → failed-payout block → rate limit → the project's amount caps
-    (per payout, per player per rolling day, per project per rolling day) → balance
+    project exists → key unused (else replay) → the quote it pays unused and unexpired
+    → invoice not already paid by a live payout → internal id unused → failed-payout block
+    → rate limit → the project's amount caps (per payout, per player per rolling day, per
+    project per rolling day) → balance
 
 A player is the studio's stable `playerId` when the payout gives one, else its recipient
 (`recipient_key`): the rate limit and the player's daily cap count per player
@@ -128,6 +129,8 @@ class Item:
     payment_hash: str | None = None  # the invoice it pays, where it pays one
     internal_id: str | None = None
     player_id: str | None = None  # the studio's stable player id, when given
+    quote_id: str | None = None  # the quote whose sats it pays (services/quotes.py)
+    quote_expires_at_ms: int | None = None
 
     @property
     def cost_sats(self) -> int:
@@ -173,6 +176,7 @@ class Snapshot:
     live_hashes: dict[str, str] = field(default_factory=dict)
     internal_ids: dict[tuple[str, str], str] = field(default_factory=dict)
     spent: dict[tuple[str, str | None], list[tuple[int, int]]] = field(default_factory=dict)
+    used_quotes: dict[str, str] = field(default_factory=dict)  # quote id -> the payout it paid
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,8 @@ def _decide_one(item: Item, payout_id: str, snap: Snapshot, limits: Limits) -> D
     if key is not None and key in snap.keys:
         return Replay(snap.keys[key])
     refusal = (
-        _invoice_refusal(item, snap)
+        _quote_refusal(item, snap)
+        or _invoice_refusal(item, snap)
         or _internal_id_refusal(item, snap)
         or _guard_refusal(item, project.policy, snap, limits)
         or _cap_refusal(item, project.caps, snap)
@@ -250,6 +255,36 @@ def _take(
         snap.live_hashes[item.payment_hash] = payout_id
     if item.internal_id is not None:
         snap.internal_ids[(item.project_id, item.internal_id)] = payout_id
+    if item.quote_id is not None:
+        snap.used_quotes[item.quote_id] = payout_id
+
+
+def _quote_refusal(item: Item, snap: Snapshot) -> errors.PayrailError | None:
+    """A quote pays one payout, before its expiresAt."""
+    if item.quote_id is None:
+        return None
+    used_by = snap.used_quotes.get(item.quote_id)
+    if used_by is not None:
+        return quote_used(item.quote_id, used_by)
+    assert item.quote_expires_at_ms is not None
+    if item.now_ms >= item.quote_expires_at_ms:
+        return quote_expired(item.quote_id, item.quote_expires_at_ms)
+    return None
+
+
+def quote_used(quote_id: str, payout_id: str | None) -> errors.QuoteUsed:
+    extra = {} if payout_id is None else {"payoutId": payout_id}
+    return errors.QuoteUsed(
+        f"Quote {quote_id} already paid a payout; ask for a new quote.", quoteId=quote_id, **extra
+    )
+
+
+def quote_expired(quote_id: str, expires_at_ms: int) -> errors.QuoteExpired:
+    return errors.QuoteExpired(
+        f"Quote {quote_id} expired at {_iso(expires_at_ms)}; ask for a new quote.",
+        quoteId=quote_id,
+        expiresAt=_iso(expires_at_ms),
+    )
 
 
 def _invoice_refusal(item: Item, snap: Snapshot) -> errors.PayrailError | None:

@@ -16,6 +16,8 @@ from payrail.domain.recipients import parse_gamertag, parse_lightning_address, r
 DESCRIPTION_MAX_CHARS = 144
 INTERNAL_ID_MAX_CHARS = 128
 PLAYER_ID_MAX_CHARS = 128  # payout_engine.PLAYER_ID_MAX_CHARS, payouts.player_id
+QUOTE_ID_MAX_CHARS = 64
+QUOTED = 0  # amount_sats of a request priced by a quote, until it is priced
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 CALLBACK_URL_MAX_CHARS = 2048
 EXPIRES_IN_DEFAULT_S = 300
@@ -113,6 +115,10 @@ class PayoutRequest:
     destination_kind: str = "gamertag"
     destination: str | None = None
     player_id: str | None = None  # the studio's stable player id (caps, rate limit)
+    # A payout priced by a quote: amount_sats is QUOTED until services/quotes.py `price`
+    # sets the quote's sats and expiry.
+    quote_id: str | None = None
+    quote_expires_at_ms: int | None = None
 
     def fingerprint(self) -> str:
         """Hash of everything but the key, so a reused key with another body is detected."""
@@ -129,6 +135,8 @@ class PayoutRequest:
             body |= {"destinationKind": self.destination_kind, "destination": self.destination}
         if self.player_id is not None:  # so do payouts without a playerId
             body["playerId"] = self.player_id
+        if self.quote_id is not None:
+            body["quoteId"] = self.quote_id
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -175,12 +183,19 @@ def parse_payout_request(
     missing = [f for f in REQUIRED_FIELDS if body.get(f) in (None, "")]
     if given:  # lightningAddress or invoice stands in for gamertag
         missing = [f for f in missing if f != "gamertag"]
+    quote_id = _optional_str(body, "quoteId", QUOTE_ID_MAX_CHARS)
+    if quote_id is not None:  # the quote's sats stand in for amount (services/quotes.py)
+        if body.get("amount") is not None:
+            raise errors.ValidationError("Give amount or quoteId, not both.", field="quoteId")
+        missing = [f for f in missing if f != "amount"]
     if missing:
         raise errors.ValidationError(
             "Missing required fields: gamertag, amount, projectId", missingFields=missing
         )
-    amount = body["amount"]
-    if not _is_int(amount) or not AMOUNT_MIN_SATS <= amount <= AMOUNT_MAX_SATS:
+    amount = QUOTED if quote_id is not None else body["amount"]
+    if quote_id is None and (
+        not _is_int(amount) or not AMOUNT_MIN_SATS <= amount <= AMOUNT_MAX_SATS
+    ):
         raise errors.InvalidAmount(
             f"amount must be an integer number of sats from {AMOUNT_MIN_SATS} "
             f"to {AMOUNT_MAX_SATS:,}.",
@@ -239,6 +254,7 @@ def parse_payout_request(
         destination_kind=kind,
         destination=destination,
         player_id=parse_player_id(body.get("playerId")),
+        quote_id=quote_id,
     )
 
 

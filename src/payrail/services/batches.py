@@ -49,7 +49,7 @@ from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
 from payrail.domain.payouts import FINAL_STATES, PayoutRequest, State
 from payrail.domain.recipients import gamertag_key
 from payrail.jobs import queue
-from payrail.services import destinations, flags, recipients
+from payrail.services import destinations, flags, quotes, recipients
 from payrail.services import payouts as single
 from payrail.support import metrics
 
@@ -86,6 +86,9 @@ ITEM_ERRORS: dict[str, type[errors.PayrailError]] = {
         errors.PayoutLimitExceeded,
         errors.PlayerDailyLimit,
         errors.ProjectDailyLimit,
+        errors.QuoteNotFound,
+        errors.QuoteExpired,
+        errors.QuoteUsed,
     )
 }
 
@@ -129,6 +132,7 @@ async def create_batch(
 ) -> BatchAnswer:
     """Reserve and settle every valid item; answer each. Items carry their final keys."""
     assert 1 <= len(items) <= BATCH_ITEMS_MAX
+    items = await quotes.price_many(rt, items)  # a quote's sats stand in for amount
     request_hash = fingerprint(items)
     stored = await _stored(rt, project_id, batch_key)
     if stored is not None:

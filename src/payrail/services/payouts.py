@@ -65,6 +65,7 @@ from payrail.services import (
     destinations,
     flags,
     pagination,
+    quotes,
 )
 from payrail.support import metrics
 from payrail.support.clock import iso
@@ -205,6 +206,7 @@ async def _by_key(conn: AsyncConnection, project_id: str, key: str) -> RowMappin
 
 async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     """Reserve and settle a payout; answers a replay for a key already used in this project."""
+    req = await quotes.price(rt, req)  # a quote's sats stand in for amount (or 404)
     # The flag decides the settlement path before anything is written (a cached read).
     path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, req.project_id)
     gamertag = req.destination_kind == destinations.Kind.GAMERTAG
@@ -242,6 +244,7 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
 async def reserve(rt: Runtime, req: PayoutRequest, path: str = PATH_INLINE) -> str:
     """tx1 alone (no settlement started): the new payout's id, or the refusal raised. For
     callers that settle it themselves (recovery tests, tools)."""
+    req = await quotes.price(rt, req)
     row = payout_row(req, str(uuid.uuid4()), rt.clock.now_ms(), path)
     decision = await _reserve_one(rt, req, row, path)
     if isinstance(decision, payout_engine.Refuse):
@@ -276,6 +279,8 @@ async def after_duplicate(
         return payout_engine.Refuse(payout_engine.invoice_used(None))
     if duplicate.what == "internal_id":
         return payout_engine.Refuse(payout_engine.internal_id_taken(req.internal_id or "", None))
+    if duplicate.what == "quote_id":
+        return payout_engine.Refuse(payout_engine.quote_used(req.quote_id or "", None))
     async with rt.engine.connect() as conn:
         earlier = await _by_key(conn, req.project_id, req.idempotency_key or "")
     if earlier is None:
@@ -324,6 +329,10 @@ def reservation_entry(
         writes.insert("callbacks", event).insert("jobs", job)
     pending, deltas = ledger.pending_writes(payout_transfers(row), row["expires_at"], now)
     writes.insert("transfers", *pending)
+    if req.quote_id is not None:  # the quote's one use, with the payout it paid
+        writes.insert(
+            "quote_uses", {"quote_id": req.quote_id, "payout_id": row["id"], "used_at": now}
+        )
     ledger.add_deltas(writes.deltas, deltas)
     item = payout_engine.Item(
         project_id=req.project_id,
@@ -336,6 +345,8 @@ def reservation_entry(
         payment_hash=row["payment_hash"],
         internal_id=req.internal_id,
         player_id=row.get("player_id"),
+        quote_id=req.quote_id,
+        quote_expires_at_ms=req.quote_expires_at_ms,
     )
     return payout_store.Entry(item, row["id"], writes, tuple(sorted(deltas)))
 

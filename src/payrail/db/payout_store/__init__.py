@@ -91,7 +91,7 @@ class DuplicateKey(Exception):
 
     def __init__(self, what: str) -> None:
         super().__init__(what)
-        self.what = what  # "idempotency_key" | "payment_hash" | "internal_id" | the index
+        self.what = what  # "idempotency_key" | "payment_hash" | "internal_id" | "quote_id" | …
 
 
 class PayoutStore(Protocol):
@@ -149,6 +149,7 @@ def snapshot(
     internal_ids: dict[tuple[str, str], str],
     caps: dict[str, Sequence[int | None]] | None = None,
     spent: dict[tuple[str, str | None], list[tuple[int, str, bool, int]]] | None = None,
+    used_quotes: dict[str, str] | None = None,
 ) -> payout_engine.Snapshot:
     """The engine's Snapshot from what a store read (shared by both stores). projects: id ->
     its three policy overrides; accounts: project account -> (available, allow_negative);
@@ -178,4 +179,5 @@ def snapshot(
             if not payout_engine.is_voided(state, charged):
                 kept[bucket] = kept.get(bucket, 0) + int(sats)
         snap.spent[scope] = sorted(kept.items())
+    snap.used_quotes = dict(used_quotes or {})
     return snap

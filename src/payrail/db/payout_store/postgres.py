@@ -78,6 +78,8 @@ SELECT json_build_object(
             CROSS JOIN LATERAL (SELECT po.created_at FROM payouts po
               WHERE po.project_id = i.pid AND po.player_id = i.pl AND po.created_at > $5
               ORDER BY po.created_at DESC LIMIT $6) x),
+ 'quotes', (SELECT json_agg(json_build_array(q.quote_id, q.payout_id))
+            FROM quote_uses q WHERE q.quote_id = ANY($16::text[])),
  'caps', (SELECT json_agg(json_build_array(l.project_id, l.per_payout_max_sats,
             l.per_player_daily_max_sats, l.project_daily_max_sats, l.approval_above_sats))
           FROM project_limits l WHERE l.project_id = ANY($1::text[])),
@@ -127,6 +129,8 @@ WITH p AS (INSERT INTO payouts SELECT * FROM jsonb_populate_recordset(NULL::payo
        SELECT * FROM jsonb_populate_recordset(NULL::callbacks, $3::jsonb)),
  t AS (INSERT INTO transfers
        SELECT * FROM jsonb_populate_recordset(NULL::transfers, $4::jsonb)),
+ q AS (INSERT INTO quote_uses
+       SELECT * FROM jsonb_populate_recordset(NULL::quote_uses, $8::jsonb)),
  done AS (UPDATE jobs SET state = 'done', lease_until = NULL, locked_by = NULL,
           updated_at = $7 WHERE id = ANY($6::text[]) RETURNING id),
  a AS (UPDATE accounts a SET debits_pending = a.debits_pending + d.dp,
@@ -277,6 +281,7 @@ class PostgresPayoutStore:
             _json([{"pid": p, "rk": r} for p, r in by_recipient]),
             _json([{"pid": p, "pl": pl} for p, pl in by_player]),
             now_ms - engine.DAY_MS,
+            sorted({i.quote_id for i in items if i.quote_id}),
         ]
 
     # ------------------------------------------------------------ finalize
@@ -342,6 +347,7 @@ class PostgresPayoutStore:
                 _json(deltas),
                 writes.jobs_done,
                 now_ms,
+                _json(writes.inserts.get("quote_uses") or []),
             )
         except asyncpg.UniqueViolationError as exc:
             raise DuplicateKey(_which(exc)) from None
@@ -386,6 +392,8 @@ class _Transaction:
 
 def _which(exc: asyncpg.UniqueViolationError) -> str:
     name = exc.constraint_name or ""
+    if "quote_uses" in name:
+        return "quote_id"
     for what in ("idempotency_key", "payment_hash", "internal_id", "pending_id"):
         if what in name or what in str(exc):
             return what
@@ -427,6 +435,7 @@ def _parsed(loaded: dict[str, Any]) -> dict[str, Any]:
         internal_ids={(p, i): payout_id for p, i, payout_id in loaded["iids"] or []},
         caps={c[0]: tuple(c[1:]) for c in loaded["caps"] or []},
         spent=spent,
+        used_quotes={q: payout_id for q, payout_id in loaded["quotes"] or []},
     )
 
 

@@ -74,6 +74,9 @@ FAILED_SQL = (
 )
 HASH_SQL = "SELECT id, state, charge_posted FROM payouts WHERE payment_hash = ? LIMIT ?"
 INTERNAL_SQL = "SELECT id FROM payouts WHERE project_id = ? AND internal_id = ? LIMIT 1"
+QUOTE_USE_SQL = "SELECT payout_id FROM quote_uses WHERE quote_id = ?"
+# The columns whose unique index can refuse a row decided as new (DuplicateKey.what).
+UNIQUE_COLUMNS = ("idempotency_key", "payment_hash", "internal_id", "pending_id", "quote_id")
 HASH_ROWS_MAX = 16  # payouts read per payment hash (all but one of them are voided)
 DELTA_SQL = (
     "UPDATE accounts SET debits_pending = debits_pending + ?,"
@@ -145,7 +148,7 @@ class SqlitePayoutStore:
             return await self._engine.run_write(unit)
         except sqlite3.IntegrityError as error:
             text = str(error)
-            for what in ("idempotency_key", "payment_hash", "internal_id", "pending_id"):
+            for what in UNIQUE_COLUMNS:
                 if what in text:
                     raise DuplicateKey(what) from None
             raise _wrapped(error) from None
@@ -238,7 +241,12 @@ def _load(conn: sqlite3.Connection, entries: Sequence[Entry], limits: engine.Lim
     internal_ids: dict[tuple[str, str], str] = {}
     recent: dict[tuple[str, str], list[int]] = {}
     failed: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    used_quotes: dict[str, str] = {}
     for i in items:
+        if i.quote_id is not None and i.quote_id not in used_quotes:
+            row = execute(QUOTE_USE_SQL, (i.quote_id,)).fetchone()
+            if row is not None:
+                used_quotes[i.quote_id] = row[0]
         if i.idempotency_key is not None and (i.project_id, i.idempotency_key) not in keys:
             cursor = execute(LOOKUP_PAYOUT_SQL, (i.project_id, i.idempotency_key))
             row = cursor.fetchone()
@@ -268,6 +276,7 @@ def _load(conn: sqlite3.Connection, entries: Sequence[Entry], limits: engine.Lim
     return dict(
         caps=caps,
         spent=spent,
+        used_quotes=used_quotes,
         projects=projects,
         accounts=accounts,
         keys=keys,

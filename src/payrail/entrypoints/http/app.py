@@ -28,6 +28,7 @@ from payrail.entrypoints.http import front as front_routes
 from payrail.entrypoints.http import health as health_routes
 from payrail.entrypoints.http import payouts as payout_routes
 from payrail.entrypoints.http import projects as project_routes
+from payrail.entrypoints.http import quotes as quote_routes
 from payrail.entrypoints.http import recipients as recipient_routes
 from payrail.entrypoints.http import sandbox as sandbox_routes
 from payrail.entrypoints.http import withdrawals as withdrawal_routes
@@ -108,6 +109,7 @@ def create_app(
     sandbox_routes.install(api, ctx)
     deposit_routes.install(api, ctx)
     withdrawal_routes.install(api, ctx)
+    quote_routes.install(api, ctx)
 
     app.include_router(api)
     withdrawal_routes.install_public(app, ctx)  # LNURL-withdraw and the claim page

@@ -56,6 +56,8 @@ HTTP_STATUS: dict[type[errors.PayrailError], int] = {
     errors.PayoutLimitExceeded: 403,
     errors.PlayerDailyLimit: 429,
     errors.ProjectDailyLimit: 429,
+    errors.QuoteExpired: 409,
+    errors.QuoteUsed: 409,
 }
 
 

@@ -78,8 +78,8 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
                 ),
                 402: ("INSUFFICIENT_BALANCE",),
                 403: ("FORBIDDEN", "RECIPIENT_SUSPENDED", "PAYOUT_LIMIT_EXCEEDED"),
-                404: ("PROJECT_NOT_FOUND", "RECIPIENT_NOT_FOUND"),
-                409: ("INVOICE_ALREADY_USED", "INTERNAL_ID_TAKEN"),
+                404: ("PROJECT_NOT_FOUND", "RECIPIENT_NOT_FOUND", "QUOTE_NOT_FOUND"),
+                409: ("INVOICE_ALREADY_USED", "INTERNAL_ID_TAKEN", "QUOTE_EXPIRED", "QUOTE_USED"),
                 422: ("IDEMPOTENCY_KEY_REUSED", "DESTINATION_UNSUPPORTED"),
                 429: (
                     "RATE_LIMIT_EXCEEDED",

@@ -15,6 +15,7 @@ from payrail.domain.payouts import (
     IDEMPOTENCY_KEY_MAX_CHARS,
     INTERNAL_ID_MAX_CHARS,
     PLAYER_ID_MAX_CHARS,
+    QUOTE_ID_MAX_CHARS,
 )
 from payrail.domain.recipients import LIGHTNING_ADDRESS_MAX_CHARS
 from payrail.entrypoints.http.models import EXTRA_SCHEMAS, Body, Model
@@ -57,7 +58,9 @@ DESTINATION_SCHEMAS: dict[str, dict[str, Any]] = {
 class PayoutFields(Body):
     """The fields of a payout besides its destination."""
 
-    amount: int = Field(ge=AMOUNT_MIN_SATS, le=AMOUNT_MAX_SATS, description="sats")
+    amount: int | None = Field(
+        None, ge=AMOUNT_MIN_SATS, le=AMOUNT_MAX_SATS, description="sats (or quoteId)"
+    )
     projectId: str
     idempotencyKey: str | None = Field(
         None,
@@ -76,6 +79,13 @@ class PayoutFields(Body):
         pattern=PLAYER_ID_PATTERN,
         description="The studio's stable player id: the rate limit and the daily player cap "
         "count per playerId when given, else per recipient.",
+    )
+    quoteId: str | None = Field(
+        None,
+        min_length=1,
+        max_length=QUOTE_ID_MAX_CHARS,
+        description="Instead of amount: pay exactly the sats of this quote (POST /quotes), "
+        "once, before its expiresAt.",
     )
 
 
@@ -167,7 +177,9 @@ class StatusChange(Body):
 class BatchItemFields(Body):
     """One payout of a batch besides its destination: a POST /payouts body without projectId."""
 
-    amount: int = Field(ge=AMOUNT_MIN_SATS, le=AMOUNT_MAX_SATS, description="sats")
+    amount: int | None = Field(
+        None, ge=AMOUNT_MIN_SATS, le=AMOUNT_MAX_SATS, description="sats (or quoteId)"
+    )
     idempotencyKey: str | None = Field(
         None,
         min_length=1,
@@ -185,6 +197,13 @@ class BatchItemFields(Body):
         pattern=PLAYER_ID_PATTERN,
         description="The studio's stable player id: the rate limit and the daily player cap "
         "count per playerId when given, else per recipient.",
+    )
+    quoteId: str | None = Field(
+        None,
+        min_length=1,
+        max_length=QUOTE_ID_MAX_CHARS,
+        description="Instead of amount: pay exactly the sats of this quote (POST /quotes), "
+        "once, before its expiresAt.",
     )
 
 
