@@ -391,3 +391,19 @@ async def test_public_routes_are_rate_limited_per_link(client, rt):
         answers = [await wallet.get(url) for _ in range(61)]
     assert [a.status_code for a in answers[:60]] == [200] * 60
     assert answers[60].status_code == 429 and answers[60].json()["status"] == "ERROR"
+
+
+async def test_the_sandbox_wallet_invoice_claims_a_link(client, rt):
+    link = await _create(client, 700)
+    made = await client.post("/test/wallet-invoices", json={"amount": 700})
+    assert made.status_code == 200, made.text
+    invoice = made.json()["data"]["invoice"]
+    assert bolt11.decode(invoice).amount_msat == 700_000
+    bad = await client.post("/test/wallet-invoices", json={"amount": "700"})
+    assert bad.status_code == 400
+    async with _public(client) as wallet:
+        request = await _withdraw_request(wallet, link)
+        assert await _claim(wallet, request, invoice) == {"status": "OK"}
+    assert (await _final(client, link["id"]))["status"] == "completed"
+    assert await _balance(client) == (FUNDED - 700 - fee_sats(700), 0)
+    await _clean(rt)

@@ -22,6 +22,7 @@ The link's public status is domain/claims.public_status of its row and its payou
 from __future__ import annotations
 
 import math
+import secrets
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ PUBLIC_PER_LINK_MAX = 60
 PUBLIC_PER_ADDRESS_MAX = 300
 LNURL_PATH = "/lnurlw"
 CLAIM_PAGE_PATH = "/claim"
+SANDBOX_INVOICE_EXPIRY_S = 3600
 
 
 class WithdrawalNotFound(errors.NotFound):
@@ -501,6 +503,36 @@ async def claim(rt: Runtime, link_id: str, k1: Any, pr: Any) -> Link:
     refreshed = await _load(rt, link_id)
     assert refreshed is not None
     return refreshed
+
+
+def sandbox_wallet_invoice(rt: Runtime, body: Any) -> dict[str, Any]:
+    """Sandbox: the invoice a player's wallet would hand a claim link's callback, for the
+    server's network, signed by a throwaway key (the simulated node pays any invoice)."""
+    import bolt11
+    from bolt11.models.tags import Tag, TagChar, Tags
+
+    amount = body.get("amount") if isinstance(body, dict) else None
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 1 <= amount <= 10**8:
+        raise errors.InvalidAmount("amount must be an integer number of sats.", field="amount")
+    payment_hash = secrets.token_hex(32)
+    tags = Tags(
+        [
+            Tag(TagChar.payment_hash, payment_hash),
+            Tag(TagChar.payment_secret, secrets.token_hex(32)),
+            Tag(TagChar.expire_time, SANDBOX_INVOICE_EXPIRY_S),
+            Tag(TagChar.description, "sandbox player wallet"),
+        ]
+    )
+    encoded = bolt11.encode(
+        bolt11.Bolt11(
+            currency=invoices.NETWORK_CURRENCY[rt.settings.lightning_network],
+            date=rt.clock.now_ms() // 1000,
+            tags=tags,
+            amount_msat=bolt11.MilliSatoshi(amount * 1000),
+        ),
+        secrets.token_hex(32),
+    )
+    return {"invoice": encoded, "paymentHash": payment_hash, "amount": amount}
 
 
 async def page(rt: Runtime, link_id: str, k1: Any) -> tuple[Link, claims.Status]:

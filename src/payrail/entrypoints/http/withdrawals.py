@@ -26,6 +26,7 @@ from payrail.entrypoints.http.context import ApiContext
 from payrail.entrypoints.http.errors import envelope, int_param, mark_replayed, page_data, read_json
 from payrail.entrypoints.http.models import doc, header_param, limit_param, query_param
 from payrail.entrypoints.http.models.withdrawals import (
+    SandboxInvoice,
     Withdrawal,
     WithdrawalPage,
     WithdrawalRequest,
@@ -154,6 +155,22 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         who = await ctx.principal(request)
         link = await withdrawals.revoke(rt, withdrawal_id, who.project_id)
         return envelope(True, "Claim link revoked", withdrawals.view(rt, link), 200)
+
+    @api.post(
+        "/test/wallet-invoices",
+        **doc(
+            ok={200: (SandboxInvoice, "A signed invoice for the server's network")},
+            errors={400: ("INVALID_AMOUNT",), 404: ("NOT_FOUND",)},
+            body={"type": "object", "properties": {"amount": {"type": "integer"}}},
+            summary="Sandbox: an invoice a player's wallet would make, to claim a link with "
+            "(the simulated node pays it)",
+        ),
+    )
+    async def sandbox_wallet_invoice(request: Request) -> JSONResponse:
+        ctx.sandbox_only()
+        await ctx.principal(request)
+        data = withdrawals.sandbox_wallet_invoice(rt, await read_json(request))
+        return envelope(True, "Invoice made", data, 200)
 
 
 def install_public(app: FastAPI, ctx: ApiContext) -> None:

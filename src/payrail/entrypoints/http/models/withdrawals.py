@@ -57,3 +57,9 @@ class WithdrawalPage(Model):
     count: int
     nextCursor: str | None
     hasMore: bool
+
+
+class SandboxInvoice(Model):
+    invoice: str = Field(description="BOLT11, for exactly amount, signed by a throwaway key")
+    paymentHash: str
+    amount: int
