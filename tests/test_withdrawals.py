@@ -407,3 +407,28 @@ async def test_the_sandbox_wallet_invoice_claims_a_link(client, rt):
     assert (await _final(client, link["id"]))["status"] == "completed"
     assert await _balance(client) == (FUNDED - 700 - fee_sats(700), 0)
     await _clean(rt)
+
+
+async def test_public_routes_answer_garbage_without_a_500_and_move_nothing(client, rt):
+    link = await _create(client, 1_000)
+    held = await _balance(client)
+    k1 = parse_qs(urlsplit(decode_lnurl(link["lnurl"].lower())).query)["k1"][0]
+    weird = ["", "x" * 5000, "%00", "é", "lnbc", "0" * 64, k1.upper()]
+    async with _public(client) as wallet:
+        for value in weird:
+            for path in (
+                f"/lnurlw/{value or 'x'}",
+                f"/lnurlw/{link['id']}",
+                f"/claim/{value or 'x'}",
+            ):
+                answer = await wallet.get(path, params={"k1": value})
+                assert answer.status_code < 500, (path, value, answer.text)
+            for params in ({"k1": k1, "pr": value}, {"k1": value, "pr": value}, {"pr": value}):
+                answer = await wallet.get(f"/lnurlw/{link['id']}/callback", params=params)
+                assert answer.status_code < 500, answer.text
+                if answer.status_code == 200:
+                    assert answer.json()["status"] == "ERROR", answer.text
+        answer = await wallet.get(f"/lnurlw/{link['id']}/callback", params=[("k1", k1), ("k1", k1)])
+        assert answer.json()["status"] == "ERROR"  # no pr
+    assert await _balance(client) == held
+    assert (await client.get(f"/withdrawals/{link['id']}")).json()["data"]["status"] == "open"
