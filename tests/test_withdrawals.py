@@ -432,3 +432,55 @@ async def test_public_routes_answer_garbage_without_a_500_and_move_nothing(clien
         assert answer.json()["status"] == "ERROR"  # no pr
     assert await _balance(client) == held
     assert (await client.get(f"/withdrawals/{link['id']}")).json()["data"]["status"] == "open"
+
+
+# ---------------------------------------------------------------- crashes
+
+
+async def test_a_crash_between_the_reservation_and_the_link_is_completed_by_the_retry(client, rt):
+    from payrail.bootstrap import SimulatedCrash
+
+    body = {"projectId": PROJECT, "amount": 1_000}
+    headers = {"Idempotency-Key": "crash-before-link"}
+    rt.crashpoints.add("after_withdrawal_reserve")
+    with pytest.raises(SimulatedCrash):
+        await client.post("/withdrawals", json=body, headers=headers)
+    rt.crashpoints.clear()
+    total = 1_000 + fee_sats(1_000)
+    assert await _balance(client) == (FUNDED - total, total)  # reserved, no link yet
+    again = await client.post("/withdrawals", json=body, headers=headers)
+    assert again.status_code == 200, again.text
+    link = again.json()["data"]
+    assert link["status"] == "open"
+    assert await _balance(client) == (FUNDED - total, total)  # still reserved once
+    async with _public(client) as wallet:
+        request = await _withdraw_request(wallet, link)
+        assert await _claim(wallet, request, make_invoice(1_000_000)) == {"status": "OK"}
+    assert (await _final(client, link["id"]))["status"] == "completed"
+    assert await _balance(client) == (FUNDED - total, 0)
+    await _clean(rt)
+
+
+async def test_a_crash_right_after_the_claim_is_paid_once_by_the_worker(
+    client, rt, clock: ShiftableClock
+):
+    from payrail.bootstrap import SimulatedCrash
+
+    link = await _create(client, 1_000)
+    async with _public(client) as wallet:
+        request = await _withdraw_request(wallet, link)
+        rt.crashpoints.add("after_withdrawal_claim")  # committed; the send never started
+        with pytest.raises(SimulatedCrash):
+            await _claim(wallet, request, make_invoice(1_000_000))
+        rt.crashpoints.clear()
+        data = (await client.get(f"/withdrawals/{link['id']}")).json()["data"]
+        assert data["status"] == "claimed" and await _node_payments(rt) == []
+        again = await _claim(wallet, request, make_invoice(1_000_000))
+        assert again == {"status": "ERROR", "reason": "This link was already claimed."}
+    clock.advance(rt.settings.lease_ms + 1)  # the dead process's lease runs out
+    await worker.run_until_idle(rt)
+    final = await _final(client, link["id"])
+    assert final["status"] == "completed"
+    assert await _node_payments(rt) == [(final["payoutId"], final["paymentHash"], 1_000)]
+    assert await _balance(client) == (FUNDED - 1_000 - fee_sats(1_000), 0)
+    await _clean(rt)
