@@ -484,3 +484,35 @@ async def test_a_crash_right_after_the_claim_is_paid_once_by_the_worker(
     assert await _node_payments(rt) == [(final["payoutId"], final["paymentHash"], 1_000)]
     assert await _balance(client) == (FUNDED - 1_000 - fee_sats(1_000), 0)
     await _clean(rt)
+
+
+# ---------------------------------------------------------------- production, links off
+
+
+async def test_production_without_a_claim_link_key_refuses_links_and_reserves_nothing(
+    settings, rt, clock, client
+):
+    import dataclasses
+
+    from payrail.bootstrap import build_runtime
+    from payrail.entrypoints.http.app import create_app
+
+    link = await _create(client, 1_000)  # made in the sandbox, before the switch
+    prod = dataclasses.replace(settings, mode="production", stripe_backend="disabled")
+    assert not prod.claim_links
+    prod_rt = build_runtime(prod, clock=clock, node=rt.node, engine=rt.engine)
+    app = create_app(prod, runtime=prod_rt, migrate_db=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://test/api/v1", headers={"apikey": ADMIN_KEY}
+    ) as api:
+        made = await api.post("/withdrawals", json={"projectId": PROJECT, "amount": 1_000})
+        assert made.status_code == 503 and made.json()["data"]["error"] == "CLAIM_LINKS_DISABLED"
+        got = await api.get(f"/withdrawals/{link['id']}")
+        assert got.status_code == 503
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as wallet:
+        url = urlsplit(decode_lnurl(link["lnurl"].lower()))
+        answer = await wallet.get(f"{url.path}?{url.query}")
+        assert answer.json() == {"status": "ERROR", "reason": "Claim links are off on this server."}
+    total = 1_000 + fee_sats(1_000)
+    assert await _balance(client) == (FUNDED - total, total)  # only the sandbox link's
