@@ -15,7 +15,9 @@ client sees when several apply:
     project exists → key unused (else replay) → the quote it pays unused and unexpired
     → invoice not already paid by a live payout → internal id unused → failed-payout block
     → rate limit → the project's amount caps (per payout, per player per rolling day, per
-    project per rolling day) → balance
+    project per rolling day) → balance; then a payout above the project's approvalAboveSats
+    is held: reserved like any other (its money is taken), but not sent until an approver
+    approves it (`Hold`).
 
 A player is the studio's stable `playerId` when the payout gives one, else its recipient
 (`recipient_key`): the rate limit and the player's daily cap count per player
@@ -131,6 +133,7 @@ class Item:
     player_id: str | None = None  # the studio's stable player id, when given
     quote_id: str | None = None  # the quote whose sats it pays (services/quotes.py)
     quote_expires_at_ms: int | None = None
+    may_hold: bool = True  # False: a way in with no approval step (a claim link's payout)
 
     @property
     def cost_sats(self) -> int:
@@ -196,8 +199,14 @@ class Refuse:
     error: errors.PayrailError
 
 
-Decision = Reserve | Replay | Refuse
+@dataclass(frozen=True)
+class Hold:
+    """The item reserves, held for approval: storage writes its held rows (no settle job)."""
+
+
+Decision = Reserve | Replay | Refuse | Hold
 RESERVE = Reserve()
+HOLD = Hold()
 
 
 def decide(
@@ -234,7 +243,13 @@ def _decide_one(item: Item, payout_id: str, snap: Snapshot, limits: Limits) -> D
     if refusal is not None:
         return Refuse(refusal)
     _take(item, payout_id, project, snap, key)
-    return RESERVE
+    return HOLD if needs_approval(item, project.caps) else RESERVE
+
+
+def needs_approval(item: Item, caps: Caps) -> bool:
+    """Above approvalAboveSats a payout waits for an approver (a hold still reserves)."""
+    above = caps.approval_above_sats
+    return item.may_hold and above is not None and item.amount_sats > above
 
 
 def _take(

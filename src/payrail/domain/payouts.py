@@ -98,6 +98,7 @@ class FailureCode(StrEnum):
 
     GATEWAY_TIMEOUT = "GATEWAY_TIMEOUT"
     PAYMENT_FAILED = "PAYMENT_FAILED"
+    REJECTED_BY_APPROVER = "REJECTED_BY_APPROVER"  # a held payout an approver rejected
 
 
 @dataclass(frozen=True)

@@ -223,13 +223,18 @@ async def _reserve_group(
     for index, req in group:
         row = single.payout_row(req, str(uuid.uuid4()), now, path, resolved[index])
         rows[row["id"]] = row
-        entries.append(single.reservation_entry(rt, req, row, path, settle_job=not inline))
+        entries.append(
+            single.reservation_entry(rt, req, row, path, settle_job=not inline, may_hold=True)
+        )
     extra = functools.partial(_group_job, rt, now) if inline else None
     decisions = await rt.payout_store.reserve(entries, single.engine_limits(rt), extra)
     reserved: list[tuple[int, dict[str, Any]]] = []
     for (index, _), entry, decision in zip(group, entries, decisions, strict=True):
         if decision is payout_engine.RESERVE:
             reserved.append((index, rows[entry.payout_id]))
+        elif decision is payout_engine.HOLD:  # reserved, not sent: it waits for an approver
+            assert entry.held is not None
+            answers[index] = ItemAnswer(payout=entry.held.inserts["payouts"][0])
         elif isinstance(decision, payout_engine.Replay):
             # A key reused within the batch replays the item reserved before it.
             earlier = rows.get(decision.row["id"], decision.row)

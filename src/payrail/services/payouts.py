@@ -185,6 +185,9 @@ def view(row: RowMapping) -> dict[str, Any]:
         "settledAt": iso(row["settled_at"]),
         "failureReason": row["failure_reason"],
         "playerId": row.get("player_id"),
+        "approval": row.get("approval"),  # null, or required / approved / rejected
+        "failureCode": row.get("failure_code"),
+        "decidedBy": row.get("decided_by"),
         **destinations.view(row),
     }
 
@@ -225,6 +228,9 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     if isinstance(decision, payout_engine.Refuse):
         raise decision.error
     payout_id = str(row["id"])
+    if decision is payout_engine.HOLD:  # reserved, waiting for an approver (services/approvals)
+        log.info("payout_held", payout_id=payout_id, project_id=req.project_id)
+        return CreateOutcome(await get_payout(rt, payout_id), replay=False)
     log.info("payout_reserved", payout_id=payout_id, project_id=req.project_id, path=path)
     metrics.PAYOUTS_CREATED.labels(path=path).inc()
     rt.crashpoint("after_reserve")
@@ -246,7 +252,7 @@ async def reserve(rt: Runtime, req: PayoutRequest, path: str = PATH_INLINE) -> s
     callers that settle it themselves (recovery tests, tools)."""
     req = await quotes.price(rt, req)
     row = payout_row(req, str(uuid.uuid4()), rt.clock.now_ms(), path)
-    decision = await _reserve_one(rt, req, row, path)
+    decision = await _reserve_one(rt, req, row, path)  # a hold is reserved too: its id
     if isinstance(decision, payout_engine.Refuse):
         raise decision.error
     if isinstance(decision, payout_engine.Replay):
@@ -262,7 +268,7 @@ async def _reserve_one(
     On the inline path the row is written in_flight: this commit is also the send intent, and
     this process, which holds the job's lease, calls the node right after it. The row carries
     the destination and its one invoice, durable before anything is sent."""
-    entry = reservation_entry(rt, req, row, path, settle_job=True)
+    entry = reservation_entry(rt, req, row, path, settle_job=True, may_hold=True)
     try:
         return await rt.reserving.submit(entry)  # type: ignore[no-any-return]
     except payout_store.DuplicateKey as duplicate:
@@ -315,7 +321,13 @@ def engine_limits(rt: Runtime) -> payout_engine.Limits:
 
 
 def reservation_entry(
-    rt: Runtime, req: PayoutRequest, row: dict[str, Any], path: str, *, settle_job: bool
+    rt: Runtime,
+    req: PayoutRequest,
+    row: dict[str, Any],
+    path: str,
+    *,
+    settle_job: bool,
+    may_hold: bool = False,
 ) -> payout_store.Entry:
     """What the engine decides on for one payout, and every row it writes if it reserves:
     the payout, its settle job (unless a batch's group job settles it), its created
@@ -347,8 +359,37 @@ def reservation_entry(
         player_id=row.get("player_id"),
         quote_id=req.quote_id,
         quote_expires_at_ms=req.quote_expires_at_ms,
+        may_hold=may_hold,
     )
-    return payout_store.Entry(item, row["id"], writes, tuple(sorted(deltas)))
+    held = _held_writes(row, writes, pending, deltas) if may_hold else None
+    return payout_store.Entry(item, row["id"], writes, tuple(sorted(deltas)), held)
+
+
+HELD_CAUSE = "api: payout created; held for approval"
+
+
+def _held_writes(
+    row: dict[str, Any], writes: payout_store.Writes, pending: list[Any], deltas: Any
+) -> payout_store.Writes:
+    """What a payout held for approval writes (payout_engine.HOLD): its row reserved and
+    waiting, its created callback and its reservation (as any payout), no settle job: only
+    an approval gives it one (services/approvals.py)."""
+    held_row = row | {
+        "state": State.RESERVED.value,
+        "approval": "required",
+        "state_cause": HELD_CAUSE,
+    }
+    held = payout_store.Writes().insert("payouts", held_row)
+    if row["callback_url"]:
+        now = row["created_at"]
+        event, job = callbacks.event_rows(held_row, view(held_row), now, CREATED_EVENT_SEQUENCE)
+        held.insert("callbacks", event).insert("jobs", job)
+    held.insert("transfers", *pending)
+    for table in ("quote_uses",):
+        if writes.inserts.get(table):
+            held.insert(table, *writes.inserts[table])
+    ledger.add_deltas(held.deltas, deltas)
+    return held
 
 
 # A payout's callback events: created in tx1, then one final event (a payout makes one final

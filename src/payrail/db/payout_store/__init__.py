@@ -64,6 +64,16 @@ class Entry:
     payout_id: str
     writes: Writes
     lock_accounts: tuple[str, ...]  # every account it would move
+    held: Writes | None = None  # what it writes instead if held for approval (payout_engine.HOLD)
+
+    def writes_for(self, decision: payout_engine.Decision) -> Writes | None:
+        """The rows this decision writes: its reservation's, its hold's, or none."""
+        if decision is payout_engine.RESERVE:
+            return self.writes
+        if decision is payout_engine.HOLD:
+            assert self.held is not None, "an item that may be held has held writes"
+            return self.held
+        return None
 
 
 @dataclass(frozen=True)

@@ -245,11 +245,12 @@ class PostgresPayoutStore:
             snap = snapshot(entries, limits, **_parsed(loaded))
             decisions = engine.decide(items, snap, limits, [e.payout_id for e in entries])
             reserved = [e for e, d in zip(entries, decisions, strict=True) if d is engine.RESERVE]
-            if reserved:
+            taken = [w for e, d in zip(entries, decisions, strict=True) if (w := e.writes_for(d))]
+            if taken:
                 writes = Writes()
-                for entry in reserved:
-                    writes.add(entry.writes)
-                if extra is not None:
+                for one in taken:
+                    writes.add(one)
+                if extra is not None and reserved:
                     writes.add(extra(reserved))
                 assert set(writes.accounts()) <= locked, "every account moved is locked"
                 await self._write(conn, writes, 0)

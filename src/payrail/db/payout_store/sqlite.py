@@ -205,11 +205,12 @@ def _reserve(
     items, ids = [e.item for e in entries], [e.payout_id for e in entries]
     decisions = engine.decide(items, snap, limits, ids)
     reserved = [e for e, d in zip(entries, decisions, strict=True) if d is engine.RESERVE]
-    if reserved:
+    taken = [w for e, d in zip(entries, decisions, strict=True) if (w := e.writes_for(d))]
+    if taken:
         writes = Writes()
-        for entry in reserved:
-            writes.add(entry.writes)
-        if extra is not None:
+        for one in taken:
+            writes.add(one)
+        if extra is not None and reserved:
             writes.add(extra(reserved))
         _apply(conn, writes, 0)
     return decisions

@@ -42,7 +42,7 @@ from payrail.entrypoints.http.models.payouts import (
 from payrail.entrypoints.http.models.payouts import (
     PayoutRequest as PayoutBody,
 )
-from payrail.services import batches, callback_urls, payouts
+from payrail.services import approvals, batches, callback_urls, payouts
 
 # 1,000 items of the largest fields fit; the other routes keep the 64 KiB default.
 BATCH_BODY_MAX_BYTES = 1024 * 1024
@@ -77,7 +77,12 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
                     "IDEMPOTENCY_KEY_MISMATCH",
                 ),
                 402: ("INSUFFICIENT_BALANCE",),
-                403: ("FORBIDDEN", "RECIPIENT_SUSPENDED", "PAYOUT_LIMIT_EXCEEDED"),
+                403: (
+                    "FORBIDDEN",
+                    "RECIPIENT_SUSPENDED",
+                    "PAYOUT_LIMIT_EXCEEDED",
+                    "REJECTED_BY_APPROVER",
+                ),
                 404: ("PROJECT_NOT_FOUND", "RECIPIENT_NOT_FOUND", "QUOTE_NOT_FOUND"),
                 409: ("INVOICE_ALREADY_USED", "INTERNAL_ID_TAKEN", "QUOTE_EXPIRED", "QUOTE_USED"),
                 422: ("IDEMPOTENCY_KEY_REUSED", "DESTINATION_UNSUPPORTED"),
@@ -219,6 +224,9 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         data = page_data("payouts", [payouts.view(r) for r in page], cursor)
         return envelope(True, "Payouts", data, 200)
 
+    for verb, decide in (("approve", approvals.approve), ("reject", approvals.reject)):
+        _install_decision(api, ctx, verb, decide)
+
     @api.patch(
         "/payouts/{payout_id}/status",
         **doc(
@@ -240,6 +248,33 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         await visible_payout(ctx, who, payout_id)
         row = await payouts.set_status(rt, payout_id, status)
         return envelope(True, f"Payout is {status.value}", payouts.view(row), 200)
+
+
+def _install_decision(api: APIRouter, ctx: ApiContext, verb: str, decide: Any) -> None:
+    """POST /payouts/{id}/approve | reject: an approver's decision on a held payout."""
+    outcome = "sent: completed, or pending" if verb == "approve" else "error, voided"
+
+    @api.post(
+        f"/payouts/{{payout_id}}/{verb}",
+        **doc(
+            ok={200: (Payout, f"Decided ({outcome}); who decided is in its history")},
+            errors={
+                403: ("FORBIDDEN",),
+                404: ("PAYOUT_NOT_FOUND",),
+                409: ("INVALID_STATUS_TRANSITION",),
+            },
+            summary=f"Admin: {verb} a payout held for approval (approvalAboveSats)",
+        ),
+        name=f"{verb}_payout",
+    )
+    async def decision(payout_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        await visible_payout(ctx, who, payout_id)
+        actor = "admin:" + (request.client.host if request.client else "unknown")
+        row = await decide(ctx.rt, payout_id, actor)
+        message = "Payout approved" if verb == "approve" else "Payout rejected"
+        return envelope(True, message, payouts.view(row), 200)
 
 
 def _same_idempotency_key(body: Any, header_key: str | None) -> None:
@@ -316,6 +351,10 @@ def payout_answer_parts(outcome: payouts.CreateOutcome) -> tuple[bool, str, dict
     row = outcome.payout
     data = payouts.view(row)
     state = State(row["state"])
+    if state == State.FAILED and row["failure_code"] == FailureCode.REJECTED_BY_APPROVER:
+        message = "Payout rejected by an approver; the balance was rolled back."
+        data |= {"error": FailureCode.REJECTED_BY_APPROVER.value, "balanceRolledBack": True}
+        return False, message, data, 403
     if state == State.FAILED:
         code = FailureCode(row["failure_code"] or FailureCode.PAYMENT_FAILED)
         charged = row["charge_posted"]
@@ -339,4 +378,6 @@ def payout_answer_parts(outcome: payouts.CreateOutcome) -> tuple[bool, str, dict
         return True, "Payout completed", data, 201
     if state == State.EXPIRED:
         return True, "Payout expired before it was sent", data, 200
+    if row.get("approval") == "required":
+        return True, "Payout held for approval: its amount is reserved until decided", data, 202
     return True, "Payout accepted; the payment is in flight", data, 202
