@@ -383,12 +383,24 @@ class _Transaction:
     async def _release(self, *, rollback: bool) -> None:
         conn, pool = self._conn, self._store._pool
         try:
-            if conn.is_in_transaction():
+            if rollback:
+                await self._rollback(conn)
+            elif conn.is_in_transaction():
                 self._store.calls += 1
-                await conn.execute("ROLLBACK" if rollback else "COMMIT")
+                await conn.execute("COMMIT")  # a lost connection here raises: outcome unknown
         finally:
             if pool is not None:
                 await pool.release(conn)
+
+    async def _rollback(self, conn: asyncpg.Connection) -> None:
+        """Roll back after an error; a connection already cut (PgBouncer, a failover) has
+        nothing to roll back, and the error that brought us here is the one raised."""
+        try:
+            if conn.is_in_transaction():
+                self._store.calls += 1
+                await conn.execute("ROLLBACK")
+        except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+            pass
 
 
 def _which(exc: asyncpg.UniqueViolationError) -> str:
