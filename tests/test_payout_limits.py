@@ -259,3 +259,45 @@ async def test_50_requests_of_one_player_racing_its_cap_never_overshoot(client, 
     assert await balance_of(client) == before - sum(p["totalCost"] for p in accepted)
     report = await reconcile(rt)
     assert report.clean, report.discrepancies
+
+
+async def test_a_directory_entry_names_the_player_of_payouts_to_its_gamertag(client, rt):
+    await put_limits(client, perPlayerDailyMaxSats=3_000)
+    for gamertag in ("main_acc", "alt_acc"):
+        entry = await client.put(
+            f"/recipients/{gamertag}",
+            json={"lightningAddress": f"{gamertag}@example.com", "playerId": "P-dir"},
+        )
+        assert entry.status_code in (200, 201), entry.text
+        assert entry.json()["data"]["playerId"] == "P-dir"
+    first = await client.post(
+        "/payouts", json=payout_body(gamertag="main_acc", amount=2_000, idempotencyKey="d-1")
+    )
+    assert first.status_code == 201, first.text
+    assert first.json()["data"]["playerId"] == "P-dir"
+    # A retry of the same body replays it (the directory's player is not in its fingerprint).
+    again = await client.post(
+        "/payouts", json=payout_body(gamertag="main_acc", amount=2_000, idempotencyKey="d-1")
+    )
+    assert again.status_code == 200, again.text
+    before = await balance_of(client)
+    alt = await client.post("/payouts", json=payout_body(gamertag="alt_acc", amount=1_500))
+    assert alt.status_code == 429 and alt.json()["data"]["error"] == "PLAYER_DAILY_LIMIT"
+    # A batch item to the alt account is the same player too.
+    batch = await client.post(
+        "/payouts/batch",
+        json={"projectId": PROJECT, "items": [{"gamertag": "alt_acc", "amount": 1_500}]},
+        headers={"Idempotency-Key": "dir-batch"},
+    )
+    assert batch.json()["data"]["items"][0]["data"]["error"] == "PLAYER_DAILY_LIMIT"
+    # The payout's own playerId wins over the directory's.
+    own = await client.post(
+        "/payouts", json=payout_body(gamertag="alt_acc", amount=1_500, playerId="P-own")
+    )
+    assert own.status_code == 201 and own.json()["data"]["playerId"] == "P-own"
+    assert await balance_of(client) == before - 1_500 - fee_sats(1_500)
+    bad = await client.put(
+        "/recipients/x1", json={"lightningAddress": "x1@example.com", "playerId": ""}
+    )
+    assert bad.status_code == 400
+    assert (await reconcile(rt)).clean

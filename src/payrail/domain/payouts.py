@@ -11,11 +11,15 @@ from urllib.parse import urlsplit
 
 from payrail.domain import errors, invoices
 from payrail.domain.money import AMOUNT_MAX_SATS, AMOUNT_MIN_SATS
-from payrail.domain.recipients import parse_gamertag, parse_lightning_address, rate_key
+from payrail.domain.recipients import (
+    parse_gamertag,
+    parse_lightning_address,
+    parse_player_id,
+    rate_key,
+)
 
 DESCRIPTION_MAX_CHARS = 144
 INTERNAL_ID_MAX_CHARS = 128
-PLAYER_ID_MAX_CHARS = 128  # payout_engine.PLAYER_ID_MAX_CHARS, payouts.player_id
 QUOTE_ID_MAX_CHARS = 64
 QUOTED = 0  # amount_sats of a request priced by a quote, until it is priced
 IDEMPOTENCY_KEY_MAX_CHARS = 255
@@ -257,22 +261,6 @@ def parse_payout_request(
         player_id=parse_player_id(body.get("playerId")),
         quote_id=quote_id,
     )
-
-
-def parse_player_id(value: Any) -> str | None:
-    """playerId: the studio's own stable id of the player, 1-128 characters, optional."""
-    if value is None:
-        return None
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= PLAYER_ID_MAX_CHARS
-        or any(ord(c) < 32 or ord(c) == 127 for c in value)
-    ):
-        raise errors.ValidationError(
-            f"playerId must be 1-{PLAYER_ID_MAX_CHARS} characters, none a control character.",
-            field="playerId",
-        )
-    return value
 
 
 def _destination(field: str, value: Any) -> tuple[str, str | None, str]:

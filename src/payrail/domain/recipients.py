@@ -23,6 +23,7 @@ LIGHTNING_ADDRESS_MAX_CHARS = 320  # an e-mail address's limit; LUD-16 names one
 LNURL_MAX_CHARS = 2_048
 LNURL_URL_MAX_CHARS = 1_024
 RATE_KEY_MAX_CHARS = 64  # payouts.gamertag, which the rate limit counts by
+PLAYER_ID_MAX_CHARS = 128  # payouts.player_id, recipients.player_id
 
 # LUD-16: the name is a-z0-9-_.+ ; the domain a host name, with a port only for tests and
 # private networks (PAYRAIL_LNURL_INSECURE_HOSTS).
@@ -56,6 +57,22 @@ def rate_key(value: str) -> str:
     if len(value) <= RATE_KEY_MAX_CHARS:
         return value
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def parse_player_id(value: Any) -> str | None:
+    """playerId: the studio's own stable id of the player, 1-128 characters, optional."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= PLAYER_ID_MAX_CHARS
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
+        raise errors.ValidationError(
+            f"playerId must be 1-{PLAYER_ID_MAX_CHARS} characters, none a control character.",
+            field="playerId",
+        )
+    return value
 
 
 def parse_gamertag(value: Any) -> str:
@@ -188,6 +205,7 @@ class RecipientChange:
     kind: RecipientKind
     destination: str
     suspended: bool
+    player_id: str | None = None  # the studio's player id: payouts to it count as that player
 
 
 _PARSERS = {
@@ -211,4 +229,5 @@ def parse_recipient(body: Any) -> RecipientChange:
     suspended = body.get("suspended", False)
     if not isinstance(suspended, bool):
         raise errors.ValidationError("suspended must be true or false.", field="suspended")
-    return RecipientChange(kind, _PARSERS[kind](body[FIELD_OF[kind]]), suspended)
+    player_id = parse_player_id(body.get("playerId"))
+    return RecipientChange(kind, _PARSERS[kind](body[FIELD_OF[kind]]), suspended, player_id)

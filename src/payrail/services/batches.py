@@ -148,11 +148,13 @@ async def create_batch(
     valid = [(i, item) for i, item in enumerate(items) if isinstance(item, PayoutRequest)]
     # Where each item's money goes (directory, invoice): network calls, so before any tx.
     resolved: dict[int, destinations.Resolved] = {}
+    players: dict[int, str | None] = {}
     directory = await recipients.find_many(
         rt, project_id, [r.gamertag for _, r in valid if r.destination_kind == "gamertag"]
     )
     for index, req in valid:
         entry = directory.get(gamertag_key(req.gamertag))
+        players[index] = single.directory_player(req, entry)
         try:
             resolved[index] = await destinations.resolve(rt, req, entry)
         except tuple(ITEM_ERRORS.values()) as refusal:
@@ -163,7 +165,7 @@ async def create_batch(
     for start in range(0, len(valid), RESERVE_GROUP_MAX):
         group = valid[start : start + RESERVE_GROUP_MAX]
         try:
-            reserved = await _reserve_group(rt, group, answers, path, resolved)
+            reserved = await _reserve_group(rt, group, answers, path, resolved, players)
         except payout_store.DuplicateKey:
             # A concurrent request took one of these keys first: this group one item at a time.
             for index, req in group:
@@ -212,6 +214,7 @@ async def _reserve_group(
     answers: list[ItemAnswer],
     path: str,
     resolved: dict[int, destinations.Resolved],
+    players: dict[int, str | None] | None = None,
 ) -> list[tuple[int, dict[str, Any]]]:
     """One transaction of the payout engine for a group of items, decided in order as each
     would be alone (services/payouts.py reservation_entry, domain/payout_engine.py). Returns
@@ -222,6 +225,7 @@ async def _reserve_group(
     entries = []
     for index, req in group:
         row = single.payout_row(req, str(uuid.uuid4()), now, path, resolved[index])
+        row["player_id"] = (players or {}).get(index, req.player_id)
         rows[row["id"]] = row
         entries.append(
             single.reservation_entry(rt, req, row, path, settle_job=not inline, may_hold=True)

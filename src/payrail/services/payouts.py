@@ -222,6 +222,7 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
     # Where the money goes, invoice included: network calls, so before the reservation's tx.
     resolved = await destinations.resolve(rt, req, directory)
     row = payout_row(req, str(uuid.uuid4()), rt.clock.now_ms(), path, resolved)
+    row["player_id"] = directory_player(req, directory)
     decision = await _reserve_one(rt, req, row, path)
     if isinstance(decision, payout_engine.Replay):
         return await replay_outcome(rt, decision.row, req)
@@ -435,6 +436,14 @@ def payout_row(
         # Where the money goes, with its one invoice (services/destinations.py).
         **(resolved or destinations.sandbox_gamertag(req.gamertag)).columns(),
     )
+
+
+def directory_player(req: PayoutRequest, directory: Any) -> str | None:
+    """The payout's player: its own playerId, else its directory entry's (not part of the
+    request's fingerprint: a retry with the same body is the same request)."""
+    if req.player_id is not None or directory is None:
+        return req.player_id
+    return directory.get("player_id")
 
 
 CREATED_INLINE_CAUSE = "api: payout created; sending to the node"

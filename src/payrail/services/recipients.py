@@ -49,6 +49,7 @@ def view(row: RowMapping) -> dict[str, Any]:
         "gamertag": row["gamertag"],
         "kind": row["kind"],
         "suspended": row["suspended"],
+        "playerId": row["player_id"],
         "createdAt": iso(row["created_at"]),
         "updatedAt": iso(row["updated_at"]),
     }
@@ -66,6 +67,7 @@ def _audited(row: RowMapping | None) -> str | None:
             "kind": row["kind"],
             "destination": row["destination"],
             "suspended": row["suspended"],
+            "playerId": row["player_id"],
         },
         sort_keys=True,
     )
@@ -158,6 +160,7 @@ async def upsert(
                     kind=change.kind.value,
                     destination=change.destination,
                     suspended=change.suspended,
+                    player_id=change.player_id,
                     updated_at=now,
                 )
                 if old is None:

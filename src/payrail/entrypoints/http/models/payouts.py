@@ -14,10 +14,9 @@ from payrail.domain.payouts import (
     EXPIRES_IN_MIN_S,
     IDEMPOTENCY_KEY_MAX_CHARS,
     INTERNAL_ID_MAX_CHARS,
-    PLAYER_ID_MAX_CHARS,
     QUOTE_ID_MAX_CHARS,
 )
-from payrail.domain.recipients import LIGHTNING_ADDRESS_MAX_CHARS
+from payrail.domain.recipients import LIGHTNING_ADDRESS_MAX_CHARS, PLAYER_ID_MAX_CHARS
 from payrail.entrypoints.http.models import EXTRA_SCHEMAS, Body, Model
 
 PLAYER_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control character (domain/payouts.py)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from payrail.domain.recipients import PLAYER_ID_MAX_CHARS
 from payrail.entrypoints.http.models import Body, Model
 
 
@@ -15,6 +16,14 @@ class RecipientBody(Body):
     lnurl: str | None = Field(None, description="lnurl1… (LUD-06 pay link)")
     nodePubkey: str | None = Field(None, description="66 hex digits, for keysend (LND)")
     suspended: bool | None = None
+    playerId: str | None = Field(
+        None,
+        min_length=1,
+        max_length=PLAYER_ID_MAX_CHARS,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="The studio's player id: a payout to this gamertag without its own "
+        "playerId counts as this player (caps, rate limit)",
+    )
 
 
 RECIPIENT_EXAMPLE = {"lightningAddress": "alice@wallet.example.com"}
@@ -29,6 +38,7 @@ class Recipient(Model):
     lightningAddress: str | None
     lnurl: str | None
     nodePubkey: str | None
+    playerId: str | None = None
     createdAt: str | None
     updatedAt: str | None
 
