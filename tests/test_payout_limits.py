@@ -207,7 +207,7 @@ async def test_the_project_cap_answers_each_batch_item_as_alone(client, rt):
     assert (await reconcile(rt)).clean
 
 
-# ---------------------------------------------------------------- PostgreSQL races
+# ---------------------------------------------------------------- races
 
 
 @pytest.fixture
@@ -218,8 +218,8 @@ def settings(settings: Settings) -> Settings:
     )
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_50_requests_racing_the_last_room_under_the_project_cap_never_overshoot(client, rt):
+    """On both databases: PostgreSQL's row lock, SQLite's one writer."""
     fund = await client.post(f"/projects/{PROJECT}/fund", json={"amount": 200_000}, headers=ADMIN)
     assert fund.status_code == 200, fund.text
     cap = 20_500
