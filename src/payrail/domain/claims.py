@@ -17,13 +17,16 @@ from enum import StrEnum
 from typing import Any
 
 from payrail.domain import errors, invoices
-from payrail.domain.money import AMOUNT_MAX_SATS, AMOUNT_MIN_SATS
 from payrail.domain.payouts import (
-    DESCRIPTION_MAX_CHARS,
     IDEMPOTENCY_KEY_MAX_CHARS,
     INTERNAL_ID_MAX_CHARS,
     PayoutRequest,
     State,
+    optional_str,
+    parse_amount,
+    parse_description,
+    parse_expires_in,
+    parse_project_id,
 )
 from payrail.domain.recipients import parse_gamertag
 
@@ -120,10 +123,6 @@ def secret_matches(given: Any, stored_hash: str) -> bool:
 # ---------------------------------------------------------------- the request
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def parse_request(
     body: Any, header_idempotency_key: str | None, link_id: str
 ) -> tuple[PayoutRequest, int]:
@@ -138,46 +137,15 @@ def parse_request(
         raise errors.ValidationError(
             "Missing required fields: projectId, amount", missingFields=missing
         )
-    amount = body["amount"]
-    if not _is_int(amount) or not AMOUNT_MIN_SATS <= amount <= AMOUNT_MAX_SATS:
-        raise errors.InvalidAmount(
-            f"amount must be an integer number of sats from {AMOUNT_MIN_SATS} "
-            f"to {AMOUNT_MAX_SATS:,}.",
-            minAmount=AMOUNT_MIN_SATS,
-            maxAmount=AMOUNT_MAX_SATS,
-        )
-    project_id = body["projectId"]
-    if not isinstance(project_id, str) or len(project_id) > 64:
-        raise errors.ValidationError("projectId must be a string.", field="projectId")
-    description = body.get("description")
-    if description is not None:
-        if not isinstance(description, str):
-            raise errors.ValidationError("description must be a string.", field="description")
-        if len(description) > DESCRIPTION_MAX_CHARS:
-            raise errors.DescriptionTooLong(
-                f"description is {len(description)} characters; "
-                f"the maximum is {DESCRIPTION_MAX_CHARS}.",
-                maxLength=DESCRIPTION_MAX_CHARS,
-            )
+    amount = parse_amount(body["amount"])
+    project_id = parse_project_id(body["projectId"])
+    description = parse_description(body)
     gamertag = body.get("gamertag")
     gamertag = None if gamertag is None else parse_gamertag(gamertag)
-    expires_in = body.get("expiresInS", EXPIRES_IN_DEFAULT_S)
-    if expires_in is None:
-        expires_in = EXPIRES_IN_DEFAULT_S
-    if not _is_int(expires_in) or not EXPIRES_IN_MIN_S <= expires_in <= EXPIRES_IN_MAX_S:
-        raise errors.ValidationError(
-            f"expiresInS must be an integer number of seconds from {EXPIRES_IN_MIN_S} "
-            f"to {EXPIRES_IN_MAX_S}.",
-            field="expiresInS",
-        )
-    internal_id = body.get("internalId")
-    if internal_id is not None and (
-        not isinstance(internal_id, str) or not internal_id or len(internal_id) > 128
-    ):
-        raise errors.ValidationError(
-            f"internalId must be a non-empty string of at most {INTERNAL_ID_MAX_CHARS} characters.",
-            field="internalId",
-        )
+    expires_in = parse_expires_in(
+        body, "expiresInS", (EXPIRES_IN_MIN_S, EXPIRES_IN_DEFAULT_S, EXPIRES_IN_MAX_S)
+    )
+    internal_id = optional_str(body, "internalId", INTERNAL_ID_MAX_CHARS)
     key = header_idempotency_key
     if key is not None and (not key or len(key) > IDEMPOTENCY_KEY_MAX_CHARS):
         raise errors.ValidationError(

@@ -149,7 +149,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _optional_str(body: dict[str, Any], field: str, max_chars: int) -> str | None:
+def optional_str(body: dict[str, Any], field: str, max_chars: int) -> str | None:
     value = body.get(field)
     if value is None:
         return None
@@ -158,6 +158,60 @@ def _optional_str(body: dict[str, Any], field: str, max_chars: int) -> str | Non
             f"{field} must be a non-empty string of at most {max_chars} characters.", field=field
         )
     return value
+
+
+# The fields every request that reserves a payout shares (payouts, batch items, claim links).
+
+
+def parse_amount(amount: Any) -> int:
+    if not _is_int(amount) or not AMOUNT_MIN_SATS <= amount <= AMOUNT_MAX_SATS:
+        raise errors.InvalidAmount(
+            f"amount must be an integer number of sats from {AMOUNT_MIN_SATS} "
+            f"to {AMOUNT_MAX_SATS:,}.",
+            minAmount=AMOUNT_MIN_SATS,
+            maxAmount=AMOUNT_MAX_SATS,
+        )
+    return amount
+
+
+def parse_description(body: dict[str, Any]) -> str | None:
+    description = body.get("description")
+    if description is None:
+        return None
+    if not isinstance(description, str):
+        raise errors.ValidationError("description must be a string.", field="description")
+    if len(description) > DESCRIPTION_MAX_CHARS:
+        raise errors.DescriptionTooLong(
+            f"description is {len(description)} characters; "
+            f"the maximum is {DESCRIPTION_MAX_CHARS}.",
+            maxLength=DESCRIPTION_MAX_CHARS,
+        )
+    return description
+
+
+def parse_project_id(project_id: Any) -> str:
+    if not isinstance(project_id, str) or len(project_id) > 64:
+        raise errors.ValidationError("projectId must be a string.", field="projectId")
+    return project_id
+
+
+def parse_expires_in(
+    body: dict[str, Any],
+    field: str,
+    bounds_s: tuple[int, int, int] = (EXPIRES_IN_MIN_S, EXPIRES_IN_DEFAULT_S, EXPIRES_IN_MAX_S),
+) -> int:
+    """Seconds until an unsent payout expires: `field` is expiresIn (payouts) or expiresInS
+    (claim links, with their own bounds: minimum, default, maximum)."""
+    least, default, most = bounds_s
+    expires_in = body.get(field, default)
+    if expires_in is None:
+        expires_in = default
+    if not _is_int(expires_in) or not least <= expires_in <= most:
+        raise errors.ValidationError(
+            f"{field} must be an integer number of seconds from {least} to {most}.",
+            field=field,
+        )
+    return expires_in
 
 
 def validate_callback_url(value: Any) -> str | None:
@@ -188,7 +242,7 @@ def parse_payout_request(
     missing = [f for f in REQUIRED_FIELDS if body.get(f) in (None, "")]
     if given:  # lightningAddress or invoice stands in for gamertag
         missing = [f for f in missing if f != "gamertag"]
-    quote_id = _optional_str(body, "quoteId", QUOTE_ID_MAX_CHARS)
+    quote_id = optional_str(body, "quoteId", QUOTE_ID_MAX_CHARS)
     if quote_id is not None:  # the quote's sats stand in for amount (services/quotes.py)
         if body.get("amount") is not None:
             raise errors.ValidationError("Give amount or quoteId, not both.", field="quoteId")
@@ -197,26 +251,8 @@ def parse_payout_request(
         raise errors.ValidationError(
             "Missing required fields: gamertag, amount, projectId", missingFields=missing
         )
-    amount = QUOTED if quote_id is not None else body["amount"]
-    if quote_id is None and (
-        not _is_int(amount) or not AMOUNT_MIN_SATS <= amount <= AMOUNT_MAX_SATS
-    ):
-        raise errors.InvalidAmount(
-            f"amount must be an integer number of sats from {AMOUNT_MIN_SATS} "
-            f"to {AMOUNT_MAX_SATS:,}.",
-            minAmount=AMOUNT_MIN_SATS,
-            maxAmount=AMOUNT_MAX_SATS,
-        )
-    description = body.get("description")
-    if description is not None:
-        if not isinstance(description, str):
-            raise errors.ValidationError("description must be a string.", field="description")
-        if len(description) > DESCRIPTION_MAX_CHARS:
-            raise errors.DescriptionTooLong(
-                f"description is {len(description)} characters; "
-                f"the maximum is {DESCRIPTION_MAX_CHARS}.",
-                maxLength=DESCRIPTION_MAX_CHARS,
-            )
+    amount = QUOTED if quote_id is not None else parse_amount(body["amount"])
+    description = parse_description(body)
     callback_url = validate_callback_url(body.get("callbackUrl"))
     if callback_url is not None and callback_url_refusal is not None:
         raise errors.InvalidCallbackUrl(callback_url_refusal)
@@ -225,18 +261,8 @@ def parse_payout_request(
             "Give exactly one of gamertag, lightningAddress or invoice.", fields=given
         )
     kind, destination, gamertag = _destination(given[0], body[given[0]])
-    project_id = body["projectId"]
-    if not isinstance(project_id, str) or len(project_id) > 64:
-        raise errors.ValidationError("projectId must be a string.", field="projectId")
-    expires_in = body.get("expiresIn", EXPIRES_IN_DEFAULT_S)
-    if expires_in is None:
-        expires_in = EXPIRES_IN_DEFAULT_S
-    if not _is_int(expires_in) or not EXPIRES_IN_MIN_S <= expires_in <= EXPIRES_IN_MAX_S:
-        raise errors.ValidationError(
-            f"expiresIn must be an integer number of seconds from {EXPIRES_IN_MIN_S} "
-            f"to {EXPIRES_IN_MAX_S}.",
-            field="expiresIn",
-        )
+    project_id = parse_project_id(body["projectId"])
+    expires_in = parse_expires_in(body, "expiresIn")
     key = body.get("idempotencyKey")
     if key is None:
         key = header_idempotency_key
@@ -252,7 +278,7 @@ def parse_payout_request(
         gamertag=gamertag,
         amount_sats=amount,
         description=description,
-        internal_id=_optional_str(body, "internalId", INTERNAL_ID_MAX_CHARS),
+        internal_id=optional_str(body, "internalId", INTERNAL_ID_MAX_CHARS),
         callback_url=callback_url,
         expires_in_s=expires_in,
         idempotency_key=key,
