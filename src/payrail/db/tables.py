@@ -725,6 +725,40 @@ project_key_events = Table(
 )
 
 
+# A project's keys with the approver role (migration 0019; services/project_keys.py): each
+# approves or rejects the project's held payouts and nothing else. Only the key's hash is kept.
+project_approver_keys = Table(
+    "project_approver_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("project_id", String(64), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("label", String(40), nullable=True),
+    Column("created_by", String(120), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    Index("ix_project_approver_keys_project", "project_id", "created_at"),
+)
+
+# The payouts waiting for an approver (migration 0019): the dashboard's approvals queue.
+HELD_PAYOUT = "approval = 'required' AND state = 'reserved'"
+Index(
+    "ix_payouts_held",
+    payouts.c.project_id,
+    payouts.c.created_at,
+    payouts.c.id,
+    postgresql_where=text(HELD_PAYOUT),
+    sqlite_where=text(HELD_PAYOUT),
+)
+Index(
+    "ix_payouts_held_all",
+    payouts.c.created_at,
+    payouts.c.id,
+    postgresql_where=text(HELD_PAYOUT),
+    sqlite_where=text(HELD_PAYOUT),
+)
+
+
 # A player's recent payouts (migration 0018): the rate limit and the daily player cap.
 Index(
     "ix_payouts_player",

@@ -53,7 +53,7 @@ def parse_rotation(body: Any) -> tuple[int, str | None]:
         return KEY_GRACE_DEFAULT_S, None
     if not isinstance(body, dict):
         raise errors.ValidationError("The body must be a JSON object or empty.")
-    unknown = sorted(set(body) - {"gracePeriodSeconds", "reason"})
+    unknown = sorted(set(body) - {"gracePeriodSeconds", "reason", "role"})
     if unknown:
         raise errors.ValidationError(f"Unknown fields: {', '.join(unknown)}.", fields=unknown)
     grace = body.get("gracePeriodSeconds", KEY_GRACE_DEFAULT_S)
@@ -186,3 +186,182 @@ async def previous_key_expiry(rt: Runtime, project_id: str) -> str | None:
             select(K.expires_at).where(K.project_id == project_id, K.expires_at > rt.clock.now_ms())
         )
     return iso(expires) if expires is not None else None
+
+
+# ---------------------------------------------------------------- approver keys
+#
+# A project key with the `approver` role (POST /projects/{id}/keys {"role": "approver"}): it
+# may approve or reject the project's payouts held for approval (services/approvals.py), and
+# read them; every other route refuses it (403). It sits beside the project's payout key,
+# which it never replaces; a project may have several (one per person), each revoked alone.
+
+ROLE_PROJECT = "project"  # the project's own key: payouts, links, reads (rotated above)
+ROLE_APPROVER = "approver"
+ROLES = (ROLE_PROJECT, ROLE_APPROVER)
+LABEL_MAX_CHARS = 40
+APPROVER_KEYS_MAX = 20  # live approver keys per project
+
+
+@dataclass(frozen=True)
+class ApproverKey:
+    key_id: str
+    project_id: str
+    label: str | None
+
+    @property
+    def actor(self) -> str:
+        """Who decided, as the payout's history and decidedBy name it."""
+        named = f" ({self.label})" if self.label else ""
+        return f"approver:{self.key_id}{named}"
+
+
+@dataclass(frozen=True)
+class CreatedApproverKey:
+    key: ApproverKey
+    api_key: str
+    created_at_ms: int
+
+
+def parse_role(body: Any) -> str:
+    """The role a POST /projects/{id}/keys asks for: project (a rotation) unless it says."""
+    role = body.get("role") if isinstance(body, dict) else None
+    if role is None:
+        return ROLE_PROJECT
+    if role not in ROLES:
+        raise errors.ValidationError(f"role must be one of {', '.join(ROLES)}.", field="role")
+    return str(role)
+
+
+def parse_approver_key(body: Any) -> str | None:
+    """The label of a new approver key ({"role": "approver", "label": …})."""
+    assert isinstance(body, dict)
+    unknown = sorted(set(body) - {"role", "label"})
+    if unknown:
+        raise errors.ValidationError(
+            f"Unknown fields for an approver key: {', '.join(unknown)}.", fields=unknown
+        )
+    label = body.get("label")
+    if label is None:
+        return None
+    if (
+        not isinstance(label, str)
+        or not label.strip()
+        or len(label) > LABEL_MAX_CHARS
+        or any(ord(c) < 32 or ord(c) == 127 for c in label)
+    ):
+        raise errors.ValidationError(
+            f"label must be 1-{LABEL_MAX_CHARS} characters, no control character.",
+            field="label",
+        )
+    return label
+
+
+def new_approver_key() -> str:
+    return f"ak_{secrets.token_urlsafe(24)}"
+
+
+async def create_approver_key(
+    rt: Runtime, project_id: str, label: str | None, actor: str
+) -> CreatedApproverKey:
+    """A new approver key for the project, shown once; the project's other keys unchanged."""
+    now = rt.clock.now_ms()
+    api_key = new_approver_key()
+    key_id = f"apk_{secrets.token_hex(8)}"
+    P, AK = tables.projects.c, tables.project_approver_keys.c
+    async with rt.engine.begin() as conn:
+        found = await conn.scalar(select(P.id).where(P.id == project_id).with_for_update())
+        if found is None:
+            raise errors.ProjectNotFound(f"No project with id {project_id}.")
+        live = await conn.scalar(
+            select(func.count())
+            .select_from(tables.project_approver_keys)
+            .where(AK.project_id == project_id, AK.revoked_at.is_(None))
+        )
+        if live >= APPROVER_KEYS_MAX:
+            raise errors.ValidationError(
+                f"The project has {APPROVER_KEYS_MAX} approver keys already; revoke one first.",
+                field="role",
+            )
+        await conn.execute(
+            insert(tables.project_approver_keys).values(
+                id=key_id,
+                project_id=project_id,
+                key_hash=hash_key(api_key),
+                label=label,
+                created_by=actor[:120],
+                created_at=now,
+                revoked_at=None,
+            )
+        )
+    log.info("approver_key_created", project_id=project_id, key_id=key_id, actor=actor)
+    return CreatedApproverKey(ApproverKey(key_id, project_id, label), api_key, now)
+
+
+async def revoke_approver_key(rt: Runtime, project_id: str, key_id: str) -> dict[str, Any]:
+    """The key stops working at once (in this process; others within their key cache's
+    KEY_CACHE_TTL_MS). Revoked again: the same answer."""
+    AK = tables.project_approver_keys.c
+    now = rt.clock.now_ms()
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            update(tables.project_approver_keys)
+            .where(AK.id == key_id, AK.project_id == project_id, AK.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        row = (
+            (
+                await conn.execute(
+                    select(tables.project_approver_keys).where(
+                        AK.id == key_id, AK.project_id == project_id
+                    )
+                )
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise errors.NotFound(f"No approver key {key_id} in project {project_id}.")
+    log.info("approver_key_revoked", project_id=project_id, key_id=key_id)
+    return approver_key_view(row)
+
+
+def approver_key_view(row: Any) -> dict[str, Any]:
+    return {
+        "keyId": row["id"],
+        "role": ROLE_APPROVER,
+        "label": row["label"],
+        "createdAt": iso(row["created_at"]),
+        "createdBy": row["created_by"],
+        "revokedAt": iso(row["revoked_at"]) if row["revoked_at"] else None,
+    }
+
+
+async def approver_keys(rt: Runtime, project_id: str) -> list[dict[str, Any]]:
+    """The project's approver keys, newest first (never a key or its hash)."""
+    AK = tables.project_approver_keys.c
+    async with rt.engine.connect() as conn:
+        rows = await conn.execute(
+            select(tables.project_approver_keys)
+            .where(AK.project_id == project_id)
+            .order_by(AK.created_at.desc(), AK.id.desc())
+            .limit(HISTORY_MAX)
+        )
+        return [approver_key_view(r) for r in rows.mappings()]
+
+
+async def approver_for_key_hash(rt: Runtime, key_hash: str) -> ApproverKey | None:
+    """The live approver key with this hash, if any."""
+    AK = tables.project_approver_keys.c
+    async with rt.engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    select(AK.id, AK.project_id, AK.label).where(
+                        AK.key_hash == key_hash, AK.revoked_at.is_(None)
+                    )
+                )
+            )
+            .mappings()
+            .first()
+        )
+    return None if row is None else ApproverKey(row["id"], row["project_id"], row["label"])

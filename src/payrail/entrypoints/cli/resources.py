@@ -27,7 +27,9 @@ T = TypeVar("T")
 err = Console(stderr=True)
 
 payouts_app = typer.Typer(help="Payouts: look one up, list them, show a payout's history.")
-projects_app = typer.Typer(help="Projects: create one (its API key is shown once), fund, balance.")
+projects_app = typer.Typer(
+    help="Projects: create one (its API key is shown once), an approver key, fund, balance."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -213,6 +215,30 @@ def projects_create(
 
     print_json(run(action))
     err.print("Store the API key and webhook secret now: they are shown once.")
+
+
+@projects_app.command("approver-key")
+def projects_approver_key(
+    project_id: str,
+    label: str | None = typer.Option(None, help="who holds it (named in what it decides)"),
+) -> None:
+    """Create a project key with the approver role: it approves or rejects the project's held
+    payouts and nothing else. Printed once."""
+    from payrail.services import project_keys
+
+    async def action(rt: Any) -> dict[str, Any]:
+        checked = project_keys.parse_approver_key({"role": "approver", "label": label})
+        made = await project_keys.create_approver_key(rt, project_id, checked, "cli")
+        return {
+            "projectId": project_id,
+            "role": project_keys.ROLE_APPROVER,
+            "keyId": made.key.key_id,
+            "label": made.key.label,
+            "apiKey": made.api_key,
+        }
+
+    print_json(run(action))
+    err.print("Store the approver key now: it is shown once.")
 
 
 @projects_app.command("fund")

@@ -22,10 +22,16 @@ class ApiContext:
     # Shared by the API and the dashboard sign-in: one budget of failures per address.
     throttle: FailedAuthThrottle = field(default_factory=FailedAuthThrottle)
 
-    async def principal(self, request: Request) -> Principal:
+    async def principal(self, request: Request, *, approver_ok: bool = False) -> Principal:
         """The caller, from its `apikey` header (401 without a valid one; 429 after too many
-        failures from its address or for its key prefix)."""
+        failures from its address or for its key prefix). An approver key is refused (403)
+        unless the route says it may (approve, reject, and reading payouts)."""
         who = await authenticate(self.rt, self.keys, request, self.throttle)
+        if who.approver is not None and not approver_ok:
+            raise errors.Forbidden(
+                "This key has the approver role: it may only approve or reject its project's "
+                "held payouts (POST /payouts/{id}/approve | reject) and read its payouts."
+            )
         # Whose sandbox knobs apply for the rest of this request (services/faults.py).
         ACTING_PROJECT.set(who.project_id)
         return who

@@ -180,7 +180,7 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         **doc(ok={200: (Payout, "The payout")}, errors={404: ("PAYOUT_NOT_FOUND",)}),
     )
     async def get_payout(payout_id: str, request: Request) -> JSONResponse:
-        who = await ctx.principal(request)
+        who = await ctx.principal(request, approver_ok=True)
         row = await visible_payout(ctx, who, payout_id)
         return envelope(True, "Payout found", payouts.view(row), 200)
 
@@ -189,7 +189,7 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         **doc(ok={200: (PayoutHistory, "Every state change")}, errors={404: ("PAYOUT_NOT_FOUND",)}),
     )
     async def payout_history(payout_id: str, request: Request) -> JSONResponse:
-        who = await ctx.principal(request)
+        who = await ctx.principal(request, approver_ok=True)
         await visible_payout(ctx, who, payout_id)
         events = await payouts.history(rt, payout_id)
         data = {"payoutId": payout_id, "events": events, "count": len(events)}
@@ -204,13 +204,18 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
                 query_param("projectId", "Admin key: one project (default all)."),
                 query_param("status", "pending, completed, expired or error"),
                 query_param("playerId", "Only this player's payouts (the payouts' playerId)."),
+                query_param(
+                    "approval",
+                    "required: only the payouts waiting for an approver (the approvals "
+                    "queue; not with status or playerId)",
+                ),
                 limit_param(payouts.LIST_LIMIT_MAX, payouts.LIST_LIMIT_DEFAULT),
                 query_param("cursor", "data.nextCursor of the previous page"),
             ],
         ),
     )
     async def list_payouts(request: Request) -> JSONResponse:
-        who = await ctx.principal(request)
+        who = await ctx.principal(request, approver_ok=True)
         q = request.query_params
         project_id = ctx.scope(who, q.get("projectId"))
         status = parse_status(q["status"]) if q.get("status") else None
@@ -218,9 +223,12 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             q.get("limit"), "limit", payouts.LIST_LIMIT_DEFAULT, 1, payouts.LIST_LIMIT_MAX
         )
         player_id = parse_player_id(q.get("playerId"))
-        page, cursor = await payouts.list_payouts(
-            rt.reads(), project_id, status, limit, q.get("cursor"), player_id
-        )
+        if approvals.parse_approval_filter(q.get("approval"), status, player_id):
+            page, cursor = await approvals.held_page(rt.reads(), project_id, limit, q.get("cursor"))
+        else:
+            page, cursor = await payouts.list_payouts(
+                rt.reads(), project_id, status, limit, q.get("cursor"), player_id
+            )
         data = page_data("payouts", [payouts.view(r) for r in page], cursor)
         return envelope(True, "Payouts", data, 200)
 
@@ -263,15 +271,16 @@ def _install_decision(api: APIRouter, ctx: ApiContext, verb: str, decide: Any) -
                 404: ("PAYOUT_NOT_FOUND",),
                 409: ("INVALID_STATUS_TRANSITION",),
             },
-            summary=f"Admin: {verb} a payout held for approval (approvalAboveSats)",
+            summary=f"Admin or an approver key: {verb} a payout held for approval "
+            "(approvalAboveSats)",
         ),
         name=f"{verb}_payout",
     )
     async def decision(payout_id: str, request: Request) -> JSONResponse:
-        who = await ctx.principal(request)
-        who.require_admin()
-        await visible_payout(ctx, who, payout_id)
-        actor = "admin:" + (request.client.host if request.client else "unknown")
+        who = await ctx.principal(request, approver_ok=True)
+        who.require_approver()  # an ordinary project key: 403
+        await visible_payout(ctx, who, payout_id)  # another project's payout: 404
+        actor = who.actor or "admin:" + (request.client.host if request.client else "unknown")
         row = await decide(ctx.rt, payout_id, actor)
         message = "Payout approved" if verb == "approve" else "Payout rejected"
         return envelope(True, message, payouts.view(row), 200)

@@ -11,6 +11,7 @@ from payrail.entrypoints.http.context import ApiContext
 from payrail.entrypoints.http.errors import envelope, int_param, mark_replayed, page_data, read_json
 from payrail.entrypoints.http.models import doc, header_param, limit_param, query_param
 from payrail.entrypoints.http.models.projects import (
+    ApproverKey,
     Balance,
     CreatedProject,
     Funding,
@@ -86,19 +87,46 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
     @api.post(
         "/projects/{project_id}/keys",
         **doc(
-            ok={201: (RotatedKey, "The new key (shown once); the old one works until its time")},
-            errors={403: ("FORBIDDEN",), 404: ("PROJECT_NOT_FOUND",)},
+            ok={
+                201: (
+                    RotatedKey,
+                    "The new key (shown once): the project's, the old one working until its "
+                    "time; or a new approver key",
+                )
+            },
+            errors={
+                400: ("VALIDATION_ERROR",),
+                403: ("FORBIDDEN",),
+                404: ("PROJECT_NOT_FOUND",),
+            },
             body=KeyRotation,
             body_required=False,
             body_example={"gracePeriodSeconds": 3600, "reason": "yearly rotation"},
-            summary="Admin: rotate a project's API key",
+            summary="Admin: rotate a project's API key, or create a key with the approver role",
         ),
     )
     async def rotate_key(project_id: str, request: Request) -> JSONResponse:
         who = await ctx.principal(request)
         who.require_admin()
-        grace_s, reason = project_keys.parse_rotation(await read_json(request))
+        body = await read_json(request)
         actor = "admin:" + (request.client.host if request.client else "unknown")
+        if project_keys.parse_role(body) == project_keys.ROLE_APPROVER:
+            label = project_keys.parse_approver_key(body)
+            made = await project_keys.create_approver_key(rt, project_id, label, actor)
+            data = {
+                "projectId": project_id,
+                "apiKey": made.api_key,
+                "previousKeyExpiresAt": None,
+                "role": project_keys.ROLE_APPROVER,
+                "keyId": made.key.key_id,
+                "label": made.key.label,
+            }
+            message = (
+                "Approver key created: store it now (shown once); it may approve or reject "
+                "this project's held payouts, nothing else."
+            )
+            return envelope(True, message, data, 201)
+        grace_s, reason = project_keys.parse_rotation(body)
         rotated = await project_keys.rotate(rt, project_id, grace_s, actor, reason)
         ctx.keys.clear()  # this process forgets the old key's cached project at once
         expires = rotated.previous_expires_at_ms
@@ -106,6 +134,7 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             "projectId": rotated.project_id,
             "apiKey": rotated.api_key,
             "previousKeyExpiresAt": iso(expires) if expires is not None else None,
+            "role": project_keys.ROLE_PROJECT,
         }
         ended = f"works until {data['previousKeyExpiresAt']}" if expires else "no longer works"
         message = f"API key rotated: store the new key now (shown once); the old key {ended}."
@@ -129,8 +158,24 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
             "projectId": project_id,
             "rotations": rotations,
             "previousKeyExpiresAt": expiry,
+            "approverKeys": await project_keys.approver_keys(rt, project_id),
         }
         return envelope(True, "Key rotations", data, 200)
+
+    @api.delete(
+        "/projects/{project_id}/keys/{key_id}",
+        **doc(
+            ok={200: (ApproverKey, "Revoked: it works no more (again: the same answer)")},
+            errors={403: ("FORBIDDEN",), 404: ("NOT_FOUND",)},
+            summary="Admin: revoke one of a project's approver keys",
+        ),
+    )
+    async def revoke_approver_key(project_id: str, key_id: str, request: Request) -> JSONResponse:
+        who = await ctx.principal(request)
+        who.require_admin()
+        revoked = await project_keys.revoke_approver_key(rt, project_id, key_id)
+        ctx.keys.clear()  # this process forgets the key at once
+        return envelope(True, "Approver key revoked", revoked, 200)
 
     @api.post(
         "/projects/{project_id}/webhook-secret/rotate",

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from payrail.entrypoints.http.models import Body, Model, StrictBody
 from payrail.services.limits import CAP_MAX_SATS
-from payrail.services.project_keys import KEY_GRACE_DEFAULT_S, KEY_GRACE_MAX_S, REASON_MAX_CHARS
+from payrail.services.project_keys import (
+    KEY_GRACE_DEFAULT_S,
+    KEY_GRACE_MAX_S,
+    LABEL_MAX_CHARS,
+    REASON_MAX_CHARS,
+)
 from payrail.services.projects import FUND_MAX_SATS, PROJECT_NAME_MAX_CHARS
 
 
@@ -79,14 +86,41 @@ class KeyRotation(StrictBody):
         "0: revoked at once).",
     )
     reason: str | None = Field(None, max_length=REASON_MAX_CHARS, description="For the audit.")
+    role: Literal["project", "approver"] | None = Field(
+        None,
+        description="project (the default): rotate the project's key. approver: a new, "
+        "additional key that may only approve or reject the project's held payouts and read "
+        "its payouts (every other route answers it 403); the project's key is unchanged. "
+        "With approver, only label may be given besides.",
+    )
+    label: str | None = Field(
+        None,
+        min_length=1,
+        max_length=LABEL_MAX_CHARS,
+        description="role approver: who holds the key (in the history of what it decides).",
+    )
 
 
 class RotatedKey(Model):
     projectId: str
     apiKey: str = Field(description="The new key. Shown once.")
     previousKeyExpiresAt: str | None = Field(
-        description="Until when the old key works; null: it stopped at once."
+        description="Until when the old key works; null: it stopped at once (or role approver)."
     )
+    role: Literal["project", "approver"] = Field(description="The new key's role.")
+    keyId: str | None = Field(
+        None, description="role approver: the key's id (DELETE /projects/{id}/keys/{keyId})."
+    )
+    label: str | None = Field(None, description="role approver: its label.")
+
+
+class ApproverKey(Model):
+    keyId: str
+    role: Literal["approver"]
+    label: str | None
+    createdAt: str
+    createdBy: str
+    revokedAt: str | None = Field(description="null: it works.")
 
 
 class KeyEvent(Model):
@@ -101,6 +135,9 @@ class KeyHistory(Model):
     projectId: str
     rotations: list[KeyEvent]
     previousKeyExpiresAt: str | None
+    approverKeys: list[ApproverKey] = Field(
+        description="The project's keys with the approver role, newest first (never a key)."
+    )
 
 
 _CAP = {"ge": 0, "le": CAP_MAX_SATS}
