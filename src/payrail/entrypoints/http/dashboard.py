@@ -28,7 +28,8 @@ from payrail.entrypoints.http.auth import client_address
 from payrail.entrypoints.http.context import ApiContext
 from payrail.entrypoints.http.errors import status_for
 from payrail.jobs import queue
-from payrail.services import callbacks, flags
+from payrail.services import approvals, callbacks, flags
+from payrail.services import payouts as payout_service
 from payrail.services.auth_throttle import Caller
 from payrail.services.dashboard import deposits as dashboard_deposits
 from payrail.services.dashboard import pages, reconcile_runs, sessions
@@ -63,7 +64,10 @@ NOTICES = {
     "job-replayed": "The job is queued again.",
     "flag-changed": "The flag was changed; the change is in its audit log.",
     "reconciled": "Reconciliation ran; its result is below.",
+    "approved": "The payout was approved and sent; its status is in its history.",
+    "rejected": "The payout was rejected; its reservation was voided.",
 }
+APPROVALS_PAGE_MAX = 50  # held payouts a page of the approvals queue shows
 
 templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "dashboard_templates"),
@@ -372,9 +376,51 @@ def install(app: FastAPI, ctx: ApiContext) -> None:
             jobs=await pages.dead_jobs(rt.reads()) if viewer.admin else None,
         )
 
+    # ------------------------------------------------------------ the approvals queue
+
+    @router.get("/approvals")
+    async def approvals_queue(request: Request) -> Response:
+        """The payouts waiting for an approver, newest first (keyset on the held payouts'
+        partial index); Approve / Reject forms for the admin and an approver key's session."""
+        viewer = await viewer_of(request)
+        q = dict(request.query_params)
+        scope = viewer.scope(q.get("project"))
+        rows, next_cursor = await approvals.held_page(
+            rt.reads(), scope, APPROVALS_PAGE_MAX, q.get("cursor") or None
+        )
+        return render(
+            request,
+            "approvals.html",
+            viewer=viewer,
+            rows=[payout_service.view(r) for r in rows],
+            q=q,
+            next_query=_next(q, next_cursor),
+        )
+
+    def _install_decision(router: APIRouter, verb: str, decide: Any) -> None:
+        @router.post(f"/payouts/{{payout_id}}/{verb}", name=f"dashboard_{verb}")
+        async def decision(payout_id: str, request: Request) -> Response:
+            viewer, _ = await action(request)  # a session, same origin, its CSRF token
+            if not viewer.may_decide:
+                raise errors.Forbidden(
+                    "Approving or rejecting needs the admin key or an approver key: sign in "
+                    "with one."
+                )
+            row = await payout_service.get_payout(rt, payout_id)
+            if viewer.only_project is not None and row["project_id"] != viewer.only_project:
+                raise errors.PayoutNotFound(f"No payout with id {payout_id}.")
+            await decide(rt, payout_id, viewer.decision_actor)
+            log.info(f"dashboard_payout_{verb}d", payout_id=payout_id, actor=viewer.actor)
+            return back("/approvals", f"{verb}d")
+
+    for verb, decide in (("approve", approvals.approve), ("reject", approvals.reject)):
+        _install_decision(router, verb, decide)
+
     @router.post("/callbacks/{callback_id}/replay")
     async def replay_callback(callback_id: str, request: Request) -> Response:
         viewer, _ = await action(request)
+        if viewer.approver:
+            raise errors.Forbidden("An approver key approves or rejects payouts, nothing else.")
         await callbacks.replay(rt, callback_id, viewer.only_project)
         log.info("dashboard_callback_replayed", callback_id=callback_id, actor=viewer.actor)
         return back("/dead", "callback-replayed")

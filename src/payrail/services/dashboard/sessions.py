@@ -6,7 +6,9 @@ request   token → row, alive (idle and absolute limits) and its key still vali
 sign out  the row is deleted: a copied cookie is worthless afterwards.
 
 The key itself is never stored, rendered or put in a cookie. A project session ends when the
-project's key changes; an admin session ends when PAYRAIL_ADMIN_KEY changes.
+project's key changes; an admin session ends when PAYRAIL_ADMIN_KEY changes; an approver
+key's session (services/project_keys.py: it sees its project and may approve or reject its
+held payouts, nothing else) ends when that key is revoked.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select, update
 
 from payrail.bootstrap import Runtime
-from payrail.db.tables import dashboard_sessions, projects
+from payrail.db.tables import dashboard_sessions, project_approver_keys, projects
 from payrail.domain import errors
+from payrail.services import project_keys
 from payrail.services import projects as project_service
 from payrail.services.projects import hash_key  # random tokens, like keys: sha256 suffices
 
@@ -42,6 +45,25 @@ class Viewer:
     project_id: str | None
     actor: str  # for the audit log: "dashboard:<name given at sign-in>"
     csrf_token: str
+    approver_key_id: str | None = None  # signed in with one of its project's approver keys
+
+    @property
+    def approver(self) -> bool:
+        return self.approver_key_id is not None
+
+    @property
+    def may_decide(self) -> bool:
+        """May approve or reject held payouts (of its project, for an approver key)."""
+        return self.admin or self.approver
+
+    @property
+    def decision_actor(self) -> str:
+        """Who a decision names in the payout's history: the person and, for an approver
+        key, the key first (a long name is what a bounded column cuts)."""
+        if self.approver_key_id is None:
+            return self.actor
+        key = f"approver:{self.approver_key_id}"
+        return f"dashboard:{key}" if self.actor == f"dashboard:{key}" else f"{key} ({self.actor})"
 
     @property
     def only_project(self) -> str | None:
@@ -75,14 +97,21 @@ async def sign_in(rt: Runtime, key: str, actor: str) -> str:
     """Check the key and open a session; returns the cookie token (shown to no one else)."""
     if not key or len(key) > KEY_MAX_CHARS:
         raise errors.Unauthorized("That key is not an admin or project API key.")
+    approver = None
     if hmac.compare_digest(key.encode(), rt.settings.admin_key.encode()):
         admin, project_id = True, None
     else:
         admin, project_id = False, await project_service.project_for_key(rt, key)
         if project_id is None:
-            raise errors.Unauthorized("That key is not an admin or project API key.")
+            approver = await project_keys.approver_for_key_hash(rt, hash_key(key))
+            if approver is None:
+                raise errors.Unauthorized("That key is not an admin or project API key.")
+            project_id = approver.project_id
     # No name given: the audit says which key acted, never "admin" for a project's key.
-    actor = actor or ("admin" if admin else f"project:{project_id}")
+    if not actor:
+        actor = "admin" if admin else f"project:{project_id}"
+        if approver is not None:
+            actor = f"approver:{approver.key_id}"
     token = secrets.token_urlsafe(32)
     now = rt.clock.now_ms()
     async with rt.engine.begin() as conn:
@@ -117,6 +146,7 @@ async def viewer_for(rt: Runtime, token: str | None) -> Viewer | None:
         )
         if row is None:
             return None
+        approver_key_id = None
         if row["admin"]:
             key_ok = hmac.compare_digest(row["key_hash"], hash_key(rt.settings.admin_key))
         else:
@@ -124,6 +154,16 @@ async def viewer_for(rt: Runtime, token: str | None) -> Viewer | None:
                 select(projects.c.api_key_hash).where(projects.c.id == row["project_id"])
             )
             key_ok = current is not None and hmac.compare_digest(row["key_hash"], current)
+            if not key_ok:  # an approver key's session: while that key is not revoked
+                AK = project_approver_keys.c
+                approver_key_id = await conn.scalar(
+                    select(AK.id).where(
+                        AK.key_hash == row["key_hash"],
+                        AK.project_id == row["project_id"],
+                        AK.revoked_at.is_(None),
+                    )
+                )
+                key_ok = approver_key_id is not None
     if not key_ok or now >= row["expires_at"] or now - row["last_seen_at"] >= SESSION_IDLE_MS:
         await sign_out(rt, token)
         return None
@@ -139,6 +179,7 @@ async def viewer_for(rt: Runtime, token: str | None) -> Viewer | None:
         project_id=row["project_id"],
         actor="dashboard:" + row["actor"],
         csrf_token=row["csrf_token"],
+        approver_key_id=approver_key_id,
     )
 
 
