@@ -46,14 +46,18 @@ POOL_MIN = 1
 POOL_MAX = 10  # per process; SQLAlchemy's pool serves everything else
 HASH_ROWS_MAX = 16  # payouts read per payment hash (all but one of them are voided)
 
-# Per item one unique-index lookup each. The LIMIT keeps each LATERAL subquery a subquery run
-# per item: without it the planner may flatten it into a join and hash a whole index.
-LOOKUP_SQL = (
-    "SELECT (SELECT row_to_json(po)::text FROM payouts po"
-    "   WHERE $2::text IS NOT NULL AND po.project_id = $1 AND po.idempotency_key = $2 LIMIT 1),"
-    " (SELECT row_to_json(re)::text FROM recipients re"
-    "   WHERE $3::text IS NOT NULL AND re.project_id = $1 AND re.gamertag_key = $3 LIMIT 1)"
-)
+# A group's lookups in one statement: per item (in order) one unique-index lookup each. The
+# LIMIT keeps each LATERAL subquery a subquery run per item: without it the planner may flatten
+# it into a join and hash a whole index.
+LOOKUP_SQL = """
+SELECT (SELECT row_to_json(po)::text FROM payouts po
+          WHERE i.k IS NOT NULL AND po.project_id = i.pid AND po.idempotency_key = i.k LIMIT 1),
+       (SELECT row_to_json(re)::text FROM recipients re
+          WHERE i.rk IS NOT NULL AND re.project_id = i.pid AND re.gamertag_key = i.rk LIMIT 1)
+FROM ROWS FROM (json_to_recordset($1::json) AS (pid text, k text, rk text))
+  WITH ORDINALITY AS i(pid, k, rk, n)
+ORDER BY i.n
+"""
 
 LOAD_SQL = (
     """
@@ -220,13 +224,12 @@ class PostgresPayoutStore:
 
     async def _lookup_many(self, group: list[tuple[str, str | None, str | None]]) -> list[Any]:
         pool = await self._connections()
-        answers = []
+        asked = _json([{"pid": p, "k": k, "rk": r} for p, k, r in group])
         async with pool.acquire() as conn:
-            for project_id, key, recipient in group:
-                self.calls += 1
-                payout, entry = await conn.fetchrow(LOOKUP_SQL, project_id, key, recipient)
-                answers.append((_row(payout), _row(entry)))
-        return answers
+            self.calls += 1
+            found = await conn.fetch(LOOKUP_SQL, asked)
+        assert len(found) == len(group), "one answer per lookup"
+        return [(_row(payout), _row(entry)) for payout, entry in found]
 
     # ------------------------------------------------------------ reserve
 
