@@ -4,7 +4,15 @@ A claim link is a payout reserved before it has a destination (docs/claim-links.
 payout engine reserves amount + fee when the link is made (every payout rule applies there,
 once), and the payout waits, reserved and with no settle job, until a wallet claims the link
 with an invoice. What the link's row stores is `StoredStatus`; what the API shows is
-`public_status`, from that and the payout's state.
+`public_status`, from that and the payout's state and approval.
+
+A link may name its player (`playerId`: the rate limit and the daily player cap count by it)
+and may be priced by a quote (`quoteId` instead of `amount`: the link pays exactly the
+quote's sats; the quote is spent when the link is made). A link above the project's
+`approvalAboveSats` is held by the engine like any payout: reserved, but no wallet can claim
+it until an approver approves it (`awaiting_approval`); rejected, it is voided (`rejected`).
+Approval comes before the claim, never after: a claimed link is paid within its send window,
+so a player who claimed is never left waiting on a person with an invoice that expires.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from payrail.domain import errors, invoices
 from payrail.domain.payouts import (
     IDEMPOTENCY_KEY_MAX_CHARS,
     INTERNAL_ID_MAX_CHARS,
+    QUOTE_ID_MAX_CHARS,
+    QUOTED,
     PayoutRequest,
     State,
     optional_str,
@@ -28,7 +38,7 @@ from payrail.domain.payouts import (
     parse_expires_in,
     parse_project_id,
 )
-from payrail.domain.recipients import parse_gamertag
+from payrail.domain.recipients import parse_gamertag, parse_player_id
 
 DESTINATION_KIND = "claim"  # payouts.destination_kind of a claim link's payout
 EXPIRES_IN_DEFAULT_S = 86_400
@@ -52,6 +62,8 @@ class Status(StrEnum):
     """The public status of a link."""
 
     OPEN = "open"  # reserved, waiting for a wallet
+    AWAITING_APPROVAL = "awaiting_approval"  # reserved, held: no wallet may claim it yet
+    REJECTED = "rejected"  # an approver rejected it before a claim; the reservation voided
     CLAIMED = "claimed"  # a wallet's invoice is being paid
     COMPLETED = "completed"  # paid; the project was charged amount + fee
     ERROR = "error"  # claimed, but the payment definitely failed; the reservation was voided
@@ -68,6 +80,9 @@ TRANSITIONS: dict[StoredStatus, frozenset[StoredStatus]] = {
 
 STATUS_DESCRIPTIONS: dict[Status, str] = {
     Status.OPEN: "amount + fee are reserved; any wallet with the link may claim it once.",
+    Status.AWAITING_APPROVAL: "amount + fee are reserved; the link can be claimed once an "
+    "approver approves it.",
+    Status.REJECTED: "An approver rejected it before a claim; the reservation was voided.",
     Status.CLAIMED: "A wallet's invoice was accepted; the payout is being sent.",
     Status.COMPLETED: "The wallet was paid; the project was charged amount + fee.",
     Status.ERROR: "Claimed, but the node definitely did not pay; the reservation was voided.",
@@ -80,14 +95,27 @@ def is_legal(current: StoredStatus, target: StoredStatus) -> bool:
     return target in TRANSITIONS[current]
 
 
-def public_status(stored: str, payout_state: str, expires_at_ms: int, now_ms: int) -> Status:
-    """The link's status from its row and its payout's state (one rule, every reader)."""
+# payouts.approval (services/approvals.py)
+APPROVAL_REQUIRED, APPROVAL_APPROVED, APPROVAL_REJECTED = "required", "approved", "rejected"
+
+
+def public_status(
+    stored: str,
+    payout_state: str,
+    expires_at_ms: int,
+    now_ms: int,
+    approval: str | None = None,
+) -> Status:
+    """The link's status from its row and its payout's state and approval (one rule, every
+    reader)."""
     state = State(payout_state)
     if StoredStatus(stored) == StoredStatus.REVOKED:
         return Status.REVOKED
     if StoredStatus(stored) == StoredStatus.OPEN:
         if state == State.RESERVED and expires_at_ms > now_ms:
-            return Status.OPEN
+            return Status.AWAITING_APPROVAL if approval == APPROVAL_REQUIRED else Status.OPEN
+        if state == State.FAILED and approval == APPROVAL_REJECTED:
+            return Status.REJECTED
         return Status.EXPIRED  # past expiresAt (voided by the expiry sweep, or about to be)
     if state == State.COMPLETED:
         return Status.COMPLETED
@@ -133,11 +161,16 @@ def parse_request(
     if not isinstance(body, dict):
         raise errors.ValidationError("Request body must be a JSON object.")
     missing = [f for f in ("projectId", "amount") if body.get(f) in (None, "")]
+    quote_id = optional_str(body, "quoteId", QUOTE_ID_MAX_CHARS)
+    if quote_id is not None:  # the quote's sats stand in for amount (services/quotes.py)
+        if body.get("amount") is not None:
+            raise errors.ValidationError("Give amount or quoteId, not both.", field="quoteId")
+        missing = [f for f in missing if f != "amount"]
     if missing:
         raise errors.ValidationError(
-            "Missing required fields: projectId, amount", missingFields=missing
+            "Missing required fields: projectId, amount (or quoteId)", missingFields=missing
         )
-    amount = parse_amount(body["amount"])
+    amount = QUOTED if quote_id is not None else parse_amount(body["amount"])
     project_id = parse_project_id(body["projectId"])
     description = parse_description(body)
     gamertag = body.get("gamertag")
@@ -164,6 +197,8 @@ def parse_request(
         idempotency_key=key,
         destination_kind=DESTINATION_KIND,
         destination=None,
+        player_id=parse_player_id(body.get("playerId")),
+        quote_id=quote_id,
         link_gamertag=gamertag,
     )
     return req, expires_in
@@ -186,6 +221,10 @@ class ClaimRequest(PayoutRequest):
             "internalId": self.internal_id,
             "expiresInS": self.expires_in_s,
         }
+        if self.player_id is not None:  # links without them keep their old fingerprint
+            body["playerId"] = self.player_id
+        if self.quote_id is not None:
+            body["quoteId"] = self.quote_id
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

@@ -133,7 +133,7 @@ class Item:
     player_id: str | None = None  # the studio's stable player id, when given
     quote_id: str | None = None  # the quote whose sats it pays (services/quotes.py)
     quote_expires_at_ms: int | None = None
-    may_hold: bool = True  # False: a way in with no approval step (a claim link's payout)
+    may_hold: bool = True  # False: a way in with no approval step
 
     @property
     def cost_sats(self) -> int:

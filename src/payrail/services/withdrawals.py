@@ -15,8 +15,16 @@
              finalize (reserved → expired). A crash between: `sweep` voids it.
     expiry   the payout expires at the link's expiresAt through payouts.expire_due (the
              worker's bounded sweep): the reservation is voided like any unsent payout's.
+    held     above the project's approvalAboveSats the engine decides Hold: the same
+             reservation, its payout marked approval required. Until an approver approves
+             it (services/approvals.py, which writes no settle job for a link) no wallet may
+             claim it: the claim's guarded UPDATE needs approval null or approved. Rejected:
+             voided (error, REJECTED_BY_APPROVER); not decided by expiresAt: expired.
 
-The link's public status is domain/claims.public_status of its row and its payout's state.
+A link may carry playerId (the rate limit and the daily player cap count by the player) and
+quoteId instead of amount (services/quotes.py price; the engine spends the quote once, in
+the reservation). The link's public status is domain/claims.public_status of its row and its
+payout's state and approval.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -42,7 +50,7 @@ from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
 from payrail.domain.payouts import PayoutRequest, State
 from payrail.domain.recipients import encode_lnurl
 from payrail.jobs import queue
-from payrail.services import destinations, flags, pagination, payouts
+from payrail.services import destinations, flags, pagination, payouts, quotes
 from payrail.support.clock import iso
 
 log = structlog.get_logger("payrail.withdrawals")
@@ -173,7 +181,11 @@ async def list_links(
 
 def status(rt: Runtime, link: Link) -> claims.Status:
     return claims.public_status(
-        link.row["status"], link.payout["state"], link.row["expires_at"], rt.clock.now_ms()
+        link.row["status"],
+        link.payout["state"],
+        link.row["expires_at"],
+        rt.clock.now_ms(),
+        link.payout["approval"],
     )
 
 
@@ -192,13 +204,17 @@ def view(rt: Runtime, link: Link) -> dict[str, Any]:
         "gamertag": payout["destination"],
         "description": row["description"],
         "internalId": payout["internal_id"],
+        "playerId": payout["player_id"],
+        "approval": payout["approval"],  # null, or required / approved / rejected
+        "decidedBy": payout["decided_by"],
         "lnurl": lnurl(rt, row["id"]),
         "url": page_url(rt, row["id"]),
         "expiresAt": iso(row["expires_at"]),
         "createdAt": iso(row["created_at"]),
         "claimedAt": iso(row["claimed_at"]),
         "revokedAt": iso(row["revoked_at"]),
-        "payoutId": payout["id"] if claimed else None,
+        # Claimed, or held: the payout an approver approves (POST /payouts/{id}/approve).
+        "payoutId": payout["id"] if claimed or payout["approval"] else None,
         "paymentHash": row["payment_hash"],
     }
 
@@ -211,6 +227,7 @@ async def create(rt: Runtime, body: Any, idempotency_key: str | None) -> CreateO
     enabled(rt)
     link_id = str(uuid.uuid4())
     req, _ = claims.parse_request(body, idempotency_key, link_id)
+    req = await quotes.price(rt, req)  # a quote's sats stand in for amount (or 404)
     earlier, _ = await rt.payout_store.lookup(req.project_id, req.idempotency_key, None)
     if earlier is not None:
         return await _replay(rt, earlier, req, link_id)
@@ -221,7 +238,8 @@ async def create(rt: Runtime, body: Any, idempotency_key: str | None) -> CreateO
     # Reserved and never sent: no settle job exists until a wallet claims the link.
     row |= {"state": State.RESERVED.value, "state_cause": CREATED_CAUSE}
     row["destination"] = req.link_gamertag  # type: ignore[attr-defined]
-    entry = payouts.reservation_entry(rt, req, row, path, settle_job=False)
+    # may_hold: above approvalAboveSats the link waits for an approver before any claim.
+    entry = payouts.reservation_entry(rt, req, row, path, settle_job=False, may_hold=True)
     try:
         decision = await rt.reserving.submit(entry)
     except payout_store.DuplicateKey as duplicate:
@@ -230,7 +248,8 @@ async def create(rt: Runtime, body: Any, idempotency_key: str | None) -> CreateO
         return await _replay(rt, decision.row, req, link_id)
     if isinstance(decision, payout_engine.Refuse):
         raise decision.error
-    log.info("withdrawal_reserved", withdrawal_id=link_id, payout_id=row["id"])
+    held = decision is payout_engine.HOLD
+    log.info("withdrawal_reserved", withdrawal_id=link_id, payout_id=row["id"], held=held)
     rt.crashpoint("after_withdrawal_reserve")
     return CreateOutcome(await _insert_link(rt, link_id, row), replay=False)
 
@@ -285,9 +304,10 @@ async def revoke(rt: Runtime, link_id: str, project_id: str | None) -> Link:
     current = status(rt, link)
     if current == claims.Status.REVOKED:
         return link  # revoked already: the same answer
-    if current != claims.Status.OPEN:
+    if current not in (claims.Status.OPEN, claims.Status.AWAITING_APPROVAL):
         raise errors.InvalidStatusTransition(
-            f"The link is {current.value}: only an open link can be revoked.",
+            f"The link is {current.value}: only an open link (or one awaiting approval) "
+            "can be revoked.",
             currentStatus=current.value,
         )
     now = rt.clock.now_ms()
@@ -401,6 +421,9 @@ def _not_open(current: claims.Status) -> ClaimRefused:
             claims.Status.ERROR: "This link was already claimed.",
             claims.Status.EXPIRED: "This link has expired.",
             claims.Status.REVOKED: "This link was revoked.",
+            claims.Status.AWAITING_APPROVAL: "This link is waiting for an approver; try "
+            "again once it is approved.",
+            claims.Status.REJECTED: "This link was rejected by an approver.",
         }.get(current, "This link cannot be claimed.")
     )
 
@@ -466,11 +489,17 @@ async def claim(rt: Runtime, link_id: str, k1: Any, pr: Any) -> Link:
             )
             if claimed.first() is None:
                 raise ClaimRefused("This link was already claimed.")
-            # The payout gets its one invoice while it is still reserved and unexpired; the
-            # unique live-payment-hash index refuses an invoice another payout holds.
+            # The payout gets its one invoice while it is still reserved, unexpired and not
+            # waiting for an approver (a reject needs approval = required: one of them
+            # wins); the unique live-payment-hash index refuses an invoice another holds.
             destined = await conn.execute(
                 update(payouts_table)
-                .where(P.id == payout_id, P.state == State.RESERVED.value, P.expires_at > now)
+                .where(
+                    P.id == payout_id,
+                    P.state == State.RESERVED.value,
+                    P.expires_at > now,
+                    or_(P.approval.is_(None), P.approval == claims.APPROVAL_APPROVED),
+                )
                 .values(
                     invoice=invoice.bolt11,
                     payment_hash=invoice.payment_hash,
@@ -481,7 +510,7 @@ async def claim(rt: Runtime, link_id: str, k1: Any, pr: Any) -> Link:
                 .returning(P.id)
             )
             if destined.first() is None:
-                raise ClaimRefused("This link has expired.")
+                raise ClaimRefused("This link has expired, or is not approved.")
             await queue.enqueue(
                 conn,
                 payouts.SETTLE_JOB,

@@ -55,14 +55,19 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         **doc(
             ok={
                 201: (Withdrawal, "open: amount + fee reserved; hand out lnurl or url"),
+                202: (
+                    Withdrawal,
+                    "awaiting_approval: amount + fee reserved, above approvalAboveSats; no "
+                    "wallet can claim it until an approver approves its payoutId",
+                ),
                 200: (Withdrawal, "Replay: the same Idempotency-Key and body; the same link"),
             },
             errors={
                 400: ("VALIDATION_ERROR", "INVALID_AMOUNT", "DESCRIPTION_TOO_LONG"),
                 402: ("INSUFFICIENT_BALANCE",),
                 403: ("FORBIDDEN", "PAYOUT_LIMIT_EXCEEDED"),
-                404: ("PROJECT_NOT_FOUND",),
-                409: ("INTERNAL_ID_TAKEN",),
+                404: ("PROJECT_NOT_FOUND", "QUOTE_NOT_FOUND"),
+                409: ("INTERNAL_ID_TAKEN", "QUOTE_USED", "QUOTE_EXPIRED"),
                 422: ("IDEMPOTENCY_KEY_REUSED",),
                 429: (
                     "RATE_LIMIT_EXCEEDED",
@@ -102,6 +107,9 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
         if created.replay:
             answer = envelope(True, "Claim link already created with this key", data, 200)
             return mark_replayed(answer, True)
+        if data["status"] == Status.AWAITING_APPROVAL:
+            message = "Claim link held for approval: amount + fee reserved"
+            return envelope(True, message, data, 202)
         return envelope(True, "Claim link open: amount + fee reserved", data, 201)
 
     @api.get(
@@ -148,7 +156,8 @@ def install(api: APIRouter, ctx: ApiContext) -> None:
                 409: ("INVALID_STATUS_TRANSITION",),
                 **DISABLED,
             },
-            summary="Revoke an open claim link: its reservation is voided (409 once claimed)",
+            summary="Revoke an open claim link (or one awaiting approval): its reservation is "
+            "voided (409 once claimed)",
         ),
     )
     async def revoke_withdrawal(withdrawal_id: str, request: Request) -> JSONResponse:

@@ -216,3 +216,8 @@ class ZbdWithdrawalRequest(Model):
     status: str = Field(description="pending, processing, completed, error or expired")
     invoice: ZbdWithdrawalInvoice
     url: str = Field(description="payrail extension: the claim page")
+    approval: str | None = Field(
+        None,
+        description="payrail extension: required while the link waits for an approver "
+        "(approvalAboveSats; no wallet can claim it yet), then approved or rejected",
+    )

@@ -29,9 +29,13 @@ from payrail.entrypoints.http.zbd.payments import KEY_HEADER
 from payrail.services import withdrawals
 
 # payrail's claim-link status → ZBD's withdrawal-request status (ZBD cannot revoke a link;
-# one revoked through payrail's own API reads as expired: nobody can claim it).
+# one revoked through payrail's own API reads as expired: nobody can claim it). ZBD has no
+# approval step: a link held for approval (above approvalAboveSats, docs/controls.md) reads
+# as pending (its `approval` says why no wallet can claim it yet), a rejected one as error.
 STATUS = {
     "open": "pending",
+    "awaiting_approval": "pending",
+    "rejected": "error",
     "claimed": "processing",
     "completed": "completed",
     "error": "error",
@@ -55,6 +59,7 @@ def withdrawal_request(view: dict[str, Any]) -> dict[str, Any]:
         "status": STATUS[view["status"]],
         "invoice": {"request": view["lnurl"], "uri": f"lightning:{view['lnurl']}"},
         "url": view["url"],
+        "approval": view["approval"],
     }
 
 
