@@ -22,6 +22,7 @@ from payrail.lightning.backend import LightningBackend
 from payrail.psp.provider import PaymentProvider
 from payrail.services.faults import FaultStore
 from payrail.support.clock import Clock, SystemClock
+from payrail.support.wakeup import Wakeup
 
 log = structlog.get_logger("payrail")
 
@@ -78,6 +79,9 @@ class Runtime:
     finalizing: Any = None
     # PAYRAIL_READ_DATABASE_URL's engine (a replica), or None: reads() is this runtime.
     read_engine: AsyncEngine | None = None
+    # Set by whatever may have made jobs in this process (a request that wrote, a spawned
+    # task ending): the worker loop's idle wait ends at once (entrypoints/worker.py).
+    work_ready: Wakeup = field(default_factory=Wakeup)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _reads: Runtime | None = field(default=None, repr=False)
 
@@ -114,8 +118,12 @@ class Runtime:
         """Start a task that outlives the request that started it (kept referenced)."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self.work_ready.set()  # a settlement that ended may have queued its callback
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         if self._tasks:

@@ -75,7 +75,12 @@ class Settings:
     settle_wait_ms: int = 5_000  # how long POST /payouts waits for a final answer
     node_timeout_ms: int = 10_000  # our bound on one node call; past it the outcome is unknown
     lease_ms: int = 30_000  # a job's lease; must exceed node_timeout_ms
+    # The worker's poll: every worker_poll_ms while it finds work; after each round that finds
+    # none the wait doubles up to worker_idle_poll_max_ms (issue 30: an idle server costs
+    # little). Work made in the process wakes it at once; the maximum bounds how late it sees
+    # what it is not told of (a lease run out, a job enqueued by another process).
     worker_poll_ms: int = 200
+    worker_idle_poll_max_ms: int = 2_000
     worker_batch_max: int = 50
     worker_concurrency_max: int = 32  # running jobs other than callbacks, per worker
     callback_concurrency_max: int = 16  # running callback deliveries, per worker
@@ -190,6 +195,7 @@ class Settings:
             node_timeout_ms=_int(env, "PAYRAIL_NODE_TIMEOUT_MS", 10_000, 100, 120_000),
             lease_ms=_int(env, "PAYRAIL_LEASE_MS", 30_000, 1_000, 600_000),
             worker_poll_ms=_int(env, "PAYRAIL_WORKER_POLL_MS", 200, 10, 60_000),
+            worker_idle_poll_max_ms=_int(env, "PAYRAIL_WORKER_IDLE_POLL_MAX_MS", 2_000, 10, 60_000),
             rate_limit_per_hour=_int(env, "PAYRAIL_RATE_LIMIT_PER_HOUR", 10, 1, 1_000_000),
             recipient_failures_max=_int(env, "PAYRAIL_RECIPIENT_FAILURES_MAX", 3, 0, 1_000),
             recipient_failure_window_s=_int(

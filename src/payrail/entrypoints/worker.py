@@ -6,11 +6,22 @@ total and per destination host; deposit checks in theirs; every other kind (sett
 Stripe events) in the other.
 The loop does not wait for a batch to finish: it claims again as soon as a lane has room, so
 a callback receiver that hangs until the timeout holds up only its own host's slots.
+
+Polling (issue 30: an idle server costs next to nothing). A round that finds work is followed
+at once by another; after a round that finds none the loop sleeps PAYRAIL_WORKER_POLL_MS, then
+twice that after the next empty round, and so on up to PAYRAIL_WORKER_IDLE_POLL_MAX_MS (2 s),
+never past the run_at of the next job scheduled for later (a retry, a deposit check). Work made
+in this process wakes it at once (`Runtime.work_ready`: set after a request that wrote, a
+spawned task, or one of its own jobs finishes), though never more often than once per
+PAYRAIL_WORKER_POLL_MS, so a busy server polls as it always did. What nothing in the process
+is told of, a lease that ran out (its holder died) or a job another process enqueued for no
+worker of its own, is seen within PAYRAIL_WORKER_IDLE_POLL_MAX_MS of becoming due.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -185,6 +196,7 @@ class Dispatcher:
             self.hosts[host] -= 1
             if self.hosts[host] <= 0:
                 del self.hosts[host]
+            self.rt.work_ready.set()  # its lane has room again, and it may have made work
 
         task.add_done_callback(done)
         return 1
@@ -249,6 +261,37 @@ async def _farewell(rt: Runtime) -> None:
         )
 
 
+def idle_wait_ms(
+    empty_rounds: int, poll_ms: int, poll_max_ms: int, next_due_in_ms: int | None
+) -> int:
+    """How long the loop sleeps after `empty_rounds` (>= 1) rounds in a row found nothing:
+    poll_ms doubled per empty round, at most max(poll_ms, poll_max_ms), and no later than the
+    next job scheduled (next_due_in_ms from now; None: none is)."""
+    ceiling = max(poll_ms, poll_max_ms)
+    wait = min(ceiling, poll_ms << min(max(empty_rounds - 1, 0), 16))
+    if next_due_in_ms is not None:
+        wait = min(wait, max(next_due_in_ms, 1))
+    return wait
+
+
+async def _idle_wait(rt: Runtime, stop: asyncio.Event, empty_rounds: int, round_at: float) -> bool:
+    """The sleep after an empty round; True if work made in this process cut it short."""
+    s = rt.settings
+    try:
+        now = rt.clock.now_ms()
+        next_due = await queue.next_run_at(rt.engine, now)
+        next_due_in = None if next_due is None else next_due - now
+    except Exception:  # the round's own failure is logged; sleep the backoff alone
+        next_due_in = None
+    wait_ms = idle_wait_ms(empty_rounds, s.worker_poll_ms, s.worker_idle_poll_max_ms, next_due_in)
+    woken = await rt.work_ready.wait(stop, wait_ms / 1000)
+    if woken:  # at most one round per worker_poll_ms however often it is woken (a busy server)
+        since_s = time.monotonic() - round_at
+        if since_s < s.worker_poll_ms / 1000:
+            await wait_or_stop(stop, s.worker_poll_ms / 1000 - since_s)
+    return woken
+
+
 async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
     log.info("worker_started", worker_id=rt.worker_id)
     # The sweeps (reconciliation, pruning) run in every worker loop, each under its lease:
@@ -256,7 +299,9 @@ async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
     background = asyncio.create_task(sweeps.run_forever(rt, stop))
     last_beat_ms: int | None = None
     dispatcher = Dispatcher(rt)
+    empty_rounds = 0
     while not stop.is_set():
+        round_at = time.monotonic()
         try:
             now = rt.clock.now_ms()
             if last_beat_ms is None or now - last_beat_ms >= HEARTBEAT_INTERVAL_MS:
@@ -266,8 +311,12 @@ async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
         except Exception as exc:  # the database may be briefly unreachable: keep the loop alive
             log.warning("worker_round_failed", error=type(exc).__name__)
             ran = 0
-        if ran == 0:
-            await wait_or_stop(stop, rt.settings.worker_poll_ms / 1000)
+        if ran:
+            empty_rounds = 0
+            continue
+        empty_rounds += 1
+        if await _idle_wait(rt, stop, empty_rounds, round_at):
+            empty_rounds = 0
     try:
         await dispatcher.drain()  # jobs already started finish (each within its own timeout)
     except Exception as exc:

@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -192,6 +192,15 @@ async def claim(
             .returning(J.id, J.kind, J.payload, J.attempts, J.max_attempts)
         )
         return [Job(r.id, r.kind, json.loads(r.payload), r.attempts, r.max_attempts) for r in rows]
+
+
+async def next_run_at(engine: AsyncEngine, now_ms: int) -> int | None:
+    """When the next queued job scheduled later than now is due (a retry, a deposit check),
+    or None: one read of ix_jobs_due (state, run_at). The idle worker sleeps no longer."""
+    async with engine.connect() as conn:
+        return await conn.scalar(
+            select(func.min(J.run_at)).where(J.state == "queued", J.run_at > now_ms)
+        )
 
 
 _COMPLETE = (

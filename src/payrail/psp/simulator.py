@@ -32,7 +32,7 @@ import httpx
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -41,6 +41,7 @@ from payrail.db.tables import sim_stripe_deliveries, sim_stripe_intents, sim_str
 from payrail.domain.orders import CURRENCIES
 from payrail.services.faults import FailureInjection, FaultStore
 from payrail.support.clock import Clock, wait_or_stop
+from payrail.support.wakeup import Wakeup
 
 log = structlog.get_logger("payrail.stripe_sim")
 PI = sim_stripe_intents.c
@@ -53,7 +54,11 @@ DELIVERY_RETRY_MS = 1_000
 DELIVERY_BATCH_MAX = 200
 DELIVERY_CONCURRENCY_MAX = 16
 DELIVERY_TIMEOUT_S = 10.0
-DELIVERY_POLL_S = 0.1
+# The delivery loop looks for due deliveries at most every DELIVERY_POLL_MS while it finds
+# none, is woken at once by a delivery this process records, and otherwise sleeps until the
+# next pending one is due, at most DELIVERY_IDLE_POLL_MAX_MS (another process's records).
+DELIVERY_POLL_MS = 100
+DELIVERY_IDLE_POLL_MAX_MS = 2_000
 LIST_LIMIT_MAX = 100
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
@@ -142,6 +147,7 @@ class StripeSimulator:
         self._webhook_secret = webhook_secret
         self._webhook_url = webhook_url
         self._webhook = httpx.AsyncClient(transport=transport, timeout=DELIVERY_TIMEOUT_S)
+        self._recorded = Wakeup()  # a pending delivery was recorded: the loop looks at once
 
     async def aclose(self) -> None:
         await self._webhook.aclose()
@@ -319,6 +325,8 @@ class StripeSimulator:
         except IntegrityError:
             assert key is not None
             return await self._saved(key, params), []
+        if any(row["state"] == "pending" for row in deliveries):
+            self._recorded.set()
         return None, sync
 
     def _plan(
@@ -436,16 +444,30 @@ class StripeSimulator:
             )
         return ok
 
+    async def next_due_in_ms(self) -> int | None:
+        """Milliseconds until the next pending delivery is due (0 if one is), None if none."""
+        now = self._clock.now_ms()
+        async with self._engine.connect() as conn:
+            due = await conn.scalar(select(func.min(D.deliver_at)).where(D.state == "pending"))
+        return None if due is None else max(0, due - now)
+
     async def run(self, stop: asyncio.Event) -> None:
         """The simulator's delivery loop (sandbox server)."""
         while not stop.is_set():
+            round_at = time.monotonic()
             try:
                 sent = await self.deliver_due()
+                due_in = None if sent else await self.next_due_in_ms()
             except Exception as exc:
                 log.warning("sim_delivery_round_failed", error=type(exc).__name__)
-                sent = 0
-            if not sent:
-                await wait_or_stop(stop, DELIVERY_POLL_S)
+                sent, due_in = 0, None
+            if sent:
+                continue
+            wait_ms = DELIVERY_IDLE_POLL_MAX_MS if due_in is None else due_in
+            wait_ms = min(max(wait_ms, DELIVERY_POLL_MS), DELIVERY_IDLE_POLL_MAX_MS)
+            if await self._recorded.wait(stop, wait_ms / 1000):
+                since_s = time.monotonic() - round_at  # at most one look per DELIVERY_POLL_MS
+                await wait_or_stop(stop, max(0.0, DELIVERY_POLL_MS / 1000 - since_s))
 
     # ------------------------------------------------------------ HTTP
 

@@ -38,10 +38,11 @@ log = structlog.get_logger("payrail.sweeps")
 L = background_leases.c
 LEASE_MS_MIN = 30_000  # a lease outlives its holder's next run by at least this much
 ROLLUP_INTERVAL_S = 60.0  # a closed hour reaches the dashboard's charts within a minute
-TICK_S = 1.0
 # A process's first sweep waits this long after its start: nothing heavy while it starts
 # serving (and a restart under load does not begin with a reconciliation).
-START_DELAY_S = 15.0  # how often a loop looks for a due sweep (a read of nothing when none is)
+START_DELAY_S = 15.0
+# Between runs the loop sleeps until the next sweep is due, at least this long (no spinning).
+TICK_S = 1.0
 
 
 async def take_lease(rt: Runtime, name: str, lease_ms: int) -> bool:
@@ -162,6 +163,12 @@ async def _run(rt: Runtime, sweep: Sweep) -> None:
     log.info("sweep", sweep=sweep.name, result=result, rows=rows, ms=round(seconds * 1000, 1))
 
 
+def next_wait_s(sweeps: list[Sweep], now: float) -> float:
+    """Seconds until the first of the sweeps is due, at least TICK_S: each runs at its interval
+    and the loop wakes only for that."""
+    return max(TICK_S, min(sweep.due_at for sweep in sweeps) - now)
+
+
 async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
     """The worker loop's sweeps: each due one, if this process holds its lease."""
     sweeps = sweeps_of(rt, START_DELAY_S)
@@ -170,7 +177,7 @@ async def run_forever(rt: Runtime, stop: asyncio.Event) -> None:
     try:
         while not stop.is_set():
             await run_due(rt, sweeps, stop)
-            await wait_or_stop(stop, TICK_S)
+            await wait_or_stop(stop, next_wait_s(sweeps, time.monotonic()))
     finally:
         for sweep in sweeps:
             try:

@@ -128,7 +128,8 @@ def create_app(
     )
     app.add_middleware(RequestLineText)
 
-    app.add_middleware(Observe)  # outermost: it sees the 413s of BodyLimit too
+    # Outermost: it sees the 413s of BodyLimit too. A request that wrote wakes the worker loop.
+    app.add_middleware(Observe, after_write=rt.work_ready.set)
 
     return app
 

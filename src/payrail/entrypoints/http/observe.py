@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -23,9 +24,16 @@ REQUEST_ID_MAX_CHARS = 64
 log = structlog.get_logger("payrail.entrypoints.http")
 
 
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class Observe:
-    def __init__(self, app: Any) -> None:
+    """after_write: called once a request of any other method has been answered (it may have
+    queued jobs: the app wakes its worker loop with it, entrypoints/worker.py)."""
+
+    def __init__(self, app: Any, after_write: Callable[[], None] | None = None) -> None:
         self.app = app
+        self.after_write = after_write
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -49,6 +57,8 @@ class Observe:
         finally:
             _observe(scope, status, time.perf_counter() - started)
             structlog.contextvars.unbind_contextvars("request_id")
+            if self.after_write is not None and scope["method"] not in READ_METHODS:
+                self.after_write()
 
 
 def _observe(scope: Scope, status: int, elapsed_s: float) -> None:
