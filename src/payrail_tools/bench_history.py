@@ -3,7 +3,8 @@
 For a small N (10,000) and the N asked for, side by side, on PostgreSQL:
 
 1. Fill: N payouts written in bulk SQL, exactly the rows the API writes for a finished payout
-   (the payout, its two pending transfers and their posts or voids, its audit events, the
+   (the payout, with a time-ordered id as support/ids.py makes it, its two pending transfers
+   and their posts or voids, its audit events, the
    simulated node's record, its recipient lock, its settle job if younger than the jobs'
    retention), over 10 projects, spread over N / 100,000 days (a studio paying 100,000
    players a day), then the accounts' totals from the transfers. The first fill's rows go
@@ -63,14 +64,20 @@ REPORT_PATH = Path("reports") / "bench-history.json"
 
 FILL_SQL = """
 WITH g AS (
-  SELECT n, gen_random_uuid()::text AS id,
+  SELECT n, substr(x.h, 1, 8) || '-' || substr(x.h, 9, 4) || '-' || substr(x.h, 13, 4) || '-'
+            || substr(x.h, 17, 4) || '-' || substr(x.h, 21, 12) AS id,
          'bench_' || lpad((n % $3)::text, 2, '0') AS project_id,
          'player' || (n % 100000) AS gamertag,
          10 + (n * 7919) % 491 AS amount,
-         $4::bigint - (($7::bigint - 1 - n) * $5::bigint) AS at,
+         x.at,
          CASE WHEN n % 50 = 0 THEN 'failed' WHEN n % 97 = 0 THEN 'expired'
               ELSE 'completed' END AS state
     FROM generate_series($1::bigint, $2::bigint - 1) n
+    CROSS JOIN LATERAL (SELECT $4::bigint - (($7::bigint - 1 - n) * $5::bigint) AS at) t
+    -- the payout's id as the API makes it (support/ids.py): a UUIDv7 of its creation time
+    CROSS JOIN LATERAL (SELECT t.at, lpad(to_hex(t.at), 12, '0') || '7'
+                          || substr(md5(random()::text || n::text), 1, 3) || '8'
+                          || substr(md5(n::text || random()::text), 1, 15) AS h) x
 ), p AS (
   INSERT INTO payouts (id, project_id, gamertag, amount, fee, request_hash, state,
                        failure_code, failure_reason, charge_posted, expires_in, expires_at,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +69,7 @@ from payrail.services import (
 from payrail.support import metrics
 from payrail.support.clock import iso
 from payrail.support.grouping import Grouped
+from payrail.support.ids import time_ordered_uuid
 
 log = structlog.get_logger("payrail.payouts")
 P = payouts.c
@@ -221,7 +221,7 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
         return await replay_outcome(rt, earlier, req)
     # Where the money goes, invoice included: network calls, so before the reservation's tx.
     resolved = await destinations.resolve(rt, req, directory)
-    row = payout_row(req, str(uuid.uuid4()), rt.clock.now_ms(), path, resolved)
+    row = payout_row(req, time_ordered_uuid(), rt.clock.now_ms(), path, resolved)
     row["player_id"] = directory_player(req, directory)
     decision = await _reserve_one(rt, req, row, path)
     if isinstance(decision, payout_engine.Replay):
@@ -252,7 +252,7 @@ async def reserve(rt: Runtime, req: PayoutRequest, path: str = PATH_INLINE) -> s
     """tx1 alone (no settlement started): the new payout's id, or the refusal raised. For
     callers that settle it themselves (recovery tests, tools)."""
     req = await quotes.price(rt, req)
-    row = payout_row(req, str(uuid.uuid4()), rt.clock.now_ms(), path)
+    row = payout_row(req, time_ordered_uuid(), rt.clock.now_ms(), path)
     decision = await _reserve_one(rt, req, row, path)  # a hold is reserved too: its id
     if isinstance(decision, payout_engine.Refuse):
         raise decision.error
