@@ -162,3 +162,25 @@ def lnbits(tmp_path_factory: pytest.TempPathFactory):
         unavailable(f"LNbits could not be set up: {exc!r}")
     yield server
     server.stop()
+
+
+WAIT_MAX_S = 30  # a bound on polling in tests, not a timing assertion
+
+
+async def until(condition, what: str) -> None:
+    """Poll an async condition every 20 ms, WAIT_MAX_S at most; fail naming what never came."""
+    for _ in range(WAIT_MAX_S * 50):
+        if await condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+async def dash(settings: Settings, rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """A browser-like client of /dashboard (cookies kept, no API key header)."""
+    app = create_app(settings, runtime=rt, migrate_db=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as c:
+        yield c

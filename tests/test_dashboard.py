@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -21,23 +20,12 @@ from payrail.db.tables import callbacks, dashboard_sessions, flag_changes, jobs,
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
 from payrail.entrypoints import worker
 from payrail.entrypoints.http import dashboard
-from payrail.entrypoints.http.app import create_app
 from payrail.jobs import queue
 from payrail.services import flags
 from payrail.services.dashboard import pages, sessions
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-@pytest.fixture
-async def dash(settings, rt) -> AsyncIterator[httpx.AsyncClient]:
-    """A browser-like client of /dashboard (cookies kept, no API key header)."""
-    app = create_app(settings, runtime=rt, migrate_db=False)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
-    ) as c:
-        yield c
 
 
 @pytest.fixture

@@ -7,30 +7,16 @@ its project only. Reconcile is clean after each."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
-import httpx
-import pytest
 from conftest import ADMIN_KEY, PROJECT, balance_of, payout_body
 from test_dashboard import csrf_of, sign_in
 
 from payrail.domain.money import fee_sats
 from payrail.entrypoints.http import dashboard
-from payrail.entrypoints.http.app import create_app
 from payrail.services.reconcile import reconcile
 
 ADMIN = {"apikey": ADMIN_KEY}
 ROW_RE = re.compile(r'href="/dashboard/payouts/([0-9a-f-]{36})"')
-
-
-@pytest.fixture
-async def dash(settings, rt) -> AsyncIterator[httpx.AsyncClient]:
-    """A browser-like client of /dashboard (cookies kept, no API key header)."""
-    app = create_app(settings, runtime=rt, migrate_db=False)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
-    ) as c:
-        yield c
 
 
 async def hold_above(client, sats: int, project: str = PROJECT) -> None:

@@ -5,27 +5,15 @@ project, never "admin"."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 from conftest import ADMIN_KEY, SANDBOX_KEY, payout_body
 from sqlalchemy import select
 
 from payrail.db.tables import dashboard_sessions
 from payrail.domain.orders import format_amount
-from payrail.entrypoints.http.app import create_app
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-@pytest.fixture
-async def dash(settings, rt) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, runtime=rt, migrate_db=False)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
-    ) as c:
-        yield c
 
 
 async def _sign_in(dash: httpx.AsyncClient, key: str, name: str = "") -> None:

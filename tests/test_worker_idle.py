@@ -13,7 +13,7 @@ import dataclasses
 
 import pytest
 from cardkit import Cards, open_cards
-from conftest import payout_body
+from conftest import payout_body, until
 from sqlalchemy import insert, select
 
 from payrail.db.tables import jobs
@@ -22,16 +22,7 @@ from payrail.jobs import queue
 from payrail.psp import simulator
 from payrail.services import sweeps
 
-WAIT_MAX_S = 30  # a bound on polling, not a timing assertion
 LONG_SLEEP_MS = 60_000  # longer than WAIT_MAX_S: only a wake-up ends it in time
-
-
-async def _until(condition, what: str) -> None:
-    for _ in range(WAIT_MAX_S * 50):
-        if await condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 async def _true(value: bool) -> bool:
@@ -117,11 +108,11 @@ async def test_a_callback_made_while_the_worker_sleeps_is_delivered_at_once(
     stop = asyncio.Event()
     loop = asyncio.create_task(worker.run_forever(rt, stop))
     try:
-        await _until(lambda: _true(rt.work_ready.waiting), "the worker to fall asleep")
+        await until(lambda: _true(rt.work_ready.waiting), "the worker to fall asleep")
         body = payout_body(callbackUrl=f"http://127.0.0.1:{port}/cb")
         answer = await client.post("/payouts", json=body)
         assert answer.status_code == 201, answer.text
-        await _until(lambda: _true(receiver.requests >= 1), "the callback")
+        await until(lambda: _true(receiver.requests >= 1), "the callback")
     finally:
         stop.set()
         await loop
@@ -146,10 +137,10 @@ async def test_a_lease_that_runs_out_is_seen_by_a_sleeping_worker_with_no_wake_u
     stop = asyncio.Event()
     loop = asyncio.create_task(worker.run_forever(rt, stop))
     try:
-        await _until(lambda: _true(rt.work_ready.waiting), "the worker to fall asleep")
+        await until(lambda: _true(rt.work_ready.waiting), "the worker to fall asleep")
         assert ran == []  # leased by its (dead) holder
         clock.advance(60_001)
-        await _until(lambda: _true(ran == ["orphan"]), "the orphaned job")
+        await until(lambda: _true(ran == ["orphan"]), "the orphaned job")
         async with rt.engine.connect() as conn:
             state = await conn.scalar(select(jobs.c.state).where(jobs.c.id == "orphan"))
         assert state == "done"
@@ -171,10 +162,10 @@ async def test_the_stripe_simulator_delivers_a_webhook_it_records_while_asleep(
     stop = asyncio.Event()
     loop = asyncio.create_task(cards.sim.run(stop))
     try:
-        await _until(lambda: _true(cards.sim._recorded.waiting), "the simulator to fall asleep")
+        await until(lambda: _true(cards.sim._recorded.waiting), "the simulator to fall asleep")
         order = await cards.order()
         assert (await cards.pay(order["id"], "pay-1")).status_code == 200
-        await _until(lambda: _event_stored(cards), "the payment's webhook")
+        await until(lambda: _event_stored(cards), "the payment's webhook")
     finally:
         stop.set()
         await loop

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 
 import pytest
-from conftest import ADMIN_KEY, payout_body
+from conftest import ADMIN_KEY, payout_body, until
 
 from payrail.config import Settings
 from payrail.domain.flags import SETTLEMENT_QUEUE_PATH
@@ -23,7 +23,6 @@ ADMIN = {"apikey": ADMIN_KEY}
 HANG_PORT, OK_PORT = 18301, 18302
 HANGING = 12  # callbacks queued to the hanging receiver
 HOST_MAX = 2
-WAIT_MAX_S = 30  # a bound on polling, not a timing assertion
 
 
 @pytest.fixture
@@ -62,14 +61,6 @@ class Receiver:
             writer.close()
 
 
-async def _until(condition, what: str) -> None:
-    for _ in range(WAIT_MAX_S * 50):
-        if await condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 async def test_a_hanging_receiver_holds_up_neither_settlements_nor_other_callbacks(client, rt):
     hanging, healthy = Receiver(hang=True), Receiver(hang=False)
     servers = [
@@ -93,7 +84,7 @@ async def test_a_hanging_receiver_holds_up_neither_settlements_nor_other_callbac
         assert put.status_code == 200, put.text
 
         loop_task = asyncio.create_task(worker.run_forever(rt, stop))
-        await _until(lambda: _true(hanging.open >= HOST_MAX), "the hanging receiver's slots")
+        await until(lambda: _true(hanging.open >= HOST_MAX), "the hanging receiver's slots")
 
         # A settlement on the queue path (the worker runs it), with a callback elsewhere.
         body = payout_body(
@@ -102,7 +93,7 @@ async def test_a_hanging_receiver_holds_up_neither_settlements_nor_other_callbac
         answer = await client.post("/payouts", json=body, headers=victim)
         assert answer.status_code == 201, answer.text
         settled_while_hanging = hanging.open
-        await _until(lambda: _true(healthy.requests >= 1), "the victim's callback")
+        await until(lambda: _true(healthy.requests >= 1), "the victim's callback")
         delivered_while_hanging = hanging.open
         payout = await get_payout(rt, answer.json()["data"]["id"])
         assert payout["state"] == "completed" and payout["settle_path"] == "queue"
