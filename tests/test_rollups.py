@@ -9,7 +9,7 @@ from collections import Counter
 from conftest import PROJECT, payout_body
 from sqlalchemy import select, text
 
-from payrail.db.tables import payout_rollups
+from payrail.db.tables import payout_rollups, reconcile_checkpoints
 from payrail.services import rollups
 from payrail.services.dashboard import pages
 
@@ -78,3 +78,29 @@ async def test_the_overview_reads_the_rollup_for_hourly_windows_and_agrees_with_
     recent = await client.post("/payouts", json=payout_body(gamertag="ov-new"))
     assert recent.status_code == 201, recent.text
     assert (await pages.overview(rt, PROJECT, "1h"))["totals"]["success"] == 1
+
+
+async def test_a_first_run_on_a_long_history_rolls_up_the_charts_week_at_once(client, rt, clock):
+    """A server started on months of payouts: the first run covers the last 7 days (the longest
+    chart), not the oldest week, so no chart reads the payouts themselves after it."""
+    old = await client.post("/payouts", json=payout_body(gamertag="roll_old"))
+    assert old.status_code == 201, old.text
+    clock.advance(30 * 24 * HOUR_MS)
+    recent = await client.post("/payouts", json=payout_body(gamertag="roll_recent"))
+    assert recent.status_code == 201, recent.text
+    clock.advance(2 * 24 * HOUR_MS)
+    async with rt.engine.connect() as conn:
+        created = await conn.scalar(
+            text("SELECT created_at FROM payouts WHERE id = :id"),
+            {"id": recent.json()["data"]["id"]},
+        )
+    assert (await rollups.run(rt)) == 1, "only the payout of the last 7 days"
+    assert await _rows(rt) == {(int(created) // HOUR_MS * HOUR_MS, "success"): 1}
+    async with rt.engine.connect() as conn:
+        watermark = await conn.scalar(
+            select(reconcile_checkpoints.c.watermark_ms).where(
+                reconcile_checkpoints.c.name == rollups.CHECKPOINT
+            )
+        )
+    now = rt.clock.now_ms()
+    assert watermark == (now - rollups.LAG_MS) // HOUR_MS * HOUR_MS, "caught up in one run"

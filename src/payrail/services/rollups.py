@@ -6,8 +6,9 @@ Kept by a background sweep (services/sweeps.py), never in a payout's transaction
 - Hours are rolled up once they are over (their end older than LAG_MS, so every payout
   created in them has committed): one GROUP BY over the payouts created in them
   (ix_payouts_created), up to HOURS_PER_RUN_MAX hours per run, from the checkpoint's
-  watermark (reconcile_checkpoints, name "rollup") on. A first run on a large history works
-  through it a week per run.
+  watermark (reconcile_checkpoints, name "rollup") on. The first run starts HISTORY_MS back
+  at most (the charts reach no further), so a server started on a long history has every
+  chart's hours rolled up after one run; later runs roll each hour up once it is over.
 - A rolled-up hour that still had pending payouts (the checkpoint lists them) is rolled up
   again at every run until it has none: its payouts finish, and their outcome moves out of
   "pending". Between two runs such an hour may show a payout pending that has finished.
@@ -31,6 +32,8 @@ from payrail.domain.payouts import FailureCode, State
 HOUR_MS = 3_600_000
 LAG_MS = 60_000  # as the reconciliation's watermark: a payout this old has committed
 HOURS_PER_RUN_MAX = 24 * 7
+# Rolled up by the first run: the longest chart's reach (7 days), which one run covers.
+HISTORY_MS = HOURS_PER_RUN_MAX * HOUR_MS
 CHECKPOINT = "rollup"
 P = payouts.c
 R = payout_rollups.c
@@ -69,7 +72,10 @@ async def run(rt: Runtime) -> int:
         watermark, dirty = await _checkpoint(conn)
         if watermark is None:
             oldest = (await conn.execute(select(func.min(P.created_at)))).scalar()
-            watermark = (oldest // HOUR_MS * HOUR_MS) if oldest is not None else closed_until
+            first = closed_until - HISTORY_MS
+            watermark = (
+                max(oldest // HOUR_MS * HOUR_MS, first) if oldest is not None else closed_until
+            )
         until = min(closed_until, watermark + HOURS_PER_RUN_MAX * HOUR_MS)
         counted = 0
         pending: set[int] = set()

@@ -64,6 +64,7 @@ WINDOWS = {
     "7d": Window("last 7 days", 86_400_000, 7, "days", 86_400_000),
 }
 WINDOW_DEFAULT = "24h"
+assert max(w.span_ms for w in WINDOWS.values()) <= rollups.HISTORY_MS, "charts within the rollup"
 
 # The chart's four outcomes, in stacking order, with their colours.
 OUTCOMES = (
