@@ -238,7 +238,7 @@ async def _run_history(
             quote = quoted.get((project, rng.randrange(12)))  # a quote now and then
             if quote is not None:
                 req = dataclasses.replace(req, quote_id=quote[0], quote_expires_at_ms=quote[1])
-            row = service.payout_row(req, str(uuid.uuid4()), now, service.PATH_INLINE)
+            row = service.payout_row(req, now, service.PATH_INLINE)
             row["payment_hash"] = rng.choice([*[None] * 8, *invoices])
             entry = service.reservation_entry(
                 rt, req, row, service.PATH_INLINE, settle_job=True, may_hold=True

@@ -41,6 +41,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from payrail.support.ids import time_ordered_uuid
 from payrail_tools.bench import (
     _cores,
     _CpuSnapshot,
@@ -64,20 +65,14 @@ REPORT_PATH = Path("reports") / "bench-history.json"
 
 FILL_SQL = """
 WITH g AS (
-  SELECT n, substr(x.h, 1, 8) || '-' || substr(x.h, 9, 4) || '-' || substr(x.h, 13, 4) || '-'
-            || substr(x.h, 17, 4) || '-' || substr(x.h, 21, 12) AS id,
+  SELECT n, ($8::text[])[n - $1 + 1] AS id,  -- made by support/ids.py, as the API makes them
          'bench_' || lpad((n % $3)::text, 2, '0') AS project_id,
          'player' || (n % 100000) AS gamertag,
          10 + (n * 7919) % 491 AS amount,
-         x.at,
+         $4::bigint - (($7::bigint - 1 - n) * $5::bigint) AS at,
          CASE WHEN n % 50 = 0 THEN 'failed' WHEN n % 97 = 0 THEN 'expired'
               ELSE 'completed' END AS state
     FROM generate_series($1::bigint, $2::bigint - 1) n
-    CROSS JOIN LATERAL (SELECT $4::bigint - (($7::bigint - 1 - n) * $5::bigint) AS at) t
-    -- the payout's id as the API makes it (support/ids.py): a UUIDv7 of its creation time
-    CROSS JOIN LATERAL (SELECT t.at, lpad(to_hex(t.at), 12, '0') || '7'
-                          || substr(md5(random()::text || n::text), 1, 3) || '8'
-                          || substr(md5(n::text || random()::text), 1, 15) AS h) x
 ), p AS (
   INSERT INTO payouts (id, project_id, gamertag, amount, fee, request_hash, state,
                        failure_code, failure_reason, charge_posted, expires_in, expires_at,
@@ -180,7 +175,10 @@ async def fill(database_url: str, n: int, now_ms: int) -> float:
         done = 0
         for start in range(0, n, FILL_CHUNK_ROWS):
             end = min(n, start + FILL_CHUNK_ROWS)
-            await conn.fetchrow(FILL_SQL, start, end, PROJECTS, newest_ms, step_ms, jobs_after, n)
+            ids = [time_ordered_uuid(newest_ms - (n - 1 - i) * step_ms) for i in range(start, end)]
+            await conn.fetchrow(
+                FILL_SQL, start, end, PROJECTS, newest_ms, step_ms, jobs_after, n, ids
+            )
             done = end
             rate = done / (time.perf_counter() - started)
             console.print(f"  fill: {done:,}/{n:,} payouts ({rate:,.0f}/s)")

@@ -51,7 +51,6 @@ from payrail.jobs import queue
 from payrail.services import destinations, flags, quotes, recipients
 from payrail.services import payouts as single
 from payrail.support import metrics
-from payrail.support.ids import time_ordered_uuid
 
 log = structlog.get_logger("payrail.batches")
 P = payouts.c
@@ -224,7 +223,7 @@ async def _reserve_group(
     rows = {}
     entries = []
     for index, req in group:
-        row = single.payout_row(req, time_ordered_uuid(), now, path, resolved[index])
+        row = single.payout_row(req, now, path, resolved[index])
         row["player_id"] = (players or {}).get(index, req.player_id)
         rows[row["id"]] = row
         entries.append(

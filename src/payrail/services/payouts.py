@@ -221,7 +221,7 @@ async def create_payout(rt: Runtime, req: PayoutRequest) -> CreateOutcome:
         return await replay_outcome(rt, earlier, req)
     # Where the money goes, invoice included: network calls, so before the reservation's tx.
     resolved = await destinations.resolve(rt, req, directory)
-    row = payout_row(req, time_ordered_uuid(), rt.clock.now_ms(), path, resolved)
+    row = payout_row(req, rt.clock.now_ms(), path, resolved)
     row["player_id"] = directory_player(req, directory)
     decision = await _reserve_one(rt, req, row, path)
     if isinstance(decision, payout_engine.Replay):
@@ -252,7 +252,7 @@ async def reserve(rt: Runtime, req: PayoutRequest, path: str = PATH_INLINE) -> s
     """tx1 alone (no settlement started): the new payout's id, or the refusal raised. For
     callers that settle it themselves (recovery tests, tools)."""
     req = await quotes.price(rt, req)
-    row = payout_row(req, time_ordered_uuid(), rt.clock.now_ms(), path)
+    row = payout_row(req, rt.clock.now_ms(), path)
     decision = await _reserve_one(rt, req, row, path)  # a hold is reserved too: its id
     if isinstance(decision, payout_engine.Refuse):
         raise decision.error
@@ -401,15 +401,15 @@ FINAL_EVENT_SEQUENCE = 2
 
 def payout_row(
     req: PayoutRequest,
-    payout_id: str,
     now: int,
     path: str,
     resolved: destinations.Resolved | None = None,
 ) -> dict[str, Any]:
-    """The payout row as tx1 inserts it: the one place its values are built (single and batch)."""
+    """The payout row as tx1 inserts it: the one place its values are built (single, batch,
+    claim link), its id included (time-ordered: support/ids.py)."""
     inline = path == PATH_INLINE
     return dict(
-        id=payout_id,
+        id=time_ordered_uuid(),
         project_id=req.project_id,
         gamertag=req.gamertag,
         amount=req.amount_sats,

@@ -52,7 +52,6 @@ from payrail.domain.recipients import encode_lnurl
 from payrail.jobs import queue
 from payrail.services import destinations, flags, pagination, payouts, quotes
 from payrail.support.clock import iso
-from payrail.support.ids import time_ordered_uuid
 
 log = structlog.get_logger("payrail.withdrawals")
 W = withdrawals.c
@@ -235,7 +234,7 @@ async def create(rt: Runtime, body: Any, idempotency_key: str | None) -> CreateO
     path = await flags.path_for(rt, SETTLEMENT_QUEUE_PATH, req.project_id)
     now = rt.clock.now_ms()
     resolved = destinations.Resolved(claims.DESTINATION_KIND, req.destination, None)
-    row = payouts.payout_row(req, time_ordered_uuid(), now, path, resolved)
+    row = payouts.payout_row(req, now, path, resolved)
     # Reserved and never sent: no settle job exists until a wallet claims the link.
     row |= {"state": State.RESERVED.value, "state_cause": CREATED_CAUSE}
     row["destination"] = req.link_gamertag  # type: ignore[attr-defined]
